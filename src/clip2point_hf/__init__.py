@@ -1,19 +1,7 @@
 """CLIP2Point for Hugging Face: depth rendering, image-depth pre-training and the Gated Dual-Path Adapter."""
 
 from .configuration_clip2point import CLIP2PointConfig
-from .modeling_clip2point import (
-    CLIP2PointForPointCloudClassification,
-    CLIP2PointForPreTraining,
-    CLIP2PointModel,
-    CLIP2PointPreTrainedModel,
-)
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CLIP2PointConfig",
-    "CLIP2PointForPointCloudClassification",
-    "CLIP2PointForPreTraining",
-    "CLIP2PointModel",
-    "CLIP2PointPreTrainedModel",
-]
+__all__ = ["CLIP2PointConfig"]

@@ -1,7 +1,39 @@
 """CLIP2Point for Hugging Face: depth rendering, image-depth pre-training and the Gated Dual-Path Adapter."""
 
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, AutoModelForPreTraining
+
 from .configuration_clip2point import CLIP2PointConfig
+from .modeling_clip2point import (
+    CLIP2PointClassifierOutput,
+    CLIP2PointForPointCloudClassification,
+    CLIP2PointForPreTraining,
+    CLIP2PointModel,
+    CLIP2PointOutput,
+    CLIP2PointPreTrainedModel,
+    CLIP2PointPreTrainingOutput,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["CLIP2PointConfig"]
+# Local Auto classes, and the same mapping written into every saved config's `auto_map` (remote code).
+AutoConfig.register(CLIP2PointConfig.model_type, CLIP2PointConfig, exist_ok=True)
+AutoModel.register(CLIP2PointConfig, CLIP2PointModel, exist_ok=True)
+AutoModelForPreTraining.register(CLIP2PointConfig, CLIP2PointForPreTraining, exist_ok=True)
+AutoModelForImageClassification.register(
+    CLIP2PointConfig, CLIP2PointForPointCloudClassification, exist_ok=True
+)
+CLIP2PointConfig.register_for_auto_class()
+CLIP2PointModel.register_for_auto_class("AutoModel")
+CLIP2PointForPreTraining.register_for_auto_class("AutoModelForPreTraining")
+CLIP2PointForPointCloudClassification.register_for_auto_class("AutoModelForImageClassification")
+
+__all__ = [
+    "CLIP2PointClassifierOutput",
+    "CLIP2PointConfig",
+    "CLIP2PointForPointCloudClassification",
+    "CLIP2PointForPreTraining",
+    "CLIP2PointModel",
+    "CLIP2PointOutput",
+    "CLIP2PointPreTrainedModel",
+    "CLIP2PointPreTrainingOutput",
+]

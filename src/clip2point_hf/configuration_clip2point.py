@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, get_args
 
 from huggingface_hub.dataclasses import strict
 from transformers import CLIPConfig, CLIPTextConfig, CLIPVisionConfig, PreTrainedConfig
@@ -73,6 +73,12 @@ class CLIP2PointConfig(PreTrainedConfig):
 
     def validate_architecture(self):
         """Typed validation (`@strict`): each message names the offending field."""
+        for name in ("projection_dim", "num_views", "adapter_hidden_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"`{name}` must be an int, got {value!r}")
+        if self.fusion not in get_args(FusionMode):
+            raise ValueError(f"`fusion` must be one of {get_args(FusionMode)}, got {self.fusion!r}")
         positive = {
             "projection_dim": self.projection_dim,
             "num_views": self.num_views,
@@ -94,13 +100,6 @@ class CLIP2PointConfig(PreTrainedConfig):
                 raise ValueError(f"`view_weights` must be finite, got {self.view_weights!r}")
         if "{}" not in self.prompt_template:
             raise ValueError(f"`prompt_template` must contain '{{}}', got {self.prompt_template!r}")
-        for name in ("vision_config", "text_config"):
-            sub = getattr(self, name)
-            if sub.hidden_size % sub.num_attention_heads != 0:
-                raise ValueError(
-                    f"`{name}.hidden_size` ({sub.hidden_size}) is not a multiple of "
-                    f"`{name}.num_attention_heads` ({sub.num_attention_heads})"
-                )
 
     @classmethod
     def from_clip_config(cls, clip_config: CLIPConfig, **kwargs) -> CLIP2PointConfig:

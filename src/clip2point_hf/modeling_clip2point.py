@@ -519,9 +519,13 @@ class CLIP2PointForPointCloudClassification(CLIP2PointPreTrainedModel):
         device = self.class_embeddings.device
         embeds = torch.zeros(len(names), self.config.projection_dim, device=device)
         for template in templates:
-            tokens = tokenizer([template.format(n) for n in names], padding=True, return_tensors="pt").to(
-                device
-            )
+            tokens = tokenizer(
+                [template.format(n) for n in names],
+                padding=True,
+                truncation=True,
+                max_length=self.config.text_config.max_position_embeddings,
+                return_tensors="pt",
+            ).to(device)
             text = self.clip2point.get_text_features(tokens["input_ids"], tokens.get("attention_mask"))
             embeds += F.normalize(text.float(), dim=-1)
         self.class_embeddings = F.normalize(embeds, dim=-1).to(self.class_embeddings.dtype)

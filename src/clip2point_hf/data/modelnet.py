@@ -1,0 +1,564 @@
+"""ModelNet10 / ModelNet40 from the three releases people download.
+
+- ``"off"``: the original or the manually aligned OFF release, ``<class>/{train,test}/*.off``
+  (OFF headers glued to the counts are read). Clouds are sampled from the mesh surfaces
+  (area-weighted, seeded per file). Up axis: ``z``.
+- ``"normal_resampled"``: ``modelnet40_normal_resampled`` (``<class>/<class>_<nnnn>.txt`` with
+  ``x,y,z,nx,ny,nz`` lines, ``modelnet{10,40}_shape_names.txt`` and ``modelnet{10,40}_{train,test}.txt``).
+  Up axis: ``y`` (checked on the files: tall classes such as person, bottle and lamp extend along y).
+- ``"hdf5"``: PointNet's ``modelnet40_ply_hdf5_2048`` (``ply_data_{train,test}<k>.h5`` with keys
+  ``data`` (N, 2048, 3) and ``label``, ``{train,test}_files.txt``, ``shape_names.txt``,
+  ``ply_data_*_id2file.json``). Up axis: ``y`` (PointNet rotates these clouds about y).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ._common import (
+    ON_MISSING,
+    SAMPLING_METHODS,
+    check_choice,
+    check_finite,
+    check_num_points,
+    check_root,
+    check_seed,
+    generate_split,
+    handle_missing,
+    natural_key,
+    normalize_np,
+    read_list_file,
+    resolve_num_proc,
+    subsample_indices,
+)
+from .cache import build_cached, fingerprint
+from .errors import DatasetFormatError
+from .mesh_folder import UP_AXES, build_mesh_dataset, point_cloud_features, scan_mesh_folder
+from .mesh_io import seeded_rng
+from .names import MODELNET10_CLASSES, MODELNET40_CLASSES, prompt_names
+
+__all__ = ["MODELNET_FORMATS", "MODELNET_UP_AXIS", "detect_modelnet_format", "load_modelnet"]
+
+MODELNET_FORMATS = ("off", "normal_resampled", "hdf5")
+#: The up axis of each release's coordinates (recorded in the metadata, never applied).
+MODELNET_UP_AXIS = {"off": "z", "normal_resampled": "y", "hdf5": "y"}
+
+
+def _h5_dir(root: Path) -> Path | None:
+    for d in (root, root / "modelnet40_ply_hdf5_2048"):
+        if d.is_dir() and any(d.glob("*.h5")):
+            return d
+    return None
+
+
+def detect_modelnet_format(root: str | Path) -> str:
+    """``"hdf5"``, ``"normal_resampled"`` or ``"off"``, from the files under ``root``."""
+    root = check_root(root, "ModelNet root")
+    if _h5_dir(root) is not None:
+        return "hdf5"
+    if any(root.glob("modelnet*_shape_names.txt")):
+        return "normal_resampled"
+    for cls in root.iterdir():
+        if cls.is_dir() and not cls.name.startswith((".", "__")):
+            for split in ("train", "test"):
+                d = cls / split
+                if d.is_dir() and any(p.suffix.lower() == ".off" for p in d.iterdir()):
+                    return "off"
+    raise DatasetFormatError(
+        root,
+        "not a ModelNet release: found no *.h5 files (modelnet40_ply_hdf5_2048), no "
+        "modelnet*_shape_names.txt (modelnet40_normal_resampled) and no <class>/{train,test}/*.off",
+    )
+
+
+def _dataset_name(num_classes: int) -> str:
+    return f"ModelNet{num_classes}" if num_classes in (10, 40) else f"ModelNet ({num_classes} classes)"
+
+
+def load_modelnet(
+    root: str | Path,
+    num_points: int = 1024,
+    seed: int = 0,
+    *,
+    format: str = "auto",
+    num_classes: int | None = None,
+    sampling: str = "first",
+    up_axis: str | None = None,
+    normalize: bool = True,
+    with_normals: bool = False,
+    on_missing: str = "error",
+    cache_dir: str | Path | None = None,
+    num_proc: int | None = None,
+    rebuild: bool = False,
+):
+    """ModelNet10/40 as a ``DatasetDict`` with ``train`` and ``test`` splits, built once and cached.
+
+    Args:
+        root: the release folder (``ModelNet40/``, ``modelnet40_normal_resampled/`` or
+            ``modelnet40_ply_hdf5_2048/`` or its parent).
+        num_points: points per cloud.
+        seed: seed of the mesh surface sampling (OFF) and of ``sampling="random"``.
+        format: ``"auto"`` (detected from the files), ``"off"``, ``"normal_resampled"`` or ``"hdf5"``.
+        num_classes: ``10`` or ``40`` for ``normal_resampled`` (which split lists and names to use;
+            default 40 when its lists are present). OFF: the class folders present; hdf5: the labels.
+        sampling: how pre-sampled clouds (``normal_resampled``: 10,000 points, ``hdf5``: 2048) are cut
+            to ``num_points``: ``"first"`` (the first points of the file, as the PointNet++/Point-BERT
+            loaders and the CLIP2Point reference do; default), ``"fps"`` (farthest-point sampling from
+            index 0, deterministic) or ``"random"`` (seeded by ``seed`` and the file). OFF meshes are
+            always sampled area-weighted from the surface.
+        up_axis: recorded up axis; default per release (:data:`MODELNET_UP_AXIS`).
+        normalize: centre and scale each cloud into the unit sphere.
+        with_normals: add a ``normals`` column (OFF: face normals; ``normal_resampled``: the file's
+            normals; not available for ``hdf5``).
+        on_missing: files named by a split list but absent: ``"error"`` (default; the error lists how
+            many and which) or ``"skip"`` (a warning gives the count).
+        cache_dir, num_proc, rebuild: see :func:`~clip2point_hf.data.load_mesh_folder`.
+
+    Returns:
+        ``DatasetDict``: ``points`` float32 ``(num_points, 3)``, ``label`` ``ClassLabel`` (folder
+        names such as ``night_stand``; :func:`~clip2point_hf.data.prompt_names` gives "night stand"),
+        ``name``, ``path`` (relative to ``root``); metadata via
+        :func:`~clip2point_hf.data.dataset_metadata` (``up_axis``, ``format``, ...).
+    """
+    num_points = check_num_points(num_points)
+    seed = check_seed(seed)
+    check_choice(sampling, SAMPLING_METHODS, "sampling")
+    check_choice(on_missing, ON_MISSING, "on_missing")
+    root = check_root(root, "ModelNet root")
+    fmt = (
+        detect_modelnet_format(root) if format == "auto" else check_choice(format, MODELNET_FORMATS, "format")
+    )
+    if up_axis is None:
+        up_axis = MODELNET_UP_AXIS[fmt]
+    check_choice(up_axis, UP_AXES, "up_axis")
+    common = dict(
+        num_points=num_points,
+        seed=seed,
+        up_axis=up_axis,
+        normalize=normalize,
+        with_normals=with_normals,
+        cache_dir=cache_dir,
+        num_proc=num_proc,
+        rebuild=rebuild,
+    )
+    if fmt == "off":
+        return _load_off(root, **common)
+    if fmt == "normal_resampled":
+        return _load_txt(root, num_classes=num_classes, sampling=sampling, on_missing=on_missing, **common)
+    if with_normals:
+        raise DatasetFormatError(
+            root, "with_normals=True is not available for the hdf5 release (no normals kept)"
+        )
+    return _load_h5(root, sampling=sampling, on_missing=on_missing, **common)
+
+
+# ----------------------------------------------------------------------------------------------- OFF
+
+
+def _load_off(
+    root: Path, *, num_points, seed, up_axis, normalize, with_normals, cache_dir, num_proc, rebuild
+):
+    classes, splits = scan_mesh_folder(root, extensions=(".off",))
+    unknown = set(splits) - {"train", "test"}
+    if unknown:
+        raise DatasetFormatError(
+            root, f"unexpected split folders {sorted(unknown)} (ModelNet has train and test)"
+        )
+    for canon in (MODELNET40_CLASSES, MODELNET10_CLASSES):
+        if set(classes) <= set(canon) and len(classes) > len(canon) // 2:
+            classes = list(canon)  # a partial download keeps the canonical label order
+            break
+    name = _dataset_name(len(classes))
+    meta = {"dataset": name, "source": "ModelNet OFF meshes", "format": "off", "up_axis": up_axis}
+    description = (
+        f"{name} point clouds sampled once from the OFF meshes ({num_points} area-weighted surface "
+        f"points per mesh, seed {seed}). Up axis: {up_axis}."
+    )
+    return build_mesh_dataset(
+        "modelnet_off",
+        root,
+        classes,
+        splits,
+        num_points=num_points,
+        seed=seed,
+        normalize=normalize,
+        with_normals=with_normals,
+        meta=meta,
+        description=description,
+        cache_dir=cache_dir,
+        num_proc=num_proc,
+        rebuild=rebuild,
+    )
+
+
+# ------------------------------------------------------------------------------- normal_resampled txt
+
+
+def read_point_txt(path: Path, max_points: int | None = None) -> np.ndarray:
+    """Read ``x,y,z[,nx,ny,nz]`` lines (comma or whitespace separated); only the first ``max_points``."""
+    rows = []
+    try:
+        with open(path, encoding="latin-1") as fh:
+            for line in fh:
+                line = line.strip()
+                if not line:
+                    continue
+                rows.append(line.replace(",", " ").split())
+                if max_points is not None and len(rows) >= max_points:
+                    break
+    except OSError as exc:
+        raise DatasetFormatError(path, f"cannot read file ({exc.strerror or exc})") from None
+    if not rows:
+        raise DatasetFormatError(path, "empty point file")
+    width = len(rows[0])
+    for k, r in enumerate(rows):
+        if len(r) != width:
+            raise DatasetFormatError(
+                path, f"line {k + 1} has {len(r)} values, line 1 has {width} (truncated?)"
+            )
+    if width < 3:
+        raise DatasetFormatError(path, f"lines have {width} values, need at least x, y, z")
+    try:
+        arr = np.array(rows, dtype=np.float32)
+    except ValueError as exc:
+        raise DatasetFormatError(path, f"corrupt point data ({exc})") from None
+    return arr
+
+
+def _txt_example(task):
+    root, rel, label, num_points, sampling, seed, normalize, with_normals = task
+    path = Path(root) / rel
+    arr = read_point_txt(path, num_points if sampling == "first" else None)
+    if len(arr) < num_points:
+        raise DatasetFormatError(path, f"has only {len(arr)} points, {num_points} needed")
+    if with_normals and arr.shape[1] < 6:
+        raise DatasetFormatError(path, f"has {arr.shape[1]} values per line, no normals (6 needed)")
+    check_finite(arr[:, :3], path)
+    idx = subsample_indices(arr[:, :3], num_points, sampling, seeded_rng(seed, rel))
+    pts = arr[idx, :3]
+    if normalize:
+        pts = normalize_np(pts)
+    ex = {"points": pts, "label": label, "name": Path(rel).stem, "path": rel}
+    if with_normals:
+        ex["normals"] = arr[idx, 3:6]
+    return ex
+
+
+def _load_txt(
+    root: Path,
+    *,
+    num_classes,
+    sampling,
+    on_missing,
+    num_points,
+    seed,
+    up_axis,
+    normalize,
+    with_normals,
+    cache_dir,
+    num_proc,
+    rebuild,
+):
+    available = sorted(
+        int(m.group(1))
+        for p in root.glob("modelnet*_shape_names.txt")
+        if (m := re.match(r"modelnet(\d+)_shape_names\.txt$", p.name))
+    )
+    if num_classes is None:
+        num_classes = 40 if 40 in available else available[0]
+    if num_classes not in available:
+        raise DatasetFormatError(root / f"modelnet{num_classes}_shape_names.txt", "class-name list not found")
+    names_file = root / f"modelnet{num_classes}_shape_names.txt"
+    classes = read_list_file(names_file)
+    label_of = {c: i for i, c in enumerate(classes)}
+    splits: dict[str, list[tuple[str, int]]] = {}
+    list_files = [names_file]
+    skipped = {}
+    for split in ("train", "test"):
+        lst = root / f"modelnet{num_classes}_{split}.txt"
+        if not lst.is_file():
+            raise DatasetFormatError(lst, f"split list for '{split}' not found")
+        list_files.append(lst)
+        items, missing = [], []
+        entries = read_list_file(lst)
+        for entry in entries:
+            stem = entry[:-4] if entry.endswith(".txt") else entry
+            cls = stem.rsplit("_", 1)[0] if "_" in stem else stem
+            if cls not in label_of:
+                raise DatasetFormatError(lst, f"entry {entry!r}: class {cls!r} is not in {names_file.name}")
+            rel = f"{cls}/{stem}.txt"
+            if (root / rel).is_file():
+                items.append((rel, label_of[cls]))
+            else:
+                missing.append(rel)
+        handle_missing(missing, len(entries), on_missing=on_missing, where=lst)
+        skipped[split] = len(missing)
+        splits[split] = items
+    name = _dataset_name(num_classes)
+    params = dict(
+        fmt="normal_resampled",
+        num_points=num_points,
+        seed=seed,
+        sampling=sampling,
+        normalize=normalize,
+        with_normals=with_normals,
+        classes=classes,
+        splits={s: [r for r, _ in v] for s, v in splits.items()},
+    )
+    files = list_files + [root / r for v in splits.values() for r, _ in v]
+    key = fingerprint("modelnet_txt", params, root, files)
+    nproc = resolve_num_proc(num_proc, sum(len(v) for v in splits.values()))
+    features = point_cloud_features(num_points, classes, with_normals)
+
+    def build(scratch):
+        return {
+            split: generate_split(
+                _txt_example,
+                [
+                    (str(root), rel, lab, num_points, sampling, seed, normalize, with_normals)
+                    for rel, lab in items
+                ],
+                features,
+                split=split,
+                scratch=scratch,
+                num_proc=nproc,
+                key=key,
+            )
+            for split, items in splits.items()
+        }
+
+    meta = {
+        "dataset": name,
+        "source": "modelnet40_normal_resampled",
+        "format": "normal_resampled",
+        "up_axis": up_axis,
+        "num_points": num_points,
+        "seed": seed,
+        "sampling": sampling,
+        "normalize": normalize,
+        "class_names": classes,
+        "prompt_names": prompt_names(classes),
+        "missing_skipped": skipped,
+        "num_examples": {s: len(v) for s, v in splits.items()},
+    }
+    description = (
+        f"{name} from the modelnet40_normal_resampled release: {num_points} points per object "
+        f"({sampling}). Up axis: {up_axis}."
+    )
+    return build_cached(
+        "modelnet_txt", key, build, meta=meta, description=description, cache_dir=cache_dir, rebuild=rebuild
+    )
+
+
+# ---------------------------------------------------------------------------------------------- hdf5
+
+H5_CHUNK = 256
+
+
+def check_h5(path: Path, keys=("data", "label")):
+    """Open ``path`` and check it has ``keys`` with matching first dimensions; returns ``N``."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            absent = [k for k in keys if k not in f]
+            if absent:
+                raise DatasetFormatError(path, f"h5 file lacks key(s) {absent} (has {sorted(f.keys())})")
+            data, label = f[keys[0]], f[keys[1]]
+            if data.ndim != 3 or data.shape[2] < 3:
+                raise DatasetFormatError(path, f"'{keys[0]}' has shape {data.shape}, expected (N, P, 3)")
+            if label.shape[0] != data.shape[0] or label.size != data.shape[0]:
+                raise DatasetFormatError(
+                    path, f"'{keys[1]}' has shape {label.shape}, expected ({data.shape[0]},)"
+                )
+            return int(data.shape[0]), int(data.shape[1]), np.asarray(label).reshape(-1).astype(np.int64)
+    except DatasetFormatError:
+        raise
+    except OSError as exc:
+        raise DatasetFormatError(path, f"not a readable HDF5 file ({exc})") from None
+
+
+def h5_examples(task):
+    """Worker: one chunk of an h5 file -> a list of examples (batched FPS when ``sampling="fps"``)."""
+    import h5py
+
+    (
+        root,
+        rel,
+        start,
+        stop,
+        names,
+        num_classes,
+        num_points,
+        sampling,
+        seed,
+        normalize,
+        data_key,
+        label_key,
+        prefix,
+    ) = task
+    path = Path(root) / rel
+    with h5py.File(path, "r") as f:
+        data = np.asarray(f[data_key][start:stop, :, :3], dtype=np.float32)
+        labels = np.asarray(f[label_key][start:stop]).reshape(-1).astype(np.int64)
+    for k in range(len(data)):
+        if not np.isfinite(data[k]).all():
+            raise DatasetFormatError(path, f"sample {start + k}: NaN or infinite coordinates")
+        if not 0 <= labels[k] < num_classes:
+            raise DatasetFormatError(
+                path, f"sample {start + k}: label {labels[k]} outside [0, {num_classes})"
+            )
+    if num_points > data.shape[1]:
+        raise DatasetFormatError(path, f"clouds have {data.shape[1]} points, {num_points} requested")
+    if sampling == "random":
+        idx = np.stack(
+            [
+                subsample_indices(data[k], num_points, "random", seeded_rng(seed, f"{rel}:{start + k}"))
+                for k in range(len(data))
+            ]
+        )
+    else:
+        idx = subsample_indices(data, num_points, sampling, None)
+    pts = np.take_along_axis(data, idx[..., None], axis=1)
+    out = []
+    for k in range(len(pts)):
+        cloud = normalize_np(pts[k]) if normalize else pts[k]
+        i = start + k
+        name = names[k] if names else f"{prefix}_{i:05d}"
+        out.append({"points": cloud, "label": int(labels[k]), "name": name, "path": f"{rel}:{i}"})
+    return out
+
+
+def _h5_split_files(h5dir: Path, split: str, on_missing: str) -> list[Path]:
+    lst = h5dir / f"{split}_files.txt"
+    if lst.is_file():
+        entries = read_list_file(lst)
+        present, missing = [], []
+        for e in entries:
+            p = h5dir / Path(e).name
+            (present if p.is_file() else missing).append(p if p.is_file() else Path(e).name)
+        handle_missing([str(m) for m in missing], len(entries), on_missing=on_missing, where=lst)
+        return present
+    files = sorted(
+        (p for p in h5dir.glob("*.h5") if re.search(rf"(^|_){split}\d*\.h5$", p.name)),
+        key=lambda p: natural_key(p.name),
+    )
+    return files
+
+
+def _id2file(h5: Path) -> list[str] | None:
+    m = re.match(r"(.*?)(\d+)\.h5$", h5.name)
+    if not m:
+        return None
+    js = h5.with_name(f"{m.group(1)}_{m.group(2)}_id2file.json")
+    if not js.is_file():
+        return None
+    try:
+        entries = json.loads(js.read_text())
+    except (OSError, ValueError) as exc:
+        raise DatasetFormatError(js, f"unreadable id-to-file list ({exc})") from None
+    return [Path(str(e)).stem for e in entries]
+
+
+def _load_h5(
+    root: Path,
+    *,
+    sampling,
+    on_missing,
+    num_points,
+    seed,
+    up_axis,
+    normalize,
+    with_normals,
+    cache_dir,
+    num_proc,
+    rebuild,
+):
+    del with_normals
+    h5dir = _h5_dir(root)
+    if h5dir is None:
+        raise DatasetFormatError(root, "no *.h5 files found")
+    files = {s: _h5_split_files(h5dir, s, on_missing) for s in ("train", "test")}
+    for s, fs in files.items():
+        if not fs:
+            raise DatasetFormatError(h5dir, f"no h5 files for the '{s}' split (ply_data_{s}<k>.h5)")
+    info = {p: check_h5(p) for fs in files.values() for p in fs}
+    max_label = max(int(lab.max(initial=-1)) for _, _, lab in info.values())
+    names_file = h5dir / "shape_names.txt"
+    if names_file.is_file():
+        classes = read_list_file(names_file)
+    else:
+        classes = list(MODELNET10_CLASSES if max_label < 10 and "10" in h5dir.name else MODELNET40_CLASSES)
+    if max_label >= len(classes):
+        raise DatasetFormatError(
+            h5dir, f"labels go up to {max_label} but there are {len(classes)} class names"
+        )
+    for p, (_, npts, _) in info.items():
+        if npts < num_points:
+            raise DatasetFormatError(p, f"clouds have {npts} points, {num_points} requested")
+    tasks = {}
+    for s, fs in files.items():
+        tasks[s] = []
+        for p in fs:
+            n = info[p][0]
+            names = _id2file(p)
+            if names is not None and len(names) != n:
+                names = None
+            rel = p.relative_to(root).as_posix()
+            for a in range(0, n, H5_CHUNK):
+                b = min(n, a + H5_CHUNK)
+                tasks[s].append(
+                    (
+                        str(root),
+                        rel,
+                        a,
+                        b,
+                        names[a:b] if names else None,
+                        len(classes),
+                        num_points,
+                        sampling,
+                        seed,
+                        normalize,
+                        "data",
+                        "label",
+                        p.stem,
+                    )
+                )
+    name = _dataset_name(len(classes))
+    params = dict(
+        fmt="hdf5", num_points=num_points, seed=seed, sampling=sampling, normalize=normalize, classes=classes
+    )
+    all_files = [p for fs in files.values() for p in fs] + [
+        q for q in h5dir.iterdir() if q.suffix in (".txt", ".json")
+    ]
+    key = fingerprint("modelnet_h5", params, root, sorted(all_files))
+    nproc = resolve_num_proc(num_proc, 64 * sum(len(t) for t in tasks.values()))
+    features = point_cloud_features(num_points, classes)
+
+    def build(scratch):
+        return {
+            s: generate_split(h5_examples, t, features, split=s, scratch=scratch, num_proc=nproc, key=key)
+            for s, t in tasks.items()
+        }
+
+    meta = {
+        "dataset": name,
+        "source": "modelnet40_ply_hdf5_2048",
+        "format": "hdf5",
+        "up_axis": up_axis,
+        "num_points": num_points,
+        "seed": seed,
+        "sampling": sampling,
+        "normalize": normalize,
+        "class_names": classes,
+        "prompt_names": prompt_names(classes),
+        "num_examples": {s: sum(info[p][0] for p in fs) for s, fs in files.items()},
+    }
+    description = f"{name} from PointNet's modelnet40_ply_hdf5_2048: {num_points} points per object ({sampling}). Up axis: {up_axis}."
+    return build_cached(
+        "modelnet_h5", key, build, meta=meta, description=description, cache_dir=cache_dir, rebuild=rebuild
+    )

@@ -1,0 +1,285 @@
+"""Image-depth pre-training pairs from any folder of meshes, in the ShapeNet renderings layout.
+
+:func:`build_render_pairs` samples every mesh once (seeded, area-weighted, with face normals), renders
+10 shaded views per object with the project's own point renderer
+(:class:`~clip2point_hf.rendering_clip2point.DepthRenderer`, the reference's view angles) and writes::
+
+    <out>/rendering/<class>_<model>/{0..9}.png   224 x 224 RGB, white background
+    <out>/shapenet_pc/<class>-<model>.npy        (num_points, 3) float32, y-up, in the unit sphere
+    <out>/ShapeNet-55/<split>.txt                "<class>-<model>.npy" per line (train.txt, test.txt, ...)
+    <out>/clip2point_pairs.json                  class names, up axis, views, provenance
+
+so that ``load_shapenet_pairs(out, out)`` reads it directly, exactly like Point-BERT's ShapeNet-55 and
+the CLIP2Point renderings.
+
+Shading: each pixel shows the nearest sampled point (``RasterOutput.point_index``) lit by a headlight:
+``albedo * (ambient + (1 - ambient) * |n . v|)`` with ``n`` the mesh face normal of that point and ``v``
+the viewing direction (two-sided, so inconsistent face winding does not matter).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ._common import ON_MISSING, check_choice, check_num_points, check_root, check_seed
+from .errors import DatasetFormatError
+from .mesh_folder import UP_AXES, scan_mesh_folder
+from .mesh_io import MESH_EXTENSIONS, read_mesh, sample_surface, seeded_rng
+from .names import prompt_names
+from .shapenet import PAIRS_META_FILE
+
+__all__ = ["build_render_pairs", "shade_views"]
+
+
+def _object_id(rel: str, cls: str, split: str) -> tuple[str, str]:
+    """``(<class>, <model>)`` for a mesh at ``<class>/<split>/.../<name>.<ext>``; ``-`` cannot occur in
+    the class part (it separates class and model in the file names)."""
+    parts = Path(rel).with_suffix("").parts[1:]
+    if parts and parts[0] == split:
+        parts = parts[1:]
+    model = "_".join(parts) if parts else Path(rel).stem
+    return cls.replace("-", "_"), model
+
+
+def _assign_ids(root: Path, splits: dict[str, list[tuple[str, str]]]) -> list[tuple[str, str, str, str]]:
+    """``(split, rel, object_id, render_dir)`` per mesh; ids that clash (the same file name in two splits,
+    or with two extensions) get the split, then the extension, added to the model part."""
+    entries = []
+    for split, items in splits.items():
+        for rel, cls in items:
+            c, model = _object_id(rel, cls, split)
+            entries.append([split, rel, c, model])
+    for extra in ("split", "ext"):
+        count: dict[tuple[str, str], int] = {}
+        for e in entries:
+            count[(e[2], e[3])] = count.get((e[2], e[3]), 0) + 1
+        for e in entries:
+            if count[(e[2], e[3])] > 1:
+                e[3] = (
+                    f"{e[0]}_{e[3]}"
+                    if extra == "split"
+                    else f"{e[3]}_{Path(e[1]).suffix.lstrip('.').lower()}"
+                )
+    seen: dict[str, str] = {}
+    jobs = []
+    for split, rel, c, model in entries:
+        oid = f"{c}-{model}"
+        if oid in seen:
+            raise DatasetFormatError(root / rel, f"object id {oid!r} clashes with {seen[oid]}")
+        seen[oid] = rel
+        jobs.append((split, rel, oid, f"{c}_{model}"))
+    return jobs
+
+
+def shade_views(
+    point_index: torch.Tensor,
+    normals: torch.Tensor,
+    view_dirs: torch.Tensor,
+    *,
+    albedo: Sequence[float] = (0.78, 0.78, 0.78),
+    ambient: float = 0.3,
+    background: Sequence[float] = (1.0, 1.0, 1.0),
+) -> torch.Tensor:
+    """Headlight Lambertian shading of rasterised points.
+
+    Args:
+        point_index: ``(B, V, S, S)`` long, ``-1`` for background (``DepthRenderer.rasterize``).
+        normals: ``(B, N, 3)`` unit normals of the rendered points.
+        view_dirs: ``(V, 3)`` unit viewing directions (camera ``z`` axes).
+
+    Returns:
+        ``(B, V, 3, S, S)`` float RGB in ``[0, 1]``.
+    """
+    b, v, s, _ = point_index.shape
+    flat = point_index.reshape(b, v * s * s)
+    n = torch.gather(normals, 1, flat.clamp(min=0)[..., None].expand(-1, -1, 3)).reshape(b, v, s * s, 3)
+    lambert = (n * view_dirs[None, :, None, :]).sum(-1).abs()  # (B, V, S*S)
+    shade = ambient + (1.0 - ambient) * lambert
+    rgb = shade[..., None] * torch.tensor(albedo, dtype=shade.dtype)
+    bg = point_index.reshape(b, v, s * s) < 0
+    rgb = torch.where(bg[..., None], torch.tensor(background, dtype=shade.dtype), rgb)
+    return rgb.clamp(0, 1).reshape(b, v, s, s, 3).permute(0, 1, 4, 2, 3)
+
+
+def _sample_object(task):
+    root, rel, render_points, num_points, seed, up_axis = task
+    from ..rendering_clip2point import convert_up_axis, normalize_point_cloud
+
+    path = Path(root) / rel
+    mesh = read_mesh(path)
+    pts, normals = sample_surface(mesh, render_points, seeded_rng(seed, rel), return_normals=True, path=path)
+    p = torch.from_numpy(pts)
+    nrm = torch.from_numpy(normals)
+    if up_axis != "y":
+        p, nrm = _to_y_up(p, up_axis, convert_up_axis), _to_y_up(nrm, up_axis, convert_up_axis)
+    p = normalize_point_cloud(p)[0]
+    return p, nrm, p[:num_points].numpy().copy()
+
+
+def _to_y_up(t: torch.Tensor, up_axis: str, convert_up_axis) -> torch.Tensor:
+    """Rotate so that ``up_axis`` becomes +y (``"z"`` uses the renderer's reference mapping)."""
+    if up_axis == "z":
+        return convert_up_axis(t, "z")
+    x, y, z = t.unbind(-1)
+    table = {
+        "x": (-y, x, z),  # rotate -90 deg about z: +x -> +y
+        "-x": (y, -x, z),
+        "-y": (x, -y, -z),  # rotate 180 deg about x
+        "-z": (x, -z, y),  # rotate -90 deg about x: -z -> +y
+    }
+    return torch.stack(table[up_axis], dim=-1)
+
+
+def build_render_pairs(
+    root: str | Path,
+    out_dir: str | Path,
+    *,
+    num_points: int = 8192,
+    render_points: int | None = None,
+    seed: int = 0,
+    up_axis: str = "y",
+    views: str | Sequence = "reference10",
+    image_size: int = 224,
+    point_radius: float = 0.02,
+    albedo: Sequence[float] = (0.78, 0.78, 0.78),
+    ambient: float = 0.3,
+    extensions: Sequence[str] = MESH_EXTENSIONS,
+    batch_size: int = 8,
+    on_error: str = "error",
+    overwrite: bool = False,
+) -> Path:
+    """Render 10 shaded views and save the point cloud of every mesh under ``root``, ShapeNet-style.
+
+    Args:
+        root: a mesh folder (``<class>/<split>/*.obj|off|ply|stl``, see
+            :func:`~clip2point_hf.data.load_mesh_folder`).
+        out_dir: created (atomically: written next to it and renamed when complete).
+        num_points: points saved per object (Point-BERT's 8192 by default).
+        render_points: points sampled per object for rendering (default ``max(num_points, 16384)``,
+            dense enough for closed-looking surfaces at 224 px with ``point_radius`` 0.02); the saved
+            cloud is the first ``num_points`` of them.
+        seed: sampling seed (per mesh: derived from ``seed`` and the mesh's relative path).
+        up_axis: the meshes' up axis; everything is rotated to y-up (the renderer's world) first.
+        views: a ``VIEW_PRESETS`` name or a list of ``(elevation, azimuth[, distance])``; the default is
+            the reference's 10 views, in order ``0.png`` .. ``9.png``.
+        image_size, point_radius: renderer settings (224 and 0.02 as in the reference).
+        albedo, ambient: shading (grey material, 30 % ambient light).
+        batch_size: meshes rendered together.
+        on_error: a mesh that cannot be read or sampled: ``"error"`` (default; nothing is written) or
+            ``"skip"`` (a warning lists them).
+        overwrite: replace an existing ``out_dir``.
+
+    Returns:
+        ``out_dir``. Read it with ``load_shapenet_pairs(out_dir, out_dir)``.
+    """
+    from ..rendering_clip2point import DepthRenderer, camera_basis, resolve_views
+
+    num_points = check_num_points(num_points)
+    render_points = check_num_points(
+        render_points if render_points is not None else max(num_points, 16384), "render_points"
+    )
+    if render_points < num_points:
+        raise ValueError(f"`render_points` ({render_points}) must be >= `num_points` ({num_points})")
+    seed = check_seed(seed)
+    check_choice(up_axis, UP_AXES, "up_axis")
+    check_choice(on_error, ON_MISSING, "on_error")
+    root = check_root(root, "mesh folder")
+    out_dir = Path(out_dir).expanduser()
+    if out_dir.exists() and not overwrite:
+        raise DatasetFormatError(out_dir, "output folder exists (pass overwrite=True to replace it)")
+    classes, splits = scan_mesh_folder(root, extensions=extensions)
+    view_t = resolve_views(views)
+    view_list = view_t.tolist()
+    basis = camera_basis(view_t[:, 0], view_t[:, 1], 1.0)
+    view_dirs = basis.z_axis  # (V, 3)
+    renderer = DepthRenderer(image_size=image_size, point_radius=point_radius)
+
+    jobs = _assign_ids(root, splits)  # (split, rel, object_id, render_dir)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{token}"
+    failed: list[str] = []
+    try:
+        (tmp / "rendering").mkdir(parents=True)
+        (tmp / "shapenet_pc").mkdir()
+        (tmp / "ShapeNet-55").mkdir()
+        lists: dict[str, list[str]] = {s: [] for s in splits}
+        from PIL import Image
+
+        for start in range(0, len(jobs), batch_size):
+            batch = jobs[start : start + batch_size]
+            samples, kept = [], []
+            for job in batch:
+                try:
+                    samples.append(
+                        _sample_object((str(root), job[1], render_points, num_points, seed, up_axis))
+                    )
+                    kept.append(job)
+                except DatasetFormatError as exc:
+                    if on_error == "error":
+                        raise
+                    failed.append(f"{job[1]} ({exc.problem})")
+            if not kept:
+                continue
+            pts = torch.stack([s[0] for s in samples])
+            nrm = torch.stack([s[1] for s in samples])
+            raster = renderer.rasterize(pts, view_list)
+            rgb = shade_views(raster.point_index, nrm, view_dirs, albedo=albedo, ambient=ambient)
+            img = (rgb * 255.0 + 0.5).to(torch.uint8).permute(0, 1, 3, 4, 2).numpy()
+            for k, (split, _rel, oid, rname) in enumerate(kept):
+                d = tmp / "rendering" / rname
+                d.mkdir()
+                for v in range(img.shape[1]):
+                    Image.fromarray(img[k, v], mode="RGB").save(d / f"{v}.png")
+                np.save(tmp / "shapenet_pc" / f"{oid}.npy", samples[k][2])
+                lists[split].append(f"{oid}.npy")
+        for split, names in lists.items():
+            (tmp / "ShapeNet-55" / f"{split}.txt").write_text("".join(n + "\n" for n in names))
+        for split in ("train", "test"):  # load_shapenet_pairs reads both
+            if not (tmp / "ShapeNet-55" / f"{split}.txt").exists():
+                (tmp / "ShapeNet-55" / f"{split}.txt").write_text("")
+        id_classes = [c.replace("-", "_") for c in classes]
+        meta = {
+            "dataset": f"{root.name} render pairs",
+            "source": str(root),
+            "class_names": id_classes,
+            "prompt_names": prompt_names(id_classes),
+            "up_axis": "y",
+            "original_up_axis": up_axis,
+            "num_points": num_points,
+            "render_points": render_points,
+            "seed": seed,
+            "views": view_list if not isinstance(views, str) else views,
+            "view_angles": view_list,
+            "image_size": image_size,
+            "point_radius": point_radius,
+            "shading": {"albedo": list(albedo), "ambient": ambient, "light": "headlight, two-sided Lambert"},
+            "num_objects": {s: len(v) for s, v in lists.items()},
+            "skipped": failed,
+        }
+        (tmp / PAIRS_META_FILE).write_text(json.dumps(meta, indent=2))
+        if out_dir.exists():
+            old = out_dir.parent / f".{out_dir.name}.old-{token}"
+            os.rename(out_dir, old)
+            os.rename(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if failed:
+        warnings.warn(
+            f"{root}: skipped {len(failed)} meshes that could not be used: {failed[:5]}", stacklevel=2
+        )
+    return out_dir

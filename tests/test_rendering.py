@@ -490,3 +490,44 @@ def test_random_point_sample_and_up_axis():
     assert convert_up_axis(p, "y") is p
     with pytest.raises(ValueError, match="up_axis"):
         convert_up_axis(p, "x")
+
+
+# ---------------------------------------------------------------------------------------------
+# Execution paths: compile-friendliness, the CUDA-style (non-reusing) workspace
+# ---------------------------------------------------------------------------------------------
+
+
+def test_traces_as_one_graph_under_torch_compile():
+    """No graph breaks (so no host synchronisation) in render and rasterize: fullgraph=True."""
+    renderer = DepthRenderer(image_size=32)
+    pts = random_clouds(2, 64, seed=12)
+    views = torch.tensor(VIEW_PRESETS["reference10"])
+    dist = torch.full((2, 10), 1.05)
+    render = torch.compile(lambda p, v, d: renderer.render(p, v, d), backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(render(pts, views, dist), renderer.render(pts, views, dist), rtol=0, atol=1e-6)
+    raster = torch.compile(lambda p, v: renderer.rasterize(p, v), backend="aot_eager", fullgraph=True)
+    got, ref = raster(pts, views), renderer.rasterize(pts, views)
+    torch.testing.assert_close(got.point_index, ref.point_index, rtol=0, atol=0)
+    torch.testing.assert_close(got.depth, ref.depth, rtol=0, atol=0)
+
+
+def test_non_reusing_workspace_path_agrees(monkeypatch):
+    """The path CUDA takes (in-place ops on fresh buffers, one chunk) gives the CPU path's result."""
+    import clip2point_hf.rendering_clip2point as module
+
+    pts = random_clouds(3, 200, seed=13)
+    cpu = DepthRenderer(image_size=48, chunk_size=1)
+    expected_img, expected = cpu.render(pts), cpu.rasterize(pts)
+    original = module._Workspace.__init__
+
+    def fresh_buffers(self, device, reuse=True):
+        original(self, device, reuse=False)
+
+    monkeypatch.setattr(module._Workspace, "__init__", fresh_buffers)
+    for chunk in (1, None):
+        other = DepthRenderer(image_size=48, chunk_size=chunk)
+        torch.testing.assert_close(other.render(pts), expected_img, rtol=0, atol=0)
+        got = other.rasterize(pts)
+        torch.testing.assert_close(got.point_index, expected.point_index, rtol=0, atol=0)
+        torch.testing.assert_close(got.depth, expected.depth, rtol=0, atol=0)
+        torch.testing.assert_close(other.render_intensity(pts), cpu.render_intensity(pts), rtol=0, atol=0)

@@ -346,7 +346,7 @@ def resolve_views(views: str | Sequence | torch.Tensor, name: str = "views") -> 
         t = t.float()
     if t.shape[-1] == 2:
         t = torch.cat([t, torch.ones_like(t[..., :1])], dim=-1)
-    if t.device.type == "cpu":
+    if t.device.type == "cpu" and not torch.compiler.is_compiling():
         if not bool(torch.isfinite(t).all()):
             raise ValueError(f"`{name}` contains NaN or Inf")
         if not bool((t[..., 2] > 0).all()):
@@ -360,19 +360,23 @@ def resolve_views(views: str | Sequence | torch.Tensor, name: str = "views") -> 
 
 
 class _Workspace:
-    """Scratch buffers reused across the chunks of one CPU call.
+    """Scratch buffers for a call that needs no autograd (so in-place arithmetic is allowed).
 
-    Fresh large CPU allocations are returned to the OS on free and page-faulted again on the next use;
-    on a small CPU that costs more than the arithmetic. Reusing a handful of chunk-sized buffers within
-    a call avoids it. Created per call, so a renderer stays safe to share between threads.
+    On CPU (``reuse=True``) the buffers are reused across the chunks of one call: fresh large CPU
+    allocations are returned to the OS on free and page-faulted again on the next use, which on a small
+    CPU costs more than the arithmetic. On CUDA (``reuse=False``) every request is a fresh tensor from
+    the caching allocator. Created per call, so a renderer stays safe to share between threads.
     """
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, reuse: bool = True) -> None:
         self.device = device
+        self.reuse = reuse
         self.buffers: dict[str, torch.Tensor] = {}
 
     def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         numel = math.prod(shape)
+        if not self.reuse:
+            return torch.empty(shape, dtype=dtype, device=self.device)
         key = f"{name}:{dtype}"
         buf = self.buffers.get(key)
         if buf is None or buf.numel() < numel:
@@ -511,9 +515,8 @@ class DepthRenderer:
         if distances is not None:
             if not isinstance(distances, torch.Tensor):
                 distances = torch.as_tensor(distances, dtype=torch.float32)
-            if distances.device.type == "cpu" and not bool(
-                (torch.isfinite(distances) & (distances > 0)).all()
-            ):
+            checkable = distances.device.type == "cpu" and not torch.compiler.is_compiling()
+            if checkable and not bool((torch.isfinite(distances) & (distances > 0)).all()):
                 raise ValueError("every value of `distances` must be finite and > 0")
             distances = distances.to(device=device, dtype=torch.float32)
             v_count = rot.shape[1]
@@ -628,7 +631,11 @@ class DepthRenderer:
         as_int = as_int.copy_(high) if as_int is not None else high.to(torch.int32)
         depth = as_int.view(torch.float32)
         depth = (
-            depth_out.copy_(depth) if depth_out is not None else depth.clone() if ws is not None else depth
+            depth_out.copy_(depth)
+            if depth_out is not None
+            else depth.clone()
+            if ws is not None and ws.reuse
+            else depth
         )
         return depth.masked_fill_(background, 0.0), index
 
@@ -734,7 +741,9 @@ class DepthRenderer:
             chunk = min(b, budget_candidates // max(v * n * k2, 1), budget_pixels // (v * self.image_size**2))
             chunk = max(1, chunk)
         needs_grad = torch.is_grad_enabled() and pts.requires_grad
-        ws = _Workspace(pts.device) if pts.device.type == "cpu" and not needs_grad else None
+        if needs_grad or torch.compiler.is_compiling():  # out-of-place ops only
+            return chunk, None
+        ws = _Workspace(pts.device, reuse=pts.device.type == "cpu")
         return chunk, ws
 
     @staticmethod
@@ -766,7 +775,7 @@ class DepthRenderer:
         v, s = rot.shape[1], self.image_size
         chunk, ws = self._plan(pts, v)
         if chunk >= b:
-            depth, index = self._zbuffer_index(pts, rot, centre_view, dist, None)
+            depth, index = self._zbuffer_index(pts, rot, centre_view, dist, ws)
             return RasterOutput(depth.view(b, v, s, s), index.view(b, v, s, s))
         depth = torch.empty(b, v, s, s, device=pts.device)
         index = torch.empty(b, v, s, s, dtype=torch.long, device=pts.device)
@@ -810,7 +819,7 @@ class DepthRenderer:
         v, s = rot.shape[1], self.image_size
         chunk, ws = self._plan(pts, v)
         if chunk >= b:
-            return self._render_chunk(pts, rot, centre_view, dist, None, normalise)
+            return self._render_chunk(pts, rot, centre_view, dist, ws, normalise)
         out = torch.empty((b, v, 3, s, s) if normalise else (b, v, s, s), device=pts.device)
         for c0 in range(0, b, chunk):
             c1 = min(b, c0 + chunk)

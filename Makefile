@@ -4,7 +4,6 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CPU wheel of torch; a bare `pip install torch` would pull several GB of CUDA packages.
 TORCH_SPEC ?= torch==2.13.0
-export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
 .PHONY: install test test-fast demo lint format bench clean
@@ -19,10 +18,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 install: $(VENV)/.installed
 
 test: install
-	$(PY) -m pytest -q tests
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests
 
 test-fast: install
-	$(PY) -m pytest -q -m "not slow" tests
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow" tests
 
 demo: install
 	$(PY) examples/demo.py --output_dir demo_output

@@ -1,6 +1,13 @@
 """CLIP2Point for Hugging Face: depth rendering, image-depth pre-training and the Gated Dual-Path Adapter."""
 
-from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, AutoModelForPreTraining
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForPreTraining,
+    AutoProcessor,
+)
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_clip2point import CLIP2PointConfig
 from .modeling_clip2point import (
@@ -12,6 +19,9 @@ from .modeling_clip2point import (
     CLIP2PointPreTrainedModel,
     CLIP2PointPreTrainingOutput,
 )
+from .pipeline_clip2point import ZeroShotPointCloudClassificationPipeline
+from .processing_clip2point import CLIP2PointProcessor
+from .rendering_clip2point import VIEW_PRESETS, DepthRenderer
 
 __version__ = "0.1.0"
 
@@ -22,12 +32,22 @@ AutoModelForPreTraining.register(CLIP2PointConfig, CLIP2PointForPreTraining, exi
 AutoModelForImageClassification.register(
     CLIP2PointConfig, CLIP2PointForPointCloudClassification, exist_ok=True
 )
+AutoProcessor.register(CLIP2PointConfig, CLIP2PointProcessor, exist_ok=True)
 CLIP2PointConfig.register_for_auto_class()
 CLIP2PointModel.register_for_auto_class("AutoModel")
 CLIP2PointForPreTraining.register_for_auto_class("AutoModelForPreTraining")
 CLIP2PointForPointCloudClassification.register_for_auto_class("AutoModelForImageClassification")
+CLIP2PointProcessor.register_for_auto_class("AutoProcessor")
+
+PIPELINE_REGISTRY.register_pipeline(
+    "zero-shot-point-cloud-classification",
+    pipeline_class=ZeroShotPointCloudClassificationPipeline,
+    pt_model=AutoModel,
+    type="multimodal",
+)
 
 __all__ = [
+    "VIEW_PRESETS",
     "CLIP2PointClassifierOutput",
     "CLIP2PointConfig",
     "CLIP2PointForPointCloudClassification",
@@ -36,4 +56,7 @@ __all__ = [
     "CLIP2PointOutput",
     "CLIP2PointPreTrainedModel",
     "CLIP2PointPreTrainingOutput",
+    "CLIP2PointProcessor",
+    "DepthRenderer",
+    "ZeroShotPointCloudClassificationPipeline",
 ]

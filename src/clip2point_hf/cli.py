@@ -1,0 +1,265 @@
+"""`clip2point`: classify, render, evaluate, convert and publish from the command line.
+
+User errors (a bad file, an unknown option value, a model folder missing files, an unreachable Hub) end
+in one line on stderr and exit code 2, with no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, OSError, KeyError, RuntimeError)
+
+
+class CommandError(Exception):
+    """A user-facing error: printed as one line."""
+
+
+# --------------------------------------------------------------------------------------------------------- helpers
+
+
+def _labels(text: str) -> list[str]:
+    from .pipeline_clip2point import _check_labels
+
+    return list(_check_labels(text))
+
+
+def _views(text: str):
+    """`10`, `6`, a preset name, or `elev,azim[,dist];...`."""
+    aliases = {"10": "reference10", "6": "reference6"}
+    if text in aliases or not any(c in text for c in ",;"):
+        return aliases.get(text, text)
+    try:
+        return [[float(x) for x in view.split(",")] for view in text.split(";") if view.strip()]
+    except ValueError as error:
+        raise CommandError(f"--views: cannot parse {text!r} as 'elev,azim[,dist];...' ({error})") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
+
+
+def _load_pipeline(model: str, device: str | None):
+    from transformers import pipeline
+
+    import clip2point_hf  # noqa: F401  (registers the task)
+
+    if not (Path(model).is_dir() or "/" in model):
+        raise CommandError(f"--model: {model!r} is neither a folder nor a Hub id (org/name)")
+    try:
+        return pipeline("zero-shot-point-cloud-classification", model=model, device=device)
+    except (OSError, ValueError) as error:
+        raise CommandError(f"cannot load the model {model!r}: {_first_line(error)}") from None
+
+
+# --------------------------------------------------------------------------------------------------------- commands
+
+
+def cmd_classify(args: argparse.Namespace) -> None:
+    labels = _labels(args.labels)
+    for path in args.files:
+        if not Path(path).is_file():
+            raise CommandError(f"{path}: file not found")
+    classifier = _load_pipeline(args.model, args.device)
+    kwargs = {"candidate_labels": labels, "batch_size": args.batch_size}
+    if args.template:
+        kwargs["hypothesis_template"] = args.template
+    results = classifier(list(args.files), **kwargs)
+    if args.json:
+        print(json.dumps(dict(zip(args.files, results, strict=True)), indent=2))
+        return
+    for path, ranked in zip(args.files, results, strict=True):
+        top = ", ".join(f"{r['label']} {r['score']:.3f}" for r in ranked[: args.top_k])
+        print(f"{path}: {top}")
+
+
+def cmd_render(args: argparse.Namespace) -> None:
+    from .data.point_files import read_point_cloud
+    from .processing_clip2point import CLIP2PointProcessor
+
+    points = read_point_cloud(args.file, seed=args.seed)
+    processor = CLIP2PointProcessor(
+        num_points=args.num_points, up_axis=args.up_axis, views=_views(args.views), depth_mode=args.depth_mode
+    )
+    processor.save_views_image(points, args.output)
+    print(f"wrote {args.output} ({processor.num_views} views of {args.file})")
+
+
+def cmd_convert(args: argparse.Namespace) -> None:
+    from .conversion_clip2point import (
+        convert_dpa_checkpoint,
+        convert_pretraining_checkpoint,
+        load_clip,
+        load_openai_clip,
+        load_state_dict_file,
+    )
+    from .modeling_clip2point import CLIP2PointModel
+    from .processing_clip2point import CLIP2PointProcessor
+
+    state = load_state_dict_file(args.checkpoint)
+    kind = args.kind
+    if kind == "auto":
+        prefixes = {key.split(".")[0] for key in state}
+        kind = "dpa" if "adapter1" in prefixes else "pretraining" if "point_model" in prefixes else "clip"
+    tokenizer = _tokenizer(args.tokenizer)
+    if kind == "clip":
+        model = CLIP2PointModel.from_clip(load_openai_clip(state))
+    else:
+        if not args.clip:
+            raise CommandError(
+                f"--clip is required to convert a {kind} checkpoint (its text tower is CLIP's)"
+            )
+        clip = load_clip(args.clip)
+        if kind == "pretraining":
+            model = convert_pretraining_checkpoint(state, clip)
+        else:
+            if tokenizer is None:
+                raise CommandError(
+                    "--tokenizer (CLIP's) is required to embed the class names of a DPA checkpoint"
+                )
+            model = convert_dpa_checkpoint(state, clip, _class_names(args.class_names), tokenizer)
+    model.save_pretrained(args.output)
+    CLIP2PointProcessor(tokenizer=tokenizer).save_pretrained(args.output)
+    note = "" if tokenizer else " (no tokenizer given: the folder can render but not embed text)"
+    print(f"wrote {type(model).__name__} ({kind} checkpoint) to {args.output}{note}")
+
+
+def _tokenizer(spec: str | None):
+    if not spec:
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(spec)
+    except (OSError, ValueError) as error:
+        raise CommandError(f"--tokenizer: cannot load {spec!r}: {_first_line(error)}") from None
+
+
+def _class_names(spec: str) -> list[str]:
+    from .data.names import MODELNET10_CLASSES, MODELNET40_CLASSES, SCANOBJECTNN_CLASSES, prompt_names
+
+    known = {
+        "modelnet40": MODELNET40_CLASSES,
+        "modelnet10": MODELNET10_CLASSES,
+        "scanobjectnn": SCANOBJECTNN_CLASSES,
+    }
+    if spec.lower() in known:
+        return prompt_names(known[spec.lower()])
+    if Path(spec).is_file():
+        return [line.strip() for line in Path(spec).read_text().splitlines() if line.strip()]
+    return _labels(spec)
+
+
+def cmd_push(args: argparse.Namespace) -> None:
+    from .hub import export_hub_folder, push_folder, verify_hub_folder
+
+    folder = Path(args.output or Path(args.model_dir) / "hub_export")
+    export_hub_folder(args.model_dir, folder, args.results, repo_id=args.repo, base_model=args.base_model)
+    verify_hub_folder(folder, reference_dir=args.model_dir)
+    if args.dry_run:
+        print(f"dry run: {folder} is complete and verified; nothing was uploaded")
+        return
+    print(f"pushed {folder} to {args.repo}: {push_folder(folder, args.repo, private=args.private)}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from .evaluation import run_zero_shot_evaluation
+
+    result = run_zero_shot_evaluation(
+        model=args.model,
+        dataset=args.dataset,
+        views=_views(args.views),
+        templates=args.templates,
+        output=args.output,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
+    print(
+        f"{result['dataset']} {result['split']}: overall {100 * result['overall_accuracy']:.2f}%, "
+        f"mean class {100 * result['mean_class_accuracy']:.2f}% ({result['num_samples']} clouds); "
+        f"results in {args.output}"
+    )
+
+
+# --------------------------------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clip2point", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("classify", help="zero-shot classify point-cloud files")
+    p.add_argument("files", nargs="+", help=".ply .obj .off .stl .npy .npz .txt .xyz files")
+    p.add_argument("--labels", required=True, help="comma-separated candidate labels")
+    p.add_argument("--model", required=True, help="a model folder or Hub id")
+    p.add_argument("--template", help="prompt template with {} (default: the model's)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--json", action="store_true", help="print all scores as JSON")
+    p.set_defaults(func=cmd_classify)
+
+    p = commands.add_parser("render", help="write a picture of a cloud's depth views")
+    p.add_argument("file")
+    p.add_argument("-o", "--output", default="views.png")
+    p.add_argument("--views", default="10", help="10, 6, upper10 or 'elev,azim[,dist];...'")
+    p.add_argument("--up-axis", choices=("y", "z"), default="y", help="z for ModelNet-style files")
+    p.add_argument("--num-points", type=int, default=1024)
+    p.add_argument("--depth-mode", choices=("parity", "minmax"), default="parity")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_render)
+
+    p = commands.add_parser("evaluate", help="zero-shot accuracy on a dataset")
+    p.add_argument("--dataset", required=True, help="a dataset folder (ModelNet, ScanObjectNN, mesh folder)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--views", default="6")
+    p.add_argument("--templates", default="reference", help="reference, ensemble, or a template with {}")
+    p.add_argument("--output", default="zero_shot_results.json")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = commands.add_parser("convert", help="convert an original checkpoint into a model folder")
+    p.add_argument("checkpoint", help="best_eval.pth, best_test.pth, or an OpenAI CLIP .pt")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--kind", choices=("auto", "clip", "pretraining", "dpa"), default="auto")
+    p.add_argument("--clip", help="CLIP for the text tower: Hub id, folder or OpenAI .pt")
+    p.add_argument("--tokenizer", help="CLIP tokenizer folder or Hub id (saved with the model)")
+    p.add_argument("--class-names", default="modelnet40", help="DPA classes: modelnet40, a file, or a,b,c")
+    p.set_defaults(func=cmd_convert)
+
+    p = commands.add_parser("push", help="export, verify and upload a model folder to the Hub")
+    p.add_argument("model_dir")
+    p.add_argument("--repo", required=True, help="Hub repo id, org/name")
+    p.add_argument("--results", nargs="*", default=[], help="zero-shot result JSON files for the card")
+    p.add_argument("--output", help="where to write the upload folder (default: MODEL_DIR/hub_export)")
+    p.add_argument("--base-model", help="the CLIP it was initialised from, for the card")
+    p.add_argument("--private", action="store_true")
+    p.add_argument("--dry-run", action="store_true", help="write and verify the folder, upload nothing")
+    p.set_defaults(func=cmd_push)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except CommandError as error:
+        print(f"clip2point {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except USER_ERRORS as error:
+        if os.environ.get("CLIP2POINT_DEBUG"):
+            raise
+        print(f"clip2point {args.command}: error: {_first_line(error)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

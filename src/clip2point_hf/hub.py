@@ -1,0 +1,315 @@
+"""Publishing: the Hub folder (weights, remote code, processor, card), its verification, and the upload.
+
+One folder is what gets uploaded: `model.safetensors`, `config.json` with `auto_map`, the remote-code files,
+the processor and tokenizer files, and `README.md` (the model card, whose `model-index` carries the numbers
+of the zero-shot result files it was built from).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from .modeling_clip2point import (
+    CLIP2PointForPointCloudClassification,
+    CLIP2PointForPreTraining,
+    CLIP2PointModel,
+    CLIP2PointPreTrainedModel,
+)
+
+REMOTE_CODE_FILES = ("configuration_clip2point.py", "modeling_clip2point.py")
+PROCESSOR_CODE_FILES = ("processing_clip2point.py", "rendering_clip2point.py")
+
+
+class HubFolderError(ValueError):
+    """A model folder lacks what publishing needs, or the exported folder does not verify."""
+
+
+class HubUnreachableError(RuntimeError):
+    """The Hub could not be reached (offline, no network, no credentials)."""
+
+
+def load_for_export(model_dir: str | os.PathLike) -> CLIP2PointPreTrainedModel:
+    """Load a saved CLIP2Point model for publishing; a pre-training run publishes its `CLIP2PointModel`
+    (the frozen image tower is a copy of CLIP's and no user needs it)."""
+    model_dir = Path(model_dir)
+    config_path = model_dir / "config.json"
+    if not config_path.is_file():
+        raise HubFolderError(f"{model_dir}: no config.json; is this a saved CLIP2Point model folder?")
+    if not any(model_dir.glob("*.safetensors")):
+        raise HubFolderError(f"{model_dir}: no *.safetensors weights")
+    architectures = json.loads(config_path.read_text()).get("architectures") or ["CLIP2PointModel"]
+    classes = {
+        cls.__name__: cls
+        for cls in (CLIP2PointModel, CLIP2PointForPreTraining, CLIP2PointForPointCloudClassification)
+    }
+    if architectures[0] not in classes:
+        raise HubFolderError(f"{config_path}: architecture {architectures[0]!r} is not a CLIP2Point model")
+    model = classes[architectures[0]].from_pretrained(model_dir).eval()
+    return model.clip2point if isinstance(model, CLIP2PointForPreTraining) else model
+
+
+def read_results(paths: Sequence[str | os.PathLike]) -> list[dict]:
+    """Read zero-shot result JSON files (as written by `examples/zero_shot.py`)."""
+    results = []
+    for path in paths:
+        try:
+            result = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise HubFolderError(f"{path}: cannot read the result file ({error})") from error
+        for key in ("dataset", "overall_accuracy", "mean_class_accuracy"):
+            if key not in result:
+                raise HubFolderError(f"{path}: result file has no {key!r}")
+        results.append(result)
+    return results
+
+
+def build_model_card(
+    model: CLIP2PointPreTrainedModel,
+    processor,
+    results: Sequence[dict] = (),
+    repo_id: str | None = None,
+    base_model: str | None = None,
+    training_notes: str | None = None,
+) -> ModelCard:
+    """A model card whose YAML (library, pipeline tag, tags, datasets, model-index) matches `results`."""
+    eval_results = []
+    for result in results:
+        for metric, key in (("accuracy", "overall_accuracy"), ("mean_class_accuracy", "mean_class_accuracy")):
+            eval_results.append(
+                EvalResult(
+                    task_type="zero-shot-classification",
+                    task_name="Zero-shot point cloud classification",
+                    dataset_type=result.get("dataset_id", result["dataset"]),
+                    dataset_name=result["dataset"],
+                    dataset_split=result.get("split", "test"),
+                    metric_type=metric,
+                    metric_name=metric.replace("_", " "),
+                    metric_value=round(100 * float(result[key]), 2),
+                )
+            )
+    name = repo_id or "clip2point"
+    data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="zero-shot-image-classification",
+        tags=["clip2point", "point-cloud", "3d", "zero-shot", "clip", "depth-rendering", "custom_code"],
+        datasets=sorted({r.get("dataset_id", r["dataset"]) for r in results}) or None,
+        base_model=base_model,
+        model_name=name,
+        eval_results=eval_results or None,
+    )
+    settings = processor.to_dict() if hasattr(processor, "to_dict") else {}
+    render = {k: v for k, v in settings.items() if k not in ("tokenizer", "processor_class", "auto_map")}
+    rows = "\n".join(
+        f"| {r['dataset']} | {r.get('split', 'test')} | {r.get('num_views', '')} | "
+        f"{100 * float(r['overall_accuracy']):.2f} | {100 * float(r['mean_class_accuracy']):.2f} |"
+        for r in results
+    )
+    table = (
+        "| dataset | split | views | overall acc. (%) | mean class acc. (%) |\n|---|---|---|---|---|\n" + rows
+        if results
+        else "No evaluation was run for this checkpoint."
+    )
+    body = f"""
+# {name}
+
+CLIP2Point ({type(model).__name__}): CLIP transferred to point clouds by rendering depth maps and
+image-depth contrastive pre-training (Huang et al., ICCV 2023), packaged with
+[clip2point_hf](https://pypi.org/project/clip2point-hf/).
+
+## Usage
+
+```python
+from transformers import pipeline
+import clip2point_hf  # registers the task; or load with trust_remote_code=True without the package
+
+clf = pipeline("zero-shot-point-cloud-classification", model="{name}")
+clf("chair.ply", candidate_labels=["chair", "table", "lamp"])
+```
+
+```python
+from transformers import AutoModel, AutoProcessor
+
+model = AutoModel.from_pretrained("{name}", trust_remote_code=True)
+processor = AutoProcessor.from_pretrained("{name}", trust_remote_code=True)
+inputs = processor(point_clouds, text=["image of a chair", "image of a lamp"], return_tensors="pt")
+logits = model(**inputs).logits_per_point_cloud
+```
+
+## Rendering settings
+
+Depth maps are rendered in pure PyTorch (no PyTorch3D) with these processor settings:
+
+```json
+{json.dumps(render, indent=2, default=str)}
+```
+
+## Evaluation
+
+Zero-shot top-1 accuracy, computed by `examples/zero_shot.py` (the numbers in the metadata come from the
+same result files):
+
+{table}
+
+## Protocol
+
+- Checkpoints are selected on a held-out validation split, never on a test set (the reference
+  implementation selected on ModelNet40 test accuracy; its published numbers are therefore optimistic).
+- Test clouds are sampled once with a fixed seed and cached, so every evaluation sees the same points.
+- Pre-training negatives come from the global batch across processes.
+
+{training_notes or ""}
+
+## Citation
+
+```bibtex
+@inproceedings{{huang2023clip2point,
+  title={{CLIP2Point: Transfer CLIP to Point Cloud Classification with Image-Depth Pre-Training}},
+  author={{Huang, Tianyu and Dong, Bowen and Yang, Yunhan and Huang, Xiaoshui and Lau, Rynson W. H. and
+          Ouyang, Wanli and Zuo, Wangmeng}},
+  booktitle={{ICCV}},
+  year={{2023}}
+}}
+```
+"""
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n{textwrap.dedent(body)}")
+
+
+def export_hub_folder(
+    model_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    result_files: Sequence[str | os.PathLike] = (),
+    repo_id: str | None = None,
+    base_model: str | None = None,
+) -> Path:
+    """Write the folder to upload: weights, config with `auto_map`, remote code, processor, card."""
+    from .processing_clip2point import CLIP2PointProcessor
+
+    model = load_for_export(model_dir)
+    try:
+        processor = CLIP2PointProcessor.from_pretrained(model_dir)
+    except (OSError, ValueError) as error:
+        raise HubFolderError(f"{model_dir}: no usable processor/tokenizer files ({error})") from error
+    if processor.tokenizer is None:
+        raise HubFolderError(f"{model_dir}: the processor has no tokenizer; the Hub folder needs one")
+    results = read_results(result_files)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)
+    training_notes = None
+    if (Path(model_dir) / "training_args.json").is_file():
+        args = (Path(model_dir) / "training_args.json").read_text()
+        training_notes = (
+            f"## Training\n\nArguments of the run that produced these weights:\n\n```json\n{args}\n```"
+        )
+    build_model_card(model, processor, results, repo_id, base_model, training_notes).save(
+        output_dir / "README.md"
+    )
+    return output_dir
+
+
+def verify_hub_folder(folder: str | os.PathLike, reference_dir: str | os.PathLike | None = None) -> None:
+    """Check the folder has every file and loads with `trust_remote_code=True` in a fresh process where
+    `clip2point_hf` cannot be imported; with `reference_dir`, its outputs must equal that model's."""
+    folder = Path(folder)
+    needed = ["config.json", "model.safetensors", "README.md", *REMOTE_CODE_FILES, *PROCESSOR_CODE_FILES]
+    missing = [name for name in needed if not (folder / name).is_file()]
+    if not any((folder / name).is_file() for name in ("tokenizer.json", "vocab.json")):
+        missing.append("tokenizer.json")
+    if missing:
+        raise HubFolderError(f"{folder}: missing {missing}")
+    card = ModelCard.load(folder / "README.md")
+    if card.data.library_name != "transformers":
+        raise HubFolderError(f"{folder / 'README.md'}: card metadata lacks library_name")
+
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["clip2point_hf"] = None  # prove the folder needs no installed package
+        import numpy as np, torch
+        from transformers import AutoModel, AutoProcessor
+        folder = {str(folder)!r}
+        model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+        processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+        assert "clip2point_hf" not in type(model).__module__
+        cloud = np.random.default_rng(0).normal(size=(2, 300, 3)).astype("float32")  # as below
+        batch = processor(cloud, text=["image of a chair", "image of a lamp"], return_tensors="pt")
+        with torch.no_grad():
+            out = model(**batch)
+        logits = getattr(out, "logits_per_point_cloud", None)
+        logits = out.logits if logits is None else logits
+        torch.save({{"logits": logits, "pixel_values": batch["pixel_values"]}}, folder + "/.verify.pt")
+        """
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600
+    )
+    if result.returncode != 0:
+        last = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "no output"
+        raise HubFolderError(f"{folder}: does not load with trust_remote_code ({last})")
+    produced = torch.load(folder / ".verify.pt", weights_only=True)
+    (folder / ".verify.pt").unlink()
+    if reference_dir is not None:
+        from .processing_clip2point import CLIP2PointProcessor
+
+        reference = load_for_export(reference_dir)
+        processor = CLIP2PointProcessor.from_pretrained(reference_dir)
+        cloud = np.random.default_rng(0).normal(size=(2, 300, 3)).astype("float32")
+        batch = processor(cloud, text=["image of a chair", "image of a lamp"], return_tensors="pt")
+        if not torch.equal(batch["pixel_values"], produced["pixel_values"]):
+            raise HubFolderError(
+                f"{folder}: the remote-code processor renders differently from {reference_dir}"
+            )
+        with torch.no_grad():
+            out = (
+                reference(**batch)
+                if isinstance(reference, CLIP2PointModel)
+                else reference(batch["pixel_values"])
+            )
+        expected = out.logits_per_point_cloud if isinstance(reference, CLIP2PointModel) else out.logits
+        if not torch.allclose(produced["logits"], expected, atol=1e-5, rtol=1e-5):
+            raise HubFolderError(f"{folder}: remote-code outputs differ from {reference_dir}")
+
+
+def push_folder(
+    folder: str | os.PathLike, repo_id: str, private: bool = False, token: str | None = None
+) -> str:
+    """Upload `folder` to the Hub model repo `repo_id`; returns the commit URL."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    api = HfApi(token=token)
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        commit = api.upload_folder(
+            folder_path=str(folder), repo_id=repo_id, commit_message="Upload CLIP2Point"
+        )
+    except (OfflineModeIsEnabled, HfHubHTTPError, OSError) as error:
+        raise HubUnreachableError(
+            f"could not push to the Hub repo {repo_id!r} ({type(error).__name__}: {str(error).splitlines()[0]}); "
+            f"the folder is complete locally at {folder}"
+        ) from error
+    return str(getattr(commit, "commit_url", commit))
+
+
+__all__ = [
+    "HubFolderError",
+    "HubUnreachableError",
+    "build_model_card",
+    "export_hub_folder",
+    "load_for_export",
+    "push_folder",
+    "read_results",
+    "verify_hub_folder",
+]

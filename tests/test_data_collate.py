@@ -12,6 +12,7 @@ from clip2point_hf.data import (
     PointCloudTransform,
     collate_point_clouds,
     load_mesh_folder,
+    point_cloud_dataloader,
     prompt_name,
     prompt_names,
 )
@@ -68,6 +69,18 @@ def test_collate_with_numpy_format_and_dataloader(mesh_ds):
     assert [b["points"].shape[0] for b in batches] == [3, 3, 2]
     assert all(b["points"].shape[1:] == (32, 3) and b["label"].dtype == torch.long for b in batches)
     assert all(isinstance(b["path"], list) for b in batches)
+
+
+def test_point_cloud_dataloader_batched_reads(mesh_ds):
+    loader = point_cloud_dataloader(
+        mesh_ds, 3, transform=PointCloudTransform(16), generator=torch.Generator().manual_seed(0)
+    )
+    batches = list(loader)
+    assert [b["points"].shape for b in batches] == [(3, 16, 3), (3, 16, 3), (2, 16, 3)]
+    assert sorted(n for b in batches for n in b["name"]) == sorted(mesh_ds["name"])
+    plain = list(point_cloud_dataloader(mesh_ds, 4, shuffle=False, num_workers=2))
+    assert plain[0]["points"].shape == (4, 64, 3) and plain[0]["label"].dtype == torch.int64
+    np.testing.assert_array_equal(plain[1]["points"].numpy(), mesh_ds.with_format("numpy")[4:8]["points"])
 
 
 def test_augmentations_are_what_they_say():

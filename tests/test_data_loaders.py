@@ -224,7 +224,7 @@ def _modelnet_off(root, classes, glued=True):
 
 def test_modelnet_off_glued_headers(tmp_path):
     classes = ["bed", "chair", "desk", "monitor", "sofa", "toilet"]  # a partial ModelNet10
-    root = _modelnet_off(tmp_path / "ModelNet10", classes)
+    root = _modelnet_off(tmp_path / "extracted" / "ModelNet10", classes)
     assert (root / "bed" / "train" / "bed_0001.off").read_text().startswith("OFF8 12 0")
     assert detect_modelnet_format(root) == "off"
     ds = load_modelnet(root, num_points=32, cache_dir=tmp_path / "c")
@@ -234,6 +234,10 @@ def test_modelnet_off_glued_headers(tmp_path):
     assert ds["train"].features["label"].int2str(row["label"]) == "bed" and row["name"] == "bed_0001"
     meta = dataset_metadata(ds)
     assert meta["up_axis"] == "z" and meta["dataset"] == "ModelNet10" and meta["format"] == "off"
+    # the folder a zip was extracted into (holding ModelNet10/ and __MACOSX/) works as well
+    (tmp_path / "extracted" / "__MACOSX").mkdir()
+    parent = load_modelnet(tmp_path / "extracted", num_points=32, cache_dir=tmp_path / "c")
+    np.testing.assert_array_equal(_points(parent["test"]), _points(ds["test"]))
 
 
 def test_modelnet_normal_resampled_split_lists_and_missing(tmp_path):

@@ -198,3 +198,21 @@ def test_build_render_pairs_bad_mesh_writes_nothing(tmp_path):
     write_off(root / "box" / "train" / "zz.off", CUBE_V, CUBE_TRIS)
     again = build_render_pairs(root, out, render_points=512, num_points=256, overwrite=True)
     assert "box-zz.npy" in (again / "ShapeNet-55" / "train.txt").read_text()
+
+
+def test_pairs_ready_for_the_hub(tmp_path):
+    """``push_to_hub`` writes parquet with the image files embedded: do both offline."""
+    from datasets import Dataset
+    from datasets.table import embed_table_storage
+
+    make_pairs_release(tmp_path / "sn", tmp_path / "r", IDS, points=64)
+    ds = load_shapenet_pairs(tmp_path / "sn", tmp_path / "r", cache_dir=tmp_path / "c")["train"]
+    embedded = embed_table_storage(ds.data.table)
+    first = embedded.column("images")[0].as_py()
+    assert len(first) == 10 and first[0]["bytes"][:8] == b"\x89PNG\r\n\x1a\n"
+    ds.to_parquet(tmp_path / "train.parquet")
+    back = Dataset.from_parquet(str(tmp_path / "train.parquet"))
+    assert back.features["label"].names == ds.features["label"].names
+    np.testing.assert_array_equal(
+        back.with_format("numpy")[:]["points"], ds.with_format("numpy")[:]["points"]
+    )

@@ -18,7 +18,7 @@ Every loader returns a ``datasets.DatasetDict`` with ``points`` (``Array2D`` flo
 """
 
 from .cache import LOADER_VERSION, dataset_metadata, default_cache_dir
-from .collate import PointCloudTransform, collate_point_clouds
+from .collate import PointCloudTransform, batch_to_tensors, collate_point_clouds, point_cloud_dataloader
 from .errors import DatasetFormatError, MissingFilesError
 from .mesh_folder import load_mesh_folder, scan_mesh_folder
 from .mesh_io import MESH_EXTENSIONS, Mesh, read_mesh, sample_surface, seeded_rng
@@ -51,6 +51,7 @@ __all__ = [
     "MissingFilesError",
     "PointCloudTransform",
     "RandomViewPairTransform",
+    "batch_to_tensors",
     "build_render_pairs",
     "collate_point_clouds",
     "dataset_metadata",
@@ -60,6 +61,7 @@ __all__ = [
     "load_modelnet",
     "load_scanobjectnn",
     "load_shapenet_pairs",
+    "point_cloud_dataloader",
     "prompt_name",
     "prompt_names",
     "read_mesh",

@@ -75,6 +75,18 @@ def detect_modelnet_format(root: str | Path) -> str:
     )
 
 
+def _descend(root: Path) -> Path:
+    """The extraction folder of a zip often holds just ``ModelNet40/`` (plus ``__MACOSX``): use it."""
+    try:
+        detect_modelnet_format(root)
+        return root
+    except DatasetFormatError:
+        subs = [d for d in root.iterdir() if d.is_dir() and not d.name.startswith((".", "__"))]
+        if len(subs) == 1 and subs[0].name.lower().startswith("modelnet"):
+            return subs[0]
+        return root
+
+
 def _dataset_name(num_classes: int) -> str:
     return f"ModelNet{num_classes}" if num_classes in (10, 40) else f"ModelNet ({num_classes} classes)"
 
@@ -128,7 +140,7 @@ def load_modelnet(
     seed = check_seed(seed)
     check_choice(sampling, SAMPLING_METHODS, "sampling")
     check_choice(on_missing, ON_MISSING, "on_missing")
-    root = check_root(root, "ModelNet root")
+    root = _descend(check_root(root, "ModelNet root"))
     fmt = (
         detect_modelnet_format(root) if format == "auto" else check_choice(format, MODELNET_FORMATS, "format")
     )

@@ -72,12 +72,41 @@ def _assign_ids(root: Path, splits: dict[str, list[tuple[str, str]]]) -> list[tu
     seen: dict[str, str] = {}
     jobs = []
     for split, rel, c, model in entries:
-        oid = f"{c}-{model}"
-        if oid in seen:
-            raise DatasetFormatError(root / rel, f"object id {oid!r} clashes with {seen[oid]}")
-        seen[oid] = rel
-        jobs.append((split, rel, oid, f"{c}_{model}"))
+        oid, rname = f"{c}-{model}", f"{c}_{model}"
+        for name in (oid, "rendering/" + rname):
+            if name in seen:
+                raise DatasetFormatError(root / rel, f"output name {name!r} clashes with that of {seen[name]}")
+            seen[name] = rel
+        jobs.append((split, rel, oid, rname))
     return jobs
+
+
+def _shade(point_index, normals, view_dirs, albedo, ambient, background) -> torch.Tensor:
+    """Channels-last float RGB ``(B, V, S, S, 3)``: per-point, per-view Lambert terms, then one gather."""
+    b, v, s, _ = point_index.shape
+    lam = torch.einsum("bnc,vc->bvn", normals.float(), view_dirs.float()).abs()  # (B, V, N)
+    shade = ambient + (1.0 - ambient) * lam
+    idx = point_index.reshape(b, v, s * s)
+    val = torch.gather(shade, 2, idx.clamp(min=0))  # (B, V, S*S)
+    rgb = val[..., None] * torch.tensor(albedo, dtype=val.dtype)
+    rgb = torch.where((idx < 0)[..., None], torch.tensor(background, dtype=val.dtype), rgb)
+    return rgb.clamp_(0, 1).reshape(b, v, s, s, 3)
+
+
+def _shade_uint8(point_index, normals, view_dirs, albedo, ambient) -> torch.Tensor:
+    """Like :func:`_shade` on a white background, straight to uint8 ``(B, V, S, S, 3)``: the grey level
+    ``round(255 * shade)`` indexes a 257-row colour table (row 256: the white background)."""
+    b, v, s, _ = point_index.shape
+    lam = torch.einsum("bnc,vc->bvn", normals.float(), view_dirs.float()).abs()
+    level = (255.0 * (ambient + (1.0 - ambient) * lam)).add_(0.5).clamp_(0, 255).long()  # (B, V, N)
+    idx = point_index.reshape(b, v, s * s)
+    grey = torch.gather(level, 2, idx.clamp(min=0))
+    grey = torch.where(idx < 0, torch.full_like(grey, 256), grey)
+    table = (
+        torch.arange(256, dtype=torch.float64)[:, None] * torch.tensor(albedo, dtype=torch.float64)[None]
+    ).add_(0.5)
+    table = torch.cat([table.clamp_(0, 255).to(torch.uint8), torch.full((1, 3), 255, dtype=torch.uint8)])
+    return table[grey].reshape(b, v, s, s, 3)
 
 
 def shade_views(
@@ -91,6 +120,10 @@ def shade_views(
 ) -> torch.Tensor:
     """Headlight Lambertian shading of rasterised points.
 
+    Each foreground pixel gets ``albedo * (ambient + (1 - ambient) * |n . v|)``, with ``n`` the normal of
+    the point that won the pixel and ``v`` the view direction (two-sided); background pixels get
+    ``background``.
+
     Args:
         point_index: ``(B, V, S, S)`` long, ``-1`` for background (``DepthRenderer.rasterize``).
         normals: ``(B, N, 3)`` unit normals of the rendered points.
@@ -99,15 +132,7 @@ def shade_views(
     Returns:
         ``(B, V, 3, S, S)`` float RGB in ``[0, 1]``.
     """
-    b, v, s, _ = point_index.shape
-    flat = point_index.reshape(b, v * s * s)
-    n = torch.gather(normals, 1, flat.clamp(min=0)[..., None].expand(-1, -1, 3)).reshape(b, v, s * s, 3)
-    lambert = (n * view_dirs[None, :, None, :]).sum(-1).abs()  # (B, V, S*S)
-    shade = ambient + (1.0 - ambient) * lambert
-    rgb = shade[..., None] * torch.tensor(albedo, dtype=shade.dtype)
-    bg = point_index.reshape(b, v, s * s) < 0
-    rgb = torch.where(bg[..., None], torch.tensor(background, dtype=shade.dtype), rgb)
-    return rgb.clamp(0, 1).reshape(b, v, s, s, 3).permute(0, 1, 4, 2, 3)
+    return _shade(point_index, normals, view_dirs, albedo, ambient, background).permute(0, 1, 4, 2, 3)
 
 
 def _sample_object(task):
@@ -234,13 +259,12 @@ def build_render_pairs(
             pts = torch.stack([s[0] for s in samples])
             nrm = torch.stack([s[1] for s in samples])
             raster = renderer.rasterize(pts, view_list)
-            rgb = shade_views(raster.point_index, nrm, view_dirs, albedo=albedo, ambient=ambient)
-            img = (rgb * 255.0 + 0.5).to(torch.uint8).permute(0, 1, 3, 4, 2).numpy()
+            img = _shade_uint8(raster.point_index, nrm, view_dirs, albedo, ambient).numpy()
             for k, (split, _rel, oid, rname) in enumerate(kept):
                 d = tmp / "rendering" / rname
                 d.mkdir()
                 for v in range(img.shape[1]):
-                    Image.fromarray(img[k, v], mode="RGB").save(d / f"{v}.png")
+                    Image.fromarray(img[k, v], mode="RGB").save(d / f"{v}.png", compress_level=3)
                 np.save(tmp / "shapenet_pc" / f"{oid}.npy", samples[k][2])
                 lists[split].append(f"{oid}.npy")
         for split, names in lists.items():

@@ -197,6 +197,8 @@ class CLIP2PointProcessor(ProcessorMixin):
         if t.shape[-2] == 0:
             raise ValueError(f"`{name}` is empty (0 points)")
         t = t[..., :3]
+        if t.dtype in (torch.float16, torch.bfloat16):
+            t = t.float()  # normalise in float32 (float64 input stays float64 until the render)
         if self.validate_values:
             finite = torch.isfinite(t).all(dim=-1).all(dim=-1)
             if not bool(finite.all()):

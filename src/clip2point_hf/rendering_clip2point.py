@@ -294,7 +294,7 @@ def camera_basis(
     def as_tensor(v):
         if isinstance(v, torch.Tensor):
             return v.to(device=device if device is not None else v.device, dtype=torch.float32)
-        return torch.tensor(float(v), dtype=torch.float32, device=device)
+        return torch.full((), float(v), dtype=torch.float32, device=device)  # no host-to-device copy
 
     e, a, d = torch.broadcast_tensors(as_tensor(elevation), as_tensor(azimuth), as_tensor(distance))
     e = torch.deg2rad(e)
@@ -592,7 +592,7 @@ class DepthRenderer:
         """Nearest covering depth per pixel, ``(bV, S*S)``, ``+inf`` for background (fast path)."""
         z, cover, pix, spare = self._candidates(pts, rot, centre_view, dist, ws)
         rows = z.shape[0]
-        inf = torch.tensor(float("inf"), device=z.device)
+        inf = torch.full((), float("inf"), device=z.device)
         # `spare` (the candidates' squared distances) is dead once `cover` exists: reuse its memory.
         val = torch.where(cover, z[:, None, None, :], inf, out=spare if ws is not None else None)
         buf = _scratch(ws, "zbuf", (rows, self.image_size**2), torch.float32)
@@ -608,7 +608,7 @@ class DepthRenderer:
         npix = self.image_size**2
         bits = z.detach().view(torch.int32).to(torch.int64)  # monotonic in z for z >= +0.0
         key = (bits << 32) | torch.arange(n, device=z.device)
-        sentinel = torch.tensor(_INT64_MAX, device=z.device)
+        sentinel = torch.full((), _INT64_MAX, dtype=torch.long, device=z.device)
         val = torch.where(
             cover, key[:, None, None, :], sentinel, out=_scratch(ws, "key", pix.shape, torch.long)
         )
@@ -682,9 +682,13 @@ class DepthRenderer:
 
     def _normalise_channels(self, grey: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """``(b, V, S, S)`` grey -> ``(b, V, 3, S, S)`` mean/std-normalised pixels."""
-        mean = torch.tensor(self.image_mean, device=grey.device, dtype=grey.dtype).view(3, 1, 1)
-        inv_std = 1.0 / torch.tensor(self.image_std, device=grey.device, dtype=grey.dtype).view(3, 1, 1)
-        return torch.addcmul(-mean * inv_std, grey.unsqueeze(2), inv_std, out=out)
+        key = ("channels", str(grey.device))
+        if key not in self._basis_cache:  # one host-to-device copy per device, then cached
+            mean = torch.tensor(self.image_mean, dtype=torch.float32).view(3, 1, 1)
+            inv_std = 1.0 / torch.tensor(self.image_std, dtype=torch.float32).view(3, 1, 1)
+            self._basis_cache[key] = ((-mean * inv_std).to(grey.device), inv_std.to(grey.device))
+        shift, scale = self._basis_cache[key]
+        return torch.addcmul(shift, grey.unsqueeze(2), scale, out=out)
 
     def depth_to_intensity(self, depth: torch.Tensor) -> torch.Tensor:
         """``(..., S, S)`` depth (0 = background) -> grey image in [0, 1] (background 1.0, before mean/std)."""
@@ -696,7 +700,7 @@ class DepthRenderer:
             )
         flat = depth.float().reshape(*depth.shape[:-2], -1)
         foreground = flat > 0
-        near = torch.where(foreground, flat, torch.tensor(float("inf"), device=depth.device))
+        near = torch.where(foreground, flat, torch.full((), float("inf"), device=depth.device))
         z_max = torch.where(foreground, flat, torch.zeros_like(flat)).amax(dim=-1, keepdim=True)
         return self._grey_from_near(near, z_max).reshape(depth.shape)
 
@@ -801,7 +805,7 @@ class DepthRenderer:
         v, s = rot.shape[1], self.image_size
         buf = self._zbuffer_float(pts, rot, centre_view, dist, ws)  # (bV, S*S), inf background
         rows = buf.shape[0]
-        inf = torch.tensor(float("inf"), device=buf.device)
+        inf = torch.full((), float("inf"), device=buf.device)
         # SPEC: foreground is depth > 0, so a pixel won by a point at depth exactly 0 is background.
         foreground = torch.gt(buf, 0.0, out=_scratch(ws, "mask", (rows, s * s), torch.bool))
         near = torch.where(foreground, buf, inf, out=_scratch(ws, "near", (rows, s * s), torch.float32))

@@ -531,3 +531,21 @@ def test_non_reusing_workspace_path_agrees(monkeypatch):
         torch.testing.assert_close(got.point_index, expected.point_index, rtol=0, atol=0)
         torch.testing.assert_close(got.depth, expected.depth, rtol=0, atol=0)
         torch.testing.assert_close(other.render_intensity(pts), cpu.render_intensity(pts), rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu():
+    pts = random_clouds(4, 1024, seed=14)
+    renderer = DepthRenderer()
+    cpu_raster, cpu_image = renderer.rasterize(pts), renderer.render(pts)
+    gpu = pts.cuda()
+    raster = renderer.rasterize(gpu)
+    assert raster.depth.is_cuda and raster.point_index.is_cuda
+    # float rounding of the projection may differ by an ulp on the GPU: compare up to a few pixels
+    assert (raster.point_index.cpu() != cpu_raster.point_index).float().mean() < 1e-4
+    same = raster.point_index.cpu() == cpu_raster.point_index
+    torch.testing.assert_close(raster.depth.cpu()[same], cpu_raster.depth[same], atol=1e-5, rtol=0)
+    image = renderer.render(gpu, distances=torch.ones(4, 10, device="cuda"))
+    assert image.is_cuda and torch.isfinite(image).all()
+    assert (image.cpu() - cpu_image).abs().gt(1e-4).float().mean() < 1e-4

@@ -125,7 +125,8 @@ def cmd_convert(args: argparse.Namespace) -> None:
                 )
             model = convert_dpa_checkpoint(state, clip, _class_names(args.class_names), tokenizer)
     model.save_pretrained(args.output)
-    CLIP2PointProcessor(tokenizer=tokenizer).save_pretrained(args.output)
+    image_size = model.config.vision_config.image_size
+    CLIP2PointProcessor(tokenizer=tokenizer, image_size=image_size).save_pretrained(args.output)
     note = "" if tokenizer else " (no tokenizer given: the folder can render but not embed text)"
     print(f"wrote {type(model).__name__} ({kind} checkpoint) to {args.output}{note}")
 
@@ -248,6 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging
+
+    disable_progress_bars()
+    logging.disable_progress_bar()
     try:
         args.func(args)
     except CommandError as error:

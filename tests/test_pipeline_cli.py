@@ -1,0 +1,303 @@
+"""The zero-shot pipeline on every supported file type, the `clip2point` command line, and Hub publishing."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from transformers import pipeline
+
+import clip2point_hf  # noqa: F401  (registers the task)
+from clip2point_hf import CLIP2PointModel, CLIP2PointProcessor
+from clip2point_hf.data.point_files import read_point_cloud
+from clip2point_hf.hub import build_model_card, export_hub_folder, verify_hub_folder
+from clip2point_hf.samples import make_sample_point_cloud
+from conftest import make_tiny_config, make_tiny_tokenizer
+
+LABELS = ["chair", "cone", "lamp"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-model")
+    torch.manual_seed(0)
+    CLIP2PointModel(make_tiny_config(num_views=6)).save_pretrained(folder)
+    CLIP2PointProcessor(
+        tokenizer=make_tiny_tokenizer(), views="reference6", image_size=32, num_points=256
+    ).save_pretrained(folder)
+    return folder
+
+
+def write_point_files(folder, cloud: np.ndarray) -> dict[str, str]:
+    """The cone as a point file of every type, plus a one-triangle-fan mesh of every mesh type."""
+    files = {}
+    np.save(folder / "c.npy", cloud)
+    np.savez(folder / "c.npz", points=cloud)
+    np.savetxt(folder / "c.txt", np.hstack([cloud, np.zeros_like(cloud)]), delimiter=",")  # x,y,z,nx,ny,nz
+    np.savetxt(folder / "c.xyz", cloud)
+    header = f"ply\nformat binary_little_endian 1.0\nelement vertex {len(cloud)}\n"
+    header += "property float x\nproperty float y\nproperty float z\nend_header\n"
+    (folder / "points.ply").write_bytes(header.encode() + cloud.astype("<f4").tobytes())
+    files |= {k: str(folder / k) for k in ("c.npy", "c.npz", "c.txt", "c.xyz", "points.ply")}
+    # A tetrahedron as OBJ, OFF (glued header), ASCII PLY and binary STL.
+    v = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], float)
+    f = [(0, 2, 1), (0, 1, 3), (0, 3, 2), (1, 2, 3)]
+    (folder / "t.obj").write_text(
+        "".join(f"v {a} {b} {c}\n" for a, b, c in v)
+        + "".join(f"f {a + 1} {b + 1} {c + 1}\n" for a, b, c in f)
+    )
+    (folder / "t.off").write_text(
+        "OFF4 4 0\n"
+        + "".join(f"{a} {b} {c}\n" for a, b, c in v)
+        + "".join(f"3 {a} {b} {c}\n" for a, b, c in f)
+    )
+    ply = "ply\nformat ascii 1.0\nelement vertex 4\nproperty float x\nproperty float y\nproperty float z\n"
+    ply += "element face 4\nproperty list uchar int vertex_indices\nend_header\n"
+    ply += "".join(f"{a} {b} {c}\n" for a, b, c in v) + "".join(f"3 {a} {b} {c}\n" for a, b, c in f)
+    (folder / "t.ply").write_text(ply)
+    stl = b"\0" * 80 + struct.pack("<I", len(f))
+    for tri in f:
+        stl += struct.pack("<12fH", 0, 0, 0, *v[list(tri)].ravel(), 0)
+    (folder / "t.stl").write_bytes(stl)
+    return files | {k: str(folder / k) for k in ("t.obj", "t.off", "t.ply", "t.stl")}
+
+
+def expected_scores(model_dir, cloud: np.ndarray) -> dict[str, float]:
+    """Zero-shot scores computed directly with the model and processor (CLIP-scaled mean cosine)."""
+    model = CLIP2PointModel.from_pretrained(model_dir).eval()
+    processor = CLIP2PointProcessor.from_pretrained(model_dir)
+    batch = processor([cloud], text=[f"image of a {label}" for label in LABELS])
+    with torch.no_grad():
+        logits = model(**batch).logits_per_point_cloud[0]
+    scores = (model.logit_scale.exp() * logits / batch["pixel_values"].shape[1]).softmax(-1)
+    return dict(zip(LABELS, scores.tolist(), strict=True))
+
+
+def test_pipeline_reads_every_file_type_and_matches_the_model(model_dir, tmp_path):
+    cloud = make_sample_point_cloud("cone", 500, seed=1)
+    files = write_point_files(tmp_path, cloud)
+    classifier = pipeline("zero-shot-point-cloud-classification", model=str(model_dir))
+    inputs = [*files.values(), cloud]
+    results = classifier(inputs, candidate_labels=LABELS, batch_size=4)
+    assert len(results) == len(inputs)
+    for name, ranked in zip([*files, "array"], results, strict=True):
+        scores = [r["score"] for r in ranked]
+        assert scores == sorted(scores, reverse=True), name
+        assert sum(scores) == pytest.approx(1.0, abs=1e-5)
+        assert {r["label"] for r in ranked} == set(LABELS)
+    # The point files hold the same cloud: identical answers, equal to the direct computation.
+    direct = expected_scores(model_dir, cloud)
+    for name in ("c.npy", "c.npz", "c.txt", "c.xyz", "points.ply", "array"):
+        ranked = results[[*files, "array"].index(name)]
+        assert {r["label"]: r["score"] for r in ranked} == pytest.approx(direct, abs=1e-5), name
+    # Meshes are sampled on their surface: every point of the tetrahedron satisfies x, y, z >= 0, x+y+z <= 1.
+    for name in ("t.obj", "t.off", "t.ply", "t.stl"):
+        points = read_point_cloud(files[name], num_points=300)
+        assert points.shape == (300, 3) and (points >= -1e-6).all() and (points.sum(1) <= 1 + 1e-5).all()
+    single = classifier(files["c.npy"], candidate_labels=["chair", "cone"])
+    assert [r["label"] for r in single] and len(single) == 2
+
+
+def test_pipeline_rejects_bad_labels_and_files(model_dir, tmp_path):
+    classifier = pipeline("zero-shot-point-cloud-classification", model=str(model_dir))
+    cloud = make_sample_point_cloud("cup", 300)
+    with pytest.raises(ValueError, match="candidate_labels"):
+        classifier(cloud, candidate_labels=[])
+    with pytest.raises(ValueError, match="duplicates"):
+        classifier(cloud, candidate_labels=["cup", "cup"])
+    with pytest.raises(ValueError, match="required"):
+        classifier(cloud)
+    (tmp_path / "x.vtk").write_text("nope")
+    with pytest.raises(ValueError, match=r"x\.vtk: unsupported file type"):
+        classifier(str(tmp_path / "x.vtk"), candidate_labels=LABELS)
+    (tmp_path / "bad.npy").write_bytes(b"\x93NUMPY garbage")
+    with pytest.raises(ValueError, match=r"bad\.npy"):
+        classifier(str(tmp_path / "bad.npy"), candidate_labels=LABELS)
+    np.save(tmp_path / "nan.npy", np.full((10, 3), np.nan, np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        classifier(str(tmp_path / "nan.npy"), candidate_labels=LABELS)
+
+
+# --------------------------------------------------------------------------------------------------------- CLI
+
+
+def run_cli(*args, cwd=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "clip2point_hf.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=600,
+    )
+
+
+def assert_user_error(result, *fragments):
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def run_cli_in_process(capsys, *args):
+    """The same entry point without a new interpreter (for the many error cases)."""
+    from clip2point_hf.cli import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out, err)
+
+
+def test_cli_classify_and_render(model_dir, tmp_path, capsys):
+    cloud = make_sample_point_cloud("chair", 400)
+    files = write_point_files(tmp_path, cloud)
+    result = run_cli(
+        "classify",
+        files["c.npy"],
+        files["t.obj"],
+        "--labels",
+        "chair,cone,lamp",
+        "--model",
+        model_dir,
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    answers = json.loads(result.stdout)
+    direct = expected_scores(model_dir, cloud)
+    assert {r["label"]: r["score"] for r in answers[files["c.npy"]]} == pytest.approx(direct, abs=1e-5)
+
+    result = run_cli("render", files["c.npy"], "--views", "6", "-o", tmp_path / "v.png")
+    assert result.returncode == 0, result.stderr
+    from PIL import Image
+
+    image = Image.open(tmp_path / "v.png")
+    assert image.size[0] > 5 * 224 and np.asarray(image).min() < 100  # 5 columns of views, dark points
+
+    assert_user_error(
+        run_cli("classify", files["c.npy"], "--labels", ",", "--model", model_dir), "candidate_labels"
+    )
+    assert_user_error(
+        run_cli("classify", files["c.npy"], "--labels", "a,a", "--model", model_dir), "duplicates"
+    )
+    assert_user_error(
+        run_cli("classify", tmp_path / "absent.ply", "--labels", "a,b", "--model", model_dir), "absent.ply"
+    )
+    (tmp_path / "scan.vtk").write_text("x")
+    assert_user_error(run_cli_in_process(capsys, "render", tmp_path / "scan.vtk"), "unsupported file type")
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text((model_dir / "config.json").read_text())
+    assert_user_error(
+        run_cli("classify", files["c.npy"], "--labels", "a,b", "--model", broken), "broken-model"
+    )
+
+
+def test_cli_convert_and_push_dry_run(tmp_path, capsys):
+    from test_conversion import random_openai_clip, random_visual
+
+    state = random_openai_clip()
+    torch.save(state, tmp_path / "clip.pt")
+    torch.save({**random_visual("point_model.", 5), "weights": torch.tensor(1.0)}, tmp_path / "best_eval.pth")
+    make_tiny_tokenizer().save_pretrained(tmp_path / "tokenizer")
+    result = run_cli(
+        "convert",
+        tmp_path / "best_eval.pth",
+        "-o",
+        tmp_path / "converted",
+        "--clip",
+        tmp_path / "clip.pt",
+        "--tokenizer",
+        tmp_path / "tokenizer",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "CLIP2PointModel (pretraining checkpoint)" in result.stdout
+    assert_user_error(
+        run_cli("convert", tmp_path / "best_eval.pth", "-o", tmp_path / "x"), "--clip is required"
+    )
+
+    results = {
+        "dataset": "ModelNet40",
+        "split": "test",
+        "overall_accuracy": 0.4938,
+        "mean_class_accuracy": 0.4512,
+        "num_views": 6,
+    }
+    (tmp_path / "zs.json").write_text(json.dumps(results))
+    export = tmp_path / "export"
+    result = run_cli(
+        "push",
+        tmp_path / "converted",
+        "--repo",
+        "org/clip2point",
+        "--results",
+        tmp_path / "zs.json",
+        "--output",
+        export,
+        "--dry-run",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "nothing was uploaded" in result.stdout
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "modeling_clip2point.py",
+        "processing_clip2point.py",
+        "tokenizer.json",
+        "README.md",
+    ):
+        assert (export / name).is_file(), name
+    # Without --dry-run the Hub is unreachable here: one line, the local folder is named.
+    assert_user_error(
+        run_cli("push", tmp_path / "converted", "--repo", "org/clip2point", "--output", export), str(export)
+    )
+
+
+def test_model_card_yaml_carries_the_result_numbers(model_dir):
+    results = [
+        {"dataset": "ModelNet40", "split": "test", "overall_accuracy": 0.4938, "mean_class_accuracy": 0.4512},
+        {
+            "dataset": "ScanObjectNN",
+            "dataset_id": "scanobjectnn",
+            "split": "test",
+            "overall_accuracy": 0.25,
+            "mean_class_accuracy": 0.2,
+        },
+    ]
+    model = CLIP2PointModel.from_pretrained(model_dir)
+    card = build_model_card(
+        model, CLIP2PointProcessor.from_pretrained(model_dir), results, repo_id="org/clip2point"
+    )
+    text = str(card)
+    metadata = yaml.safe_load(text.split("---")[1])
+    assert metadata["library_name"] == "transformers" and "point-cloud" in metadata["tags"]
+    values = {
+        (r["dataset"]["name"], m["type"]): m["value"]
+        for r in metadata["model-index"][0]["results"]
+        for m in r["metrics"]
+    }
+    assert values == {
+        ("ModelNet40", "accuracy"): 49.38,
+        ("ModelNet40", "mean_class_accuracy"): 45.12,
+        ("ScanObjectNN", "accuracy"): 25.0,
+        ("ScanObjectNN", "mean_class_accuracy"): 20.0,
+    }
+    assert "| ModelNet40 | test |" in text and "never on a test set" in text
+
+
+def test_exported_folder_loads_as_remote_code_and_matches(model_dir, tmp_path):
+    folder = export_hub_folder(model_dir, tmp_path / "export", repo_id="org/clip2point")
+    verify_hub_folder(folder, reference_dir=model_dir)  # raises if anything differs
+    (folder / "modeling_clip2point.py").unlink()
+    with pytest.raises(ValueError, match=r"modeling_clip2point\.py"):
+        verify_hub_folder(folder)

@@ -1,0 +1,602 @@
+"""The example scripts, end to end, as a user runs them (subprocesses, tiny random backbones, CPU).
+
+- each script runs a few steps and writes what it promises (model, processor, splits, results, pictures);
+- a run killed with SIGKILL mid-epoch and resumed ends with bit-identical weights to an uninterrupted run;
+- two processes (gloo) give the same pre-training loss as one process on the same global batch;
+- ``--push_to_hub`` without a reachable Hub fails with one clear line, after the local save;
+- zero-shot numbers equal a direct computation through the processor and the model's forward;
+- supervised GDPA on SHREC'16 learns far above chance (needs ../shared/data; skipped without it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+SHREC = Path(os.path.dirname(__file__), "..", "..", "shared", "data", "shrec_16").resolve()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fixtures: a synthetic mesh folder (3 classes) and its render pairs
+
+
+def _write_obj(path: Path, vertices, faces) -> None:
+    path.write_text(
+        "".join(f"v {a:.6f} {b:.6f} {c:.6f}\n" for a, b, c in vertices)
+        + "".join(f"f {a + 1} {b + 1} {c + 1}\n" for a, b, c in faces)
+    )
+
+
+def _box(rng):
+    sx, sy, sz = 0.3 + rng.random(3)
+    v = [(x, y, z) for x in (-sx, sx) for y in (-sy, sy) for z in (-sz, sz)]
+    f = [
+        (0, 1, 3),
+        (0, 3, 2),
+        (4, 6, 7),
+        (4, 7, 5),
+        (0, 4, 5),
+        (0, 5, 1),
+        (2, 3, 7),
+        (2, 7, 6),
+        (0, 2, 6),
+        (0, 6, 4),
+        (1, 5, 7),
+        (1, 7, 3),
+    ]
+    return v, f
+
+
+def _pyramid(rng):
+    s, h = 0.5 + 0.3 * rng.random(), 1 + rng.random()
+    return [(-s, 0, -s), (s, 0, -s), (s, 0, s), (-s, 0, s), (0, h, 0)], [
+        (0, 1, 2),
+        (0, 2, 3),
+        (0, 4, 1),
+        (1, 4, 2),
+        (2, 4, 3),
+        (3, 4, 0),
+    ]
+
+
+def _prism(rng):
+    s, h = 0.4 + 0.3 * rng.random(), 0.3 + rng.random()
+    return [(-s, 0, -s), (s, 0, -s), (0, 0, s), (-s, h, -s), (s, h, -s), (0, h, s)], [
+        (0, 1, 2),
+        (3, 5, 4),
+        (0, 3, 4),
+        (0, 4, 1),
+        (1, 4, 5),
+        (1, 5, 2),
+        (2, 5, 3),
+        (2, 3, 0),
+    ]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("scripts")
+
+
+@pytest.fixture(scope="module")
+def env(workdir):
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "CLIP2POINT_HF_CACHE": str(workdir / "cache"),
+        "HF_DATASETS_CACHE": str(workdir / "hf_datasets"),
+        "HF_MODULES_CACHE": str(workdir / "hf_modules"),
+        "PYTHONWARNINGS": "ignore",
+    }
+
+
+@pytest.fixture(scope="module")
+def meshes(workdir):
+    root = workdir / "meshes"
+    rng = np.random.default_rng(0)
+    for name, make in (("box", _box), ("pyramid", _pyramid), ("prism", _prism)):
+        for split, count in (("train", 6), ("test", 2)):
+            folder = root / name / split
+            folder.mkdir(parents=True)
+            for i in range(count):
+                _write_obj(folder / f"m{i}.obj", *make(rng))
+    return root
+
+
+@pytest.fixture(scope="module")
+def pairs(meshes, workdir):
+    from clip2point_hf.data import build_render_pairs
+
+    return build_render_pairs(meshes, workdir / "pairs", num_points=1024, render_points=2048, image_size=64)
+
+
+def run_script(
+    script: str, args: list[str], env: dict, check: bool = True, timeout: float = 120, launcher=None
+):
+    command = [*(launcher or [sys.executable]), str(EXAMPLES / script), *map(str, args)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{script} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+        )
+    return result
+
+
+def read_log(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "log_history.jsonl").read_text().splitlines()]
+
+
+def load_weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+PRETRAIN = [
+    "--clip_config",
+    "tiny",
+    "--num_points",
+    "256",
+    "--validation_split_percentage",
+    "20",
+    "--logging_steps",
+    "1",
+]
+FINETUNE = [
+    "--clip_config",
+    "tiny",
+    "--num_points",
+    "256",
+    "--validation_split_percentage",
+    "20",
+    "--views",
+    "reference6",
+    "--logging_steps",
+    "1",
+]
+
+
+@pytest.fixture(scope="module")
+def pretrained(pairs, workdir, env):
+    """A few pre-training updates, every argument from a YAML file, one overridden on the command line."""
+    out = workdir / "pretrain"
+    config = workdir / "pretrain.yaml"
+    config.write_text(
+        f"pairs_dir: {pairs}\noutput_dir: {out}\nclip_config: tiny\nnum_points: 256\nper_device_train_batch_size: 4\n"
+        "validation_split_percentage: 20\nnum_train_epochs: 2\ncheckpointing_steps: '2'\nlogging_steps: 1\n"
+        "seed: 1\n"
+    )
+    run_script("pretrain.py", [config, "--seed", "3"], env)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# End to end
+
+
+def test_pretrain_end_to_end(pretrained, pairs):
+    from transformers import AutoModel
+
+    from clip2point_hf import CLIP2PointModel
+    from clip2point_hf.processing_clip2point import CLIP2PointProcessor
+
+    out = pretrained
+    args = json.loads((out / "run_args.json").read_text())
+    assert args["seed"] == 3 and args["per_device_train_batch_size"] == 4  # YAML file + command-line override
+    log = read_log(out)
+    train = [e for e in log if "train/loss" in e]
+    assert [e["step"] for e in train] == list(range(1, len(train) + 1)) and len(train) >= 4
+    assert all(np.isfinite(e["train/loss"]) for e in train)
+    evals = [e for e in log if "eval/zero_shot_accuracy" in e]
+    assert evals[0]["step"] == 0 and len(evals) == 3  # before training and after each epoch
+    assert (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir())
+    # validation is held out of the TRAIN split; the test split is never used
+    splits = json.loads((out / "data_splits.json").read_text())
+    test_ids = {
+        line.strip()[:-4] for line in (Path(pairs) / "ShapeNet-55" / "test.txt").read_text().splitlines()
+    }
+    assert splits["validation"] and not set(splits["validation"]) & set(splits["train"])
+    assert not (set(splits["train"]) | set(splits["validation"])) & test_ids
+    model = AutoModel.from_pretrained(out)
+    assert isinstance(model, CLIP2PointModel)
+    processor = CLIP2PointProcessor.from_pretrained(out)
+    assert processor.image_size == model.config.vision_config.image_size
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["best_eval_zero_shot_accuracy"] == max(e["eval/zero_shot_accuracy"] for e in evals)
+
+
+def test_finetune_kshot_end_to_end(pretrained, meshes, workdir, env):
+    from clip2point_hf import CLIP2PointForPointCloudClassification
+    from clip2point_hf.training import BackboneArguments, build_clip, load_tokenizer
+
+    out = workdir / "gdpa"
+    config = workdir / "gdpa.json"
+    config.write_text(
+        json.dumps(
+            {
+                "dataset": str(meshes),
+                "output_dir": str(out),
+                "shots": "2",
+                "seed": 5,
+                "clip2point": str(pretrained),
+                "num_train_epochs": 3,
+            }
+        )
+    )
+    run_script(
+        "finetune_gdpa.py",
+        [config, *FINETUNE, "--per_device_train_batch_size", "4", "--checkpointing_steps", "epoch"],
+        env,
+    )
+    splits = json.loads((out / "data_splits.json").read_text())
+    train, val = splits["train"], splits["validation"]
+    assert len(train) == 6 and sorted(e["label"] for e in train) == [0, 0, 1, 1, 2, 2]  # 2 shots x 3 classes
+    assert not {e["path"] for e in train} & {e["path"] for e in val}
+    assert all("/train/" in e["path"] for e in train + val)
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["num_test_examples"] == 6 and 0.0 <= results["test_accuracy"] <= 1.0
+    test = json.loads((out / "test_results.json").read_text())
+    assert test["overall_accuracy"] == results["test_accuracy"]
+    assert (out / "confusion_matrix_test.png").stat().st_size > 0
+    log = read_log(out)
+    assert any("eval/accuracy" in e for e in log) and any("test/accuracy" in e for e in log)
+
+    # only the adapters trained: the saved towers are the pre-trained depth encoder and the seeded CLIP
+    model = CLIP2PointForPointCloudClassification.from_pretrained(out)
+    clip = build_clip(
+        BackboneArguments(clip_config="tiny"), load_tokenizer(BackboneArguments(clip_config="tiny")), 5
+    )
+    for key, value in clip.vision_model.state_dict().items():
+        torch.testing.assert_close(model.clip_model.state_dict()[key], value, rtol=0, atol=0)
+    depth = load_weights(pretrained)
+    for key, value in model.clip2point.state_dict().items():
+        torch.testing.assert_close(value, depth[key], rtol=0, atol=0)
+    assert model.config.id2label == {0: "box", 1: "prism", 2: "pyramid"}
+
+
+def test_finetune_supervised_without_pretraining(meshes, workdir, env):
+    out = workdir / "gdpa_all"
+    run_script(
+        "finetune_gdpa.py",
+        [
+            "--dataset",
+            meshes,
+            "--output_dir",
+            out,
+            "--shots",
+            "all",
+            *FINETUNE,
+            "--max_train_steps",
+            "3",
+            "--per_device_train_batch_size",
+            "4",
+            "--fusion",
+            "mean",
+            "--prompts",
+            "ensemble",
+        ],
+        env,
+    )
+    splits = json.loads((out / "data_splits.json").read_text())
+    assert len(splits["train"]) + len(splits["validation"]) == 18
+    assert json.loads((out / "all_results.json").read_text())["completed_steps"] == 3
+
+
+def test_zero_shot_matches_direct_computation(pretrained, meshes, workdir, env):
+    from clip2point_hf import CLIP2PointModel
+    from clip2point_hf.data import load_mesh_folder
+    from clip2point_hf.processing_clip2point import CLIP2PointProcessor
+
+    out = workdir / "zero_shot"
+    run_script(
+        "zero_shot.py",
+        [
+            "--model",
+            pretrained,
+            "--dataset",
+            meshes,
+            "--views",
+            "6",
+            "--num_points",
+            "256",
+            "--output_dir",
+            out,
+            "--cache_dir",
+            workdir / "cache",
+        ],
+        env,
+    )
+    summary = json.loads((out / "zero_shot_results.json").read_text())
+    assert (out / "confusion_matrix.png").stat().st_size > 0
+    assert summary["views"] == "reference6" and summary["templates"] == ["image of a {}"]
+
+    # the same numbers from an independent path: the processor renders, the model's forward scores
+    data = load_mesh_folder(meshes, num_points=256, cache_dir=workdir / "cache")["test"]
+    model = CLIP2PointModel.from_pretrained(pretrained).eval()
+    processor = CLIP2PointProcessor.from_pretrained(pretrained, num_points=256, views="reference6")
+    clouds = [np.asarray(p, dtype=np.float32) for p in data["points"]]
+    names = data.features["label"].names
+    inputs = processor(clouds, text=[f"image of a {n}" for n in names])
+    with torch.no_grad():
+        logits = model(**inputs).logits_per_point_cloud
+    predictions = logits.argmax(-1).numpy()
+    references = np.asarray(data["label"])
+    rows = (out / "predictions.csv").read_text().splitlines()[1:]
+    assert [int(r.split(",")[4]) for r in rows] == predictions.tolist()
+    assert summary["overall_accuracy"] == pytest.approx(float(np.mean(predictions == references)), abs=1e-12)
+    per_class = [float(np.mean(predictions[references == c] == c)) for c in range(len(names))]
+    assert summary["mean_class_accuracy"] == pytest.approx(float(np.mean(per_class)), abs=1e-12)
+    assert list(summary["per_class_accuracy"].values()) == pytest.approx(per_class, abs=1e-12)
+
+    # a prompt ensemble and explicit views also run
+    out2 = workdir / "zero_shot_ensemble"
+    run_script(
+        "zero_shot.py",
+        [
+            "--model",
+            pretrained,
+            "--dataset",
+            meshes,
+            "--views",
+            "[[0, 0], [90, 0]]",
+            "--prompts",
+            "ensemble",
+            "--num_points",
+            "256",
+            "--output_dir",
+            out2,
+        ],
+        env,
+    )
+    assert len(json.loads((out2 / "zero_shot_results.json").read_text())["templates"]) > 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Resuming, distribution, publishing
+
+
+def _kill_after_first_checkpoint(command: list[str], env: dict, folder: Path, timeout: float = 120) -> int:
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT
+    )
+    start = time.time()
+    try:
+        while process.poll() is None and time.time() - start < timeout:
+            if any(
+                (c / "clip2point_progress.json").is_file()
+                for c in (folder / "checkpoints").glob("checkpoint_*")
+            ):
+                os.kill(process.pid, signal.SIGKILL)
+                break
+            time.sleep(0.01)
+    finally:
+        if process.poll() is None and time.time() - start >= timeout:
+            process.kill()
+    return process.wait()
+
+
+def test_pretrain_killed_mid_epoch_resumes_bit_exactly(pairs, workdir, env):
+    args = [
+        "--pairs_dir",
+        pairs,
+        *PRETRAIN,
+        "--per_device_train_batch_size",
+        "2",
+        "--gradient_accumulation_steps",
+        "2",
+        "--num_train_epochs",
+        "6",
+        "--checkpointing_steps",
+        "2",
+        "--load_best_model_at_end",
+        "false",
+    ]
+    reference, killed = workdir / "resume_ref", workdir / "resume_killed"
+    run_script("pretrain.py", [*args, "--output_dir", reference], env)
+    returncode = _kill_after_first_checkpoint(
+        [sys.executable, str(EXAMPLES / "pretrain.py"), *map(str, args), "--output_dir", str(killed)],
+        env,
+        killed,
+    )
+    assert returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (killed / "model.safetensors").exists()
+    result = run_script("pretrain.py", [*args, "--output_dir", killed, "--resume_from_checkpoint"], env)
+    assert "Resumed from" in result.stdout + result.stderr
+    resumed_at = json.loads(
+        next((killed / "checkpoints").glob("checkpoint_0/clip2point_progress.json")).read_text()
+    )
+    assert (
+        0 < resumed_at["step_in_epoch"] < resumed_at["batches_per_epoch"]
+    )  # the first checkpoint is mid-epoch
+    a, b = load_weights(reference), load_weights(killed)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.slow
+def test_finetune_killed_mid_epoch_resumes_bit_exactly(meshes, workdir, env):
+    """GDPA has dropout and BatchNorm: both must replay exactly."""
+    args = [
+        "--dataset",
+        meshes,
+        *FINETUNE,
+        "--per_device_train_batch_size",
+        "2",
+        "--num_train_epochs",
+        "4",
+        "--checkpointing_steps",
+        "3",
+        "--load_best_model_at_end",
+        "false",
+        "--augment_scale",
+        "0.2",
+        "--augment_jitter",
+        "0.01",
+        "--augment_rotate",
+    ]
+    reference, killed = workdir / "gdpa_resume_ref", workdir / "gdpa_resume_killed"
+    run_script("finetune_gdpa.py", [*args, "--output_dir", reference], env)
+    returncode = _kill_after_first_checkpoint(
+        [sys.executable, str(EXAMPLES / "finetune_gdpa.py"), *map(str, args), "--output_dir", str(killed)],
+        env,
+        killed,
+    )
+    assert returncode == -signal.SIGKILL
+    run_script("finetune_gdpa.py", [*args, "--output_dir", killed, "--resume_from_checkpoint", "latest"], env)
+    a, b = load_weights(reference), load_weights(killed)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_two_processes_give_the_single_process_loss(pairs, workdir, env):
+    """`accelerate launch` with 2 gloo processes x 3 objects == 1 process x 6 objects (global negatives)."""
+    args = [
+        "--pairs_dir",
+        pairs,
+        *PRETRAIN,
+        "--max_train_steps",
+        "2",
+        "--eval_before_training",
+        "false",
+        "--load_best_model_at_end",
+        "false",
+    ]
+    one, two = workdir / "one_process", workdir / "two_processes"
+    run_script("pretrain.py", [*args, "--output_dir", one, "--per_device_train_batch_size", "6"], env)
+    # `accelerate launch --cpu` always starts ONE process (accelerate issue #2741): ask for the multi-process
+    # launcher and keep it on the CPU with ACCELERATE_USE_CPU.
+    launcher = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "29517",
+    ]
+    run_script(
+        "pretrain.py",
+        [*args, "--output_dir", two, "--per_device_train_batch_size", "3"],
+        {**env, "ACCELERATE_USE_CPU": "1"},
+        launcher=launcher,
+    )
+    args_two = json.loads((two / "run_args.json").read_text())
+    assert args_two["num_processes"] == 2
+    log1 = [e for e in read_log(one) if "train/loss" in e]
+    log2 = [e for e in read_log(two) if "train/loss" in e]
+    assert len(log1) == len(log2) == 2
+    for a, b in zip(log1, log2):
+        for key in ("train/loss", "train/loss_cross", "train/loss_intra"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+    # and the update itself agrees (the second step's loss above already depends on it)
+    w1, w2 = load_weights(one), load_weights(two)
+    for key in w1:
+        torch.testing.assert_close(w1[key], w2[key], rtol=1e-4, atol=1e-5)
+
+
+def test_push_to_hub_offline_fails_clearly_after_saving(meshes, workdir, env):
+    out = workdir / "push"
+    result = run_script(
+        "finetune_gdpa.py",
+        [
+            "--dataset",
+            meshes,
+            "--output_dir",
+            out,
+            *FINETUNE,
+            "--max_train_steps",
+            "1",
+            "--per_device_train_batch_size",
+            "4",
+            "--push_to_hub",
+            "--hub_model_id",
+            "someone/clip2point-test",
+        ],
+        env,
+        check=False,
+    )
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr[-2000:]
+    assert "someone/clip2point-test" in errors[0] and str(out.resolve()) in errors[0]
+    assert (out / "model.safetensors").is_file() and (out / "processor_config.json").is_file()
+
+
+def test_resume_latest_without_checkpoint_starts_fresh(meshes, workdir, env):
+    out = workdir / "fresh"
+    result = run_script(
+        "finetune_gdpa.py",
+        [
+            "--dataset",
+            meshes,
+            "--output_dir",
+            out,
+            *FINETUNE,
+            "--max_train_steps",
+            "1",
+            "--per_device_train_batch_size",
+            "4",
+            "--resume_from_checkpoint",
+        ],
+        env,
+    )
+    assert "starting from scratch" in result.stdout + result.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Learning on real data
+
+
+@pytest.mark.skipif(not SHREC.is_dir(), reason="SHREC'16 is not in ../shared/data (a user's machine)")
+@pytest.mark.slow
+def test_supervised_gdpa_learns_on_shrec(workdir, env):
+    """The fast version of the BENCHMARKS.md run: 30 classes (chance 3.3%)."""
+    out = workdir / "shrec"
+    run_script(
+        "finetune_gdpa.py",
+        [
+            "--dataset",
+            SHREC,
+            "--output_dir",
+            out,
+            "--clip_config",
+            "tiny",
+            "--shots",
+            "all",
+            "--views",
+            "reference6",
+            "--num_train_epochs",
+            "8",
+            "--train_backbone",
+            "--learning_rate",
+            "2e-3",
+            "--point_radius",
+            "0.05",
+            "--logging_steps",
+            "10",
+        ],
+        env,
+        timeout=300,
+    )
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["test_accuracy"] > 0.25, results

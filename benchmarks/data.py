@@ -9,7 +9,8 @@ Measures:
 - clouds per second through a torch ``DataLoader`` from the cache, with random 1024-of-1024 re-ordering
   plus augmentation (:class:`PointCloudTransform`): ``batched`` (:func:`point_cloud_dataloader`, one
   Arrow read per batch), ``collate`` (per-example numpy reads, the transform as collate function) and
-  ``set_transform`` (the Python-list path of ``datasets``), each with 0 and 2 workers;
+  ``set_transform`` (the Python-list path of ``datasets``), each with 0 and 2 workers (torch uses one
+  intra-op thread in the main process here, as in DataLoader workers);
 - ``build_render_pairs`` on SHREC'16 (10 shaded 224 x 224 views + an 8192-point cloud per mesh):
   objects per second and output size (skip with ``--skip-render``).
 
@@ -134,11 +135,16 @@ def main(argv=None) -> int:
         results["cache_bytes"] = du(entry)
         results["raw_bytes"] = du(shrec)
         train = ds["train"]
-        results["loader"] = [
-            bench_loader(train, mode=m, workers=w, epochs=args.epochs)
-            for m in ("batched", "collate", "set_transform")
-            for w in (0, 2)
-        ]
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as in DataLoader workers; 2 threads on tiny batches only add sync cost
+        try:
+            results["loader"] = [
+                bench_loader(train, mode=m, workers=w, epochs=args.epochs)
+                for m in ("batched", "collate", "set_transform")
+                for w in (0, 2)
+            ]
+        finally:
+            torch.set_num_threads(threads)
         if not args.skip_render:
             out = work / "pairs"
             t0 = time.perf_counter()

@@ -123,15 +123,12 @@ def _as_examples(out):
     return [out] if isinstance(out, dict) else out
 
 
-def _generate(tasks, worker, num_proc):
-    """``Dataset.from_generator`` body: ``worker(task)`` gives one example (a dict) or a list of them.
-
-    With ``num_proc > 1`` the tasks run in a process pool (``imap``: results in task order); an
-    exception raised by a worker reaches the caller with its own type and message.
-    """
+def run_tasks(worker, tasks, num_proc: int):
+    """``worker(task)`` for every task, results in task order; a process pool when ``num_proc > 1``
+    (forked workers with one torch thread each). A worker's exception reaches the caller as raised."""
     if num_proc <= 1:
         for task in tasks:
-            yield from _as_examples(worker(task))
+            yield worker(task)
         return
     import multiprocessing
 
@@ -139,8 +136,17 @@ def _generate(tasks, worker, num_proc):
     ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
     chunk = max(1, min(16, len(tasks) // (4 * num_proc)))
     with ctx.Pool(num_proc, initializer=_init_worker) as pool:
-        for out in pool.imap(worker, tasks, chunksize=chunk):
-            yield from _as_examples(out)
+        yield from pool.imap(worker, tasks, chunksize=chunk)
+
+
+def _generate(tasks, worker, num_proc):
+    """``Dataset.from_generator`` body: ``worker(task)`` gives one example (a dict) or a list of them.
+
+    With ``num_proc > 1`` the tasks run in a process pool (``imap``: results in task order); an
+    exception raised by a worker reaches the caller with its own type and message.
+    """
+    for out in run_tasks(worker, tasks, num_proc):
+        yield from _as_examples(out)
 
 
 def unwrap_generation_error(exc: BaseException) -> BaseException:

@@ -30,7 +30,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._common import ON_MISSING, check_choice, check_num_points, check_root, check_seed
+from ._common import (
+    ON_MISSING,
+    check_choice,
+    check_num_points,
+    check_root,
+    check_seed,
+    resolve_num_proc,
+    run_tasks,
+)
 from .errors import DatasetFormatError
 from .mesh_folder import UP_AXES, scan_mesh_folder
 from .mesh_io import MESH_EXTENSIONS, read_mesh, sample_surface, seeded_rng
@@ -75,7 +83,9 @@ def _assign_ids(root: Path, splits: dict[str, list[tuple[str, str]]]) -> list[tu
         oid, rname = f"{c}-{model}", f"{c}_{model}"
         for name in (oid, "rendering/" + rname):
             if name in seen:
-                raise DatasetFormatError(root / rel, f"output name {name!r} clashes with that of {seen[name]}")
+                raise DatasetFormatError(
+                    root / rel, f"output name {name!r} clashes with that of {seen[name]}"
+                )
             seen[name] = rel
         jobs.append((split, rel, oid, rname))
     return jobs
@@ -164,6 +174,60 @@ def _to_y_up(t: torch.Tensor, up_axis: str, convert_up_axis) -> torch.Tensor:
     return torch.stack(table[up_axis], dim=-1)
 
 
+def _render_batch(task) -> tuple[list[tuple[str, str]], list[str]]:
+    """Sample, render, shade and write one batch of meshes into the temporary output folder.
+
+    Returns ``([(split, "<object_id>.npy"), ...] in job order, ["<rel> (<problem>)", ...] skipped)``.
+    """
+    from PIL import Image
+
+    from ..rendering_clip2point import DepthRenderer, camera_basis
+
+    (
+        root,
+        tmp,
+        jobs,
+        render_points,
+        num_points,
+        seed,
+        up_axis,
+        views,
+        image_size,
+        radius,
+        albedo,
+        ambient,
+        on_error,
+    ) = task
+    tmp = Path(tmp)
+    samples, kept, failed = [], [], []
+    for job in jobs:
+        try:
+            samples.append(_sample_object((root, job[1], render_points, num_points, seed, up_axis)))
+            kept.append(job)
+        except DatasetFormatError as exc:
+            if on_error == "error":
+                raise
+            failed.append(f"{job[1]} ({exc.problem})")
+    if not kept:
+        return [], failed
+    view_t = torch.tensor(views, dtype=torch.float32)
+    view_dirs = camera_basis(view_t[:, 0], view_t[:, 1], 1.0).z_axis  # (V, 3)
+    renderer = DepthRenderer(image_size=image_size, point_radius=radius)
+    pts = torch.stack([x[0] for x in samples])
+    nrm = torch.stack([x[1] for x in samples])
+    raster = renderer.rasterize(pts, views)
+    img = _shade_uint8(raster.point_index, nrm, view_dirs, albedo, ambient).numpy()
+    written = []
+    for k, (split, _rel, oid, rname) in enumerate(kept):
+        d = tmp / "rendering" / rname
+        d.mkdir()
+        for v in range(img.shape[1]):
+            Image.fromarray(img[k, v], mode="RGB").save(d / f"{v}.png", compress_level=3)
+        np.save(tmp / "shapenet_pc" / f"{oid}.npy", samples[k][2])
+        written.append((split, f"{oid}.npy"))
+    return written, failed
+
+
 def build_render_pairs(
     root: str | Path,
     out_dir: str | Path,
@@ -179,6 +243,7 @@ def build_render_pairs(
     ambient: float = 0.3,
     extensions: Sequence[str] = MESH_EXTENSIONS,
     batch_size: int = 8,
+    num_proc: int | None = None,
     on_error: str = "error",
     overwrite: bool = False,
 ) -> Path:
@@ -199,6 +264,9 @@ def build_render_pairs(
         image_size, point_radius: renderer settings (224 and 0.02 as in the reference).
         albedo, ambient: shading (grey material, 30 % ambient light).
         batch_size: meshes rendered together.
+        num_proc: render processes, each with one torch thread (default: all cores, at most 8, for 64
+            meshes or more). ``1`` renders in this process with torch's current thread setting. Output
+            does not depend on it.
         on_error: a mesh that cannot be read or sampled: ``"error"`` (default; nothing is written) or
             ``"skip"`` (a warning lists them).
         overwrite: replace an existing ``out_dir``.
@@ -206,7 +274,7 @@ def build_render_pairs(
     Returns:
         ``out_dir``. Read it with ``load_shapenet_pairs(out_dir, out_dir)``.
     """
-    from ..rendering_clip2point import DepthRenderer, camera_basis, resolve_views
+    from ..rendering_clip2point import resolve_views
 
     num_points = check_num_points(num_points)
     render_points = check_num_points(
@@ -222,11 +290,9 @@ def build_render_pairs(
     if out_dir.exists() and not overwrite:
         raise DatasetFormatError(out_dir, "output folder exists (pass overwrite=True to replace it)")
     classes, splits = scan_mesh_folder(root, extensions=extensions)
-    view_t = resolve_views(views)
-    view_list = view_t.tolist()
-    basis = camera_basis(view_t[:, 0], view_t[:, 1], 1.0)
-    view_dirs = basis.z_axis  # (V, 3)
-    renderer = DepthRenderer(image_size=image_size, point_radius=point_radius)
+    view_list = resolve_views(views).tolist()
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}")
 
     jobs = _assign_ids(root, splits)  # (split, rel, object_id, render_dir)
 
@@ -239,34 +305,17 @@ def build_render_pairs(
         (tmp / "shapenet_pc").mkdir()
         (tmp / "ShapeNet-55").mkdir()
         lists: dict[str, list[str]] = {s: [] for s in splits}
-        from PIL import Image
-
-        for start in range(0, len(jobs), batch_size):
-            batch = jobs[start : start + batch_size]
-            samples, kept = [], []
-            for job in batch:
-                try:
-                    samples.append(
-                        _sample_object((str(root), job[1], render_points, num_points, seed, up_axis))
-                    )
-                    kept.append(job)
-                except DatasetFormatError as exc:
-                    if on_error == "error":
-                        raise
-                    failed.append(f"{job[1]} ({exc.problem})")
-            if not kept:
-                continue
-            pts = torch.stack([s[0] for s in samples])
-            nrm = torch.stack([s[1] for s in samples])
-            raster = renderer.rasterize(pts, view_list)
-            img = _shade_uint8(raster.point_index, nrm, view_dirs, albedo, ambient).numpy()
-            for k, (split, _rel, oid, rname) in enumerate(kept):
-                d = tmp / "rendering" / rname
-                d.mkdir()
-                for v in range(img.shape[1]):
-                    Image.fromarray(img[k, v], mode="RGB").save(d / f"{v}.png", compress_level=3)
-                np.save(tmp / "shapenet_pc" / f"{oid}.npy", samples[k][2])
-                lists[split].append(f"{oid}.npy")
+        settings = (render_points, num_points, seed, up_axis, view_list, image_size, point_radius)
+        settings += (tuple(albedo), ambient, on_error)
+        tasks = [
+            (str(root), str(tmp), jobs[i : i + batch_size], *settings)
+            for i in range(0, len(jobs), batch_size)
+        ]
+        nproc = min(resolve_num_proc(num_proc, len(jobs)), len(tasks))
+        for written, skipped in run_tasks(_render_batch, tasks, nproc):
+            for split, name in written:
+                lists[split].append(name)
+            failed.extend(skipped)
         for split, names in lists.items():
             (tmp / "ShapeNet-55" / f"{split}.txt").write_text("".join(n + "\n" for n in names))
         for split in ("train", "test"):  # load_shapenet_pairs reads both

@@ -301,3 +301,29 @@ def test_exported_folder_loads_as_remote_code_and_matches(model_dir, tmp_path):
     (folder / "modeling_clip2point.py").unlink()
     with pytest.raises(ValueError, match=r"modeling_clip2point\.py"):
         verify_hub_folder(folder)
+
+
+def test_cli_evaluate_writes_results_that_the_card_reads(model_dir, tmp_path):
+    import csv
+
+    from clip2point_hf.hub import read_results
+
+    tetra = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], float)
+    faces = "f 1 3 2\nf 1 2 4\nf 1 4 3\nf 2 3 4\n"
+    for i in range(2):
+        for name, scale in (("tetra", (1, 1, 1)), ("flat", (3, 0.2, 1))):
+            path = tmp_path / "meshes" / name / "test" / f"{name}{i}.obj"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("".join(f"v {a} {b} {c}\n" for a, b, c in tetra * scale * (1 + i)) + faces)
+    out = tmp_path / "zs"
+    result = run_cli("evaluate", "--dataset", tmp_path / "meshes", "--model", model_dir, "--output_dir", out)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "zero_shot_results.json").read_text())
+    with open(out / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == summary["num_examples"] == 4
+    correct = [r["label"] == r["prediction"] for r in rows]
+    assert summary["overall_accuracy"] == pytest.approx(sum(correct) / 4)
+    assert (out / "confusion_matrix.png").is_file()
+    (card_result,) = read_results([out / "zero_shot_results.json"])
+    assert card_result["dataset"] == "meshes" and card_result["num_views"] == "reference6"

@@ -170,21 +170,18 @@ def cmd_push(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from .evaluation import run_zero_shot_evaluation
+    from .evaluation import main as run_zero_shot
 
-    result = run_zero_shot_evaluation(
-        model=args.model,
-        dataset=args.dataset,
-        views=_views(args.views),
-        templates=args.templates,
-        output=args.output,
-        batch_size=args.batch_size,
-        device=args.device,
-    )
+    views = {"10": "reference10", "6": "reference6"}.get(args.views, args.views)
+    argv = ["--model", args.model, "--dataset", args.dataset, "--views", views, "--prompts", *args.prompts]
+    argv += ["--output_dir", args.output_dir, "--batch_size", str(args.batch_size), "--split", args.split]
+    if args.on_missing_skip:
+        argv += ["--on_missing", "skip"]
+    if args.tokenizer:
+        argv += ["--tokenizer", args.tokenizer]
+    run_zero_shot(argv)
     print(
-        f"{result['dataset']} {result['split']}: overall {100 * result['overall_accuracy']:.2f}%, "
-        f"mean class {100 * result['mean_class_accuracy']:.2f}% ({result['num_samples']} clouds); "
-        f"results in {args.output}"
+        f"results: {Path(args.output_dir) / 'zero_shot_results.json'}, {Path(args.output_dir) / 'confusion_matrix.png'}"
     )
 
 
@@ -216,14 +213,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_render)
 
-    p = commands.add_parser("evaluate", help="zero-shot accuracy on a dataset")
+    p = commands.add_parser("evaluate", help="zero-shot accuracy on a dataset (clip2point_hf.evaluation)")
     p.add_argument("--dataset", required=True, help="a dataset folder (ModelNet, ScanObjectNN, mesh folder)")
-    p.add_argument("--model", required=True)
-    p.add_argument("--views", default="6")
-    p.add_argument("--templates", default="reference", help="reference, ensemble, or a template with {}")
-    p.add_argument("--output", default="zero_shot_results.json")
+    p.add_argument("--model", required=True, help="a CLIP2Point folder or Hub id")
+    p.add_argument(
+        "--views", default="6", help="6, 10, a preset name, or a JSON list of [elev, azim(, dist)]"
+    )
+    p.add_argument(
+        "--prompts", nargs="+", default=["reference"], help="reference, ensemble, or templates with {}"
+    )
+    p.add_argument("--split", default="test")
+    p.add_argument("--output_dir", default="zero_shot_output")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default=None)
+    p.add_argument("--tokenizer", help="CLIP tokenizer, if the model folder has none")
+    p.add_argument(
+        "--on-missing-skip", action="store_true", help="skip files a split list names but are absent"
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = commands.add_parser("convert", help="convert an original checkpoint into a model folder")

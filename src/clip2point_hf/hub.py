@@ -59,17 +59,26 @@ def load_for_export(model_dir: str | os.PathLike) -> CLIP2PointPreTrainedModel:
 
 
 def read_results(paths: Sequence[str | os.PathLike]) -> list[dict]:
-    """Read zero-shot result JSON files (as written by `examples/zero_shot.py`)."""
+    """Read zero-shot result JSON files (`zero_shot_results.json` of `clip2point_hf.evaluation`); `dataset`
+    becomes the dataset's name and `num_views` the number of views."""
     results = []
     for path in paths:
         try:
             result = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as error:
             raise HubFolderError(f"{path}: cannot read the result file ({error})") from error
-        for key in ("dataset", "overall_accuracy", "mean_class_accuracy"):
+        for key in ("overall_accuracy", "mean_class_accuracy"):
             if key not in result:
                 raise HubFolderError(f"{path}: result file has no {key!r}")
-        results.append(result)
+        name = result.get("dataset_name") or Path(str(result.get("dataset", "unknown"))).name
+        views = result.get("views")
+        results.append(
+            {
+                **result,
+                "dataset": name,
+                "num_views": len(views) if isinstance(views, list) else views,
+            }
+        )
     return results
 
 

@@ -15,7 +15,10 @@ Measures, for 1024-point clouds, 10 views (the reference preset), 224 x 224:
 Every configuration runs in its own process so that peak memory is that configuration's own:
 CPU: growth of the process's peak resident set (``resource.getrusage(...).ru_maxrss``) over the
 baseline taken after the inputs exist; CUDA: ``torch.cuda.max_memory_allocated`` over the baseline.
-Times are medians of ``--repeats`` runs after one warm-up run, under ``torch.inference_mode``.
+Times are medians of ``--repeats`` runs after one warm-up run, under ``torch.inference_mode``. The machine
+may be shared: every row also reports the share of the machine's CPU that *other* processes used while it
+was timed (Linux ``/proc/stat``); PyTorch's CPU kernels slow down many-fold when another process takes a
+core, so only rows near 0 % measure the renderer.
 
     python benchmarks/render.py                       # CPU, batches 1 32 256
     python benchmarks/render.py --device cuda         # GPU
@@ -85,6 +88,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _cpu_sample() -> tuple[float, float, float]:
+    """(machine busy seconds, machine total seconds, this process's CPU seconds), for measuring how much
+    of the machine other processes used during a timing loop (Linux /proc/stat; zeros elsewhere)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    try:
+        with open("/proc/stat") as f:
+            fields = [float(x) for x in f.readline().split()[1:9]]
+    except OSError:
+        return 0.0, 0.0, own.ru_utime + own.ru_stime
+    tick = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + fields[4]
+    return (sum(fields) - idle) / tick, sum(fields) / tick, own.ru_utime + own.ru_stime
+
+
 def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
@@ -150,6 +167,7 @@ def run_one(mode: str, batch: int, args) -> dict:
         del out
         times = []
         repeats = args.naive_repeats if mode == "naive" else args.repeats
+        cpu0 = _cpu_sample()
         for _ in range(repeats):
             _sync(device)
             t0 = time.perf_counter()
@@ -157,6 +175,9 @@ def run_one(mode: str, batch: int, args) -> dict:
             _sync(device)
             times.append(time.perf_counter() - t0)
             del out
+        cpu1 = _cpu_sample()
+        total = cpu1[1] - cpu0[1]
+        others = max(0.0, (cpu1[0] - cpu0[0]) - (cpu1[2] - cpu0[2])) / total if total > 0 else 0.0
         if device.type == "cuda":
             peak_mb = (torch.cuda.max_memory_allocated(device) - base) / 2**20
             memory_kind = "cuda max_memory_allocated"
@@ -175,6 +196,7 @@ def run_one(mode: str, batch: int, args) -> dict:
         "peak_mb": peak_mb,
         "memory": memory_kind,
         "check": check,
+        "others_cpu_percent": 100.0 * others,
     }
 
 
@@ -221,13 +243,13 @@ def markdown(results: list[dict], info: dict, args) -> str:
         f"Workload: {args.points} points, {len(VIEW_PRESETS[args.views])} views (`{args.views}`), "
         f"{args.size} x {args.size}; median of {args.repeats} runs after a warm-up.",
         "",
-        "| what | batch | median ms / batch | clouds/s | peak memory MB |",
-        "|---|---:|---:|---:|---:|",
+        "| what | batch | median ms / batch (min) | clouds/s | peak memory MB | other processes' CPU % |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         lines.append(
-            f"| {r['mode']} | {r['batch']} | {r['median_s'] * 1e3:.1f} (min {r['min_s'] * 1e3:.1f}) | "
-            f"{r['clouds_per_s']:.1f} | {r['peak_mb']:.0f} |"
+            f"| {r['mode']} | {r['batch']} | {r['median_s'] * 1e3:.1f} ({r['min_s'] * 1e3:.1f}) | "
+            f"{r['clouds_per_s']:.1f} | {r['peak_mb']:.0f} | {r.get('others_cpu_percent', 0):.0f} |"
         )
     naive = by.get(("naive", args.naive_batch))
     if naive:
@@ -310,7 +332,7 @@ def main(argv=None) -> None:
         results.append(result)
         print(
             f"{mode:9s} batch {batch:4d}: {result['median_s'] * 1e3:9.1f} ms  {result['clouds_per_s']:9.1f} clouds/s"
-            f"  peak {result['peak_mb']:7.0f} MB",
+            f"  peak {result['peak_mb']:7.0f} MB  others' CPU {result['others_cpu_percent']:3.0f}%",
             flush=True,
         )
     info["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]

@@ -111,14 +111,20 @@ def throughput(args) -> dict:
         "render_share": render / step,
         "samples_per_second": b / step,
         peak_name: peak,
-        "loss": float(loss),
+        "loss": float(loss.detach()),
     }
     print(json.dumps(result, indent=2))
     return result
 
 
 def tiny_clip(args) -> dict:
-    """Align a small random CLIP's towers on RGB renderings with class prompts (cross-entropy over the prompts)."""
+    """Align a small random CLIP's towers on RGB renderings with class prompts.
+
+    Each step scores a batch of renderings against the prompts of all classes (cross-entropy over the prompts,
+    both towers and the logit scale train); every epoch takes ``views_per_epoch`` random renderings of each
+    object. The objects ``pretrain.py`` holds out for validation (same seed and percentage) and the test split
+    are never seen.
+    """
     import torch.nn.functional as F
     from datasets import Image, List
 
@@ -145,54 +151,72 @@ def tiny_clip(args) -> dict:
     keep, held_out = stratified_split(labels, args.validation_split_percentage / 100, args.seed)
     names = class_prompt_names(train.features["label"].names)
     loader = PretrainingPairTransform([(0, 0)] * 10, size)
-    images, image_labels = [], []
-    rows = train.select(keep)
-    for views, label in zip(rows["images"], rows["label"]):
-        for view in views:
-            images.append(loader.load_image(view))
-            image_labels.append(label)
     mean, std = torch.tensor(CLIP_MEAN).view(3, 1, 1), torch.tensor(CLIP_STD).view(3, 1, 1)
-    images = (torch.stack(images) - mean) / std
-    image_labels = torch.tensor(image_labels)
+
+    def decode(indices):
+        rows = train.select(indices)
+        views = torch.stack([torch.stack([loader.load_image(v) for v in vs]) for vs in rows["images"]])
+        return (views - mean) / std, torch.tensor(rows["label"])
+
+    images, image_labels = decode(keep)  # (N, 10, 3, S, S)
+    val_images, val_labels = decode(held_out)
     prompts = tokenizer([f"image of a {n}" for n in names], padding=True, return_tensors="pt")
     optimizer = torch.optim.AdamW(clip.parameters(), lr=args.learning_rate, weight_decay=0.05)
-    steps_per_epoch = math.ceil(len(images) / args.batch_size)
+    n = len(image_labels)
+    steps_per_epoch = math.ceil(n * args.views_per_epoch / args.batch_size)
     total = args.epochs * steps_per_epoch
+    warmup = max(1, total // 10)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / total)))
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total)))
     )
-    clip.train()
+    g = torch.Generator().manual_seed(args.seed)
     start = time.time()
     history = []
+
+    def scores(pixels):
+        image = F.normalize(clip.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
+        text = F.normalize(clip.get_text_features(**prompts).pooler_output, dim=-1)
+        return clip.logit_scale.exp() * image @ text.T
+
     for epoch in range(args.epochs):
-        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed + epoch))
-        correct = seen = 0
-        total_loss = 0.0
-        for i in range(0, len(order), args.batch_size):
-            idx = order[i : i + args.batch_size]
-            image = F.normalize(clip.get_image_features(pixel_values=images[idx]).pooler_output, dim=-1)
-            text = F.normalize(clip.get_text_features(**prompts).pooler_output, dim=-1)
-            logits = clip.logit_scale.exp() * image @ text.T
-            loss = F.cross_entropy(logits, image_labels[idx])
+        clip.train()
+        objects = torch.randperm(n, generator=g).repeat(args.views_per_epoch)
+        views = torch.randint(10, (len(objects),), generator=g)
+        order = torch.randperm(len(objects), generator=g)
+        objects, views = objects[order], views[order]
+        total_loss, correct = 0.0, 0
+        for i in range(0, len(objects), args.batch_size):
+            o, v = objects[i : i + args.batch_size], views[i : i + args.batch_size]
+            logits = scores(images[o, v])
+            loss = F.cross_entropy(logits, image_labels[o])
             loss.backward()
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
-            total_loss += float(loss) * len(idx)
-            correct += int((logits.argmax(-1) == image_labels[idx]).sum())
-            seen += len(idx)
-        history.append({"epoch": epoch + 1, "loss": total_loss / seen, "train_accuracy": correct / seen})
+            total_loss += float(loss.detach()) * len(o)
+            correct += int((logits.argmax(-1) == image_labels[o]).sum())
+        clip.eval()
+        with torch.no_grad():
+            val = scores(val_images.flatten(0, 1)).argmax(-1) == val_labels.repeat_interleave(10)
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "loss": total_loss / len(objects),
+                "train_accuracy": correct / len(objects),
+                "held_out_rgb_zero_shot_accuracy": float(val.float().mean()),
+            }
+        )
         print(json.dumps(history[-1]), flush=True)
-    clip.eval()
     out = Path(args.output_dir)
     clip.save_pretrained(out)
     tokenizer.save_pretrained(out)
     result = {
         "pairs_dir": str(args.pairs_dir),
+        "clip_config": args.clip_config,
         "objects_used": len(keep),
         "validation_objects_excluded": len(held_out),
-        "images": len(images),
         "epochs": args.epochs,
+        "views_per_epoch": args.views_per_epoch,
         "seconds": time.time() - start,
         "history": history,
     }
@@ -221,8 +245,9 @@ def main(argv=None) -> None:
     c.add_argument("--clip_config", default="small")
     c.add_argument("--validation_split_percentage", type=float, default=10.0)
     c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--epochs", type=int, default=15)
-    c.add_argument("--batch_size", type=int, default=128)
+    c.add_argument("--epochs", type=int, default=40)
+    c.add_argument("--views_per_epoch", type=int, default=2)
+    c.add_argument("--batch_size", type=int, default=64)
     c.add_argument("--learning_rate", type=float, default=1e-3)
     args = parser.parse_args(argv)
     if args.command == "throughput":

@@ -260,7 +260,7 @@ def args_to_dict(*args) -> dict:
 #: Random-initialisation presets. ``tiny``: unit tests (32 px). ``small``: CPU learning runs (64 px).
 #: ``vit-b-32``: the shapes of CLIP ViT-B/32 (throughput measurements).
 CLIP_CONFIG_PRESETS: dict[str, dict] = {
-    "tiny": {  # clip2point_hf.testing_utils.tiny_tower_configs()
+    "tiny": {  # the towers of clip2point_hf.testing_utils.tiny_tower_configs()
         "vision_config": {
             "hidden_size": 32,
             "intermediate_size": 64,
@@ -277,6 +277,7 @@ CLIP_CONFIG_PRESETS: dict[str, dict] = {
             "max_position_embeddings": 64,
         },
         "projection_dim": 16,
+        "initializer_factor": 5.0,
     },
     "small": {
         "vision_config": {
@@ -295,9 +296,13 @@ CLIP_CONFIG_PRESETS: dict[str, dict] = {
             "max_position_embeddings": 64,
         },
         "projection_dim": 64,
+        "initializer_factor": 5.0,
     },
     "vit-b-32": {},
 }
+#: Why ``initializer_factor`` 5 for the small random presets: with CLIP's default initialisation a random tower's
+#: pooled output hardly depends on its input (cosine ~0.999 between the embeddings of unrelated renderings), so
+#: frozen random features carry little and contrastive training from scratch collapses to identical embeddings.
 
 
 def load_tokenizer(args: BackboneArguments):
@@ -341,6 +346,12 @@ def _clip_config(spec: str, tokenizer):
             if value is not None:
                 text[key] = value
     values["text_config"] = text
+    factor = values.get("initializer_factor")
+    if (
+        factor is not None
+    ):  # CLIPModel initialises with the top-level factor, standalone towers with their own
+        for key in ("text_config", "vision_config"):
+            values[key] = {"initializer_factor": factor, **(values.get(key) or {})}
     return CLIPConfig(**{k: v for k, v in values.items() if k not in ("architectures", "model_type")})
 
 

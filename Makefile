@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test test-fast demo lint format bench clean
+.PHONY: install test test-all demo lint format clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,11 +17,12 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 install: $(VENV)/.installed
 
+# Everything but the tests marked slow (the full SHREC'16 render, which benchmarks/data.py also runs).
 test: install
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests
-
-test-fast: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow" tests
+
+test-all: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests
 
 demo: install
 	$(PY) examples/demo.py --output_dir demo_output

@@ -348,18 +348,27 @@ def _ply_face_prop(path: Path, props) -> int:
 def read_ply(path: str | Path) -> Mesh:
     """Read a PLY mesh (ascii or binary, either endianness)."""
     path = Path(path)
+    vertices, faces, names = read_ply_elements(path)
+    if faces is None:
+        raise DatasetFormatError(path, f"PLY file needs 'vertex' and 'face' elements (has {names})")
+    return _finish(path, vertices, faces, "PLY")
+
+
+def read_ply_elements(path: str | Path):
+    """``(vertices, faces or None, element names)`` of a PLY file; a file without faces is a point cloud."""
+    path = Path(path)
     data = _read_bytes(path)
     fmt, elements, body_start = _ply_header(path, data)
     names = [e[0] for e in elements]
-    if "vertex" not in names or "face" not in names:
-        raise DatasetFormatError(path, f"PLY file needs 'vertex' and 'face' elements (has {names})")
+    if "vertex" not in names:
+        raise DatasetFormatError(path, f"PLY file has no 'vertex' element (has {names})")
     if fmt == "ascii":
         vertices, faces = _ply_ascii(path, data[body_start:], elements)
     else:
         vertices, faces = _ply_binary(
             path, data, body_start, elements, "<" if fmt.endswith("little_endian") else ">"
         )
-    return _finish(path, vertices, faces, "PLY")
+    return vertices, faces, names
 
 
 def _ply_ascii(path: Path, body: bytes, elements):

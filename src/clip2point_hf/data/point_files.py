@@ -14,16 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DatasetFormatError
-from .mesh_io import (
-    _finish,
-    _ply_ascii,
-    _ply_binary,
-    _ply_header,
-    _read_bytes,
-    read_mesh,
-    sample_surface,
-    seeded_rng,
-)
+from .mesh_io import _finish, _read_bytes, read_mesh, read_ply_elements, sample_surface, seeded_rng
 
 MESH_FILES = (".obj", ".off", ".stl")
 TEXT_FILES = (".txt", ".xyz", ".pts", ".csv")
@@ -56,17 +47,7 @@ def _sample(mesh, path: Path, num_points: int, seed: int) -> np.ndarray:
 
 
 def _read_ply(path: Path, num_points: int, seed: int) -> np.ndarray:
-    data = _read_bytes(path)
-    fmt, elements, body_start = _ply_header(path, data)
-    names = [element[0] for element in elements]
-    if "vertex" not in names:
-        raise DatasetFormatError(path, f"PLY file has no 'vertex' element (has {names})")
-    if fmt == "ascii":
-        vertices, faces = _ply_ascii(path, data[body_start:], elements)
-    else:
-        vertices, faces = _ply_binary(
-            path, data, body_start, elements, "<" if fmt.endswith("little_endian") else ">"
-        )
+    vertices, faces, _ = read_ply_elements(path)
     if faces is None or len(faces) == 0:  # a scan: the vertices are the cloud
         return np.asarray(vertices, dtype=np.float64)
     return _sample(_finish(path, vertices, faces, "PLY"), path, num_points, seed)

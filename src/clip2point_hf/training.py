@@ -120,7 +120,7 @@ class TrainingArguments:
         default=None,
         metadata={
             "help": "no, fp16 or bf16 (default: what `accelerate launch`/`accelerate config` says).",
-            "choices": [None, "no", "fp16", "bf16"],
+            "choices": ["no", "fp16", "bf16"],
         },
     )
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Batch size per process."})

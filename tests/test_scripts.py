@@ -368,6 +368,14 @@ def test_zero_shot_matches_direct_computation(pretrained, meshes, workdir, env):
 # Resuming, distribution, publishing
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _kill_after_first_checkpoint(command: list[str], env: dict, folder: Path, timeout: float = 120) -> int:
     process = subprocess.Popen(
         command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT
@@ -492,7 +500,7 @@ def test_two_processes_give_the_single_process_loss(pairs, workdir, env):
         "--dynamo_backend",
         "no",
         "--main_process_port",
-        "29517",
+        str(_free_port()),
     ]
     run_script(
         "pretrain.py",

@@ -108,7 +108,8 @@ class ZeroShotArguments:
     output_dir: str = field(default="zero_shot_output", metadata={"help": "Where results go."})
     seed: int = field(default=0, metadata={"help": "Seed of the dataset sampling and of the subset."})
     mixed_precision: str | None = field(
-        default=None, metadata={"help": "no, fp16 or bf16.", "choices": [None, "no", "fp16", "bf16"]}
+        default=None,
+        metadata={"help": "no, fp16 or bf16 (default: accelerate's).", "choices": ["no", "fp16", "bf16"]},
     )
     report_to: str = field(default="none", metadata={"help": "Trackers: none, tensorboard, wandb, all."})
     save_model: bool = field(

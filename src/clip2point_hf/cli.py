@@ -158,7 +158,7 @@ def _class_names(spec: str) -> list[str]:
 
 
 def cmd_push(args: argparse.Namespace) -> None:
-    from .hub import export_hub_folder, push_folder, verify_hub_folder
+    from .hub import export_hub_folder, push_to_hub, verify_hub_folder
 
     folder = Path(args.output or Path(args.model_dir) / "hub_export")
     export_hub_folder(args.model_dir, folder, args.results, repo_id=args.repo, base_model=args.base_model)
@@ -166,7 +166,7 @@ def cmd_push(args: argparse.Namespace) -> None:
     if args.dry_run:
         print(f"dry run: {folder} is complete and verified; nothing was uploaded")
         return
-    print(f"pushed {folder} to {args.repo}: {push_folder(folder, args.repo, private=args.private)}")
+    print(f"pushed {folder} to {args.repo}: {push_to_hub(folder, args.repo, private=args.private)}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:

@@ -34,8 +34,8 @@ class HubFolderError(ValueError):
     """A model folder lacks what publishing needs, or the exported folder does not verify."""
 
 
-class HubUnreachableError(RuntimeError):
-    """The Hub could not be reached (offline, no network, no credentials)."""
+class HubPushError(RuntimeError):
+    """The upload failed (offline, no network, no credentials); the message says where the local copy is."""
 
 
 def load_for_export(model_dir: str | os.PathLike) -> CLIP2PointPreTrainedModel:
@@ -291,34 +291,44 @@ def verify_hub_folder(folder: str | os.PathLike, reference_dir: str | os.PathLik
             raise HubFolderError(f"{folder}: remote-code outputs differ from {reference_dir}")
 
 
-def push_folder(
-    folder: str | os.PathLike, repo_id: str, private: bool = False, token: str | None = None
+def push_to_hub(
+    folder: str | os.PathLike,
+    repo_id: str,
+    token: str | None = None,
+    private: bool = False,
+    commit_message: str = "Upload CLIP2Point",
 ) -> str:
-    """Upload `folder` to the Hub model repo `repo_id`; returns the commit URL."""
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+    """Upload `folder` (without training checkpoints) to the Hub model repo `repo_id`; returns the commit URL.
 
-    api = HfApi(token=token)
+    Any failure (offline, no network, no credentials, HTTP errors) is one `HubPushError` naming the local copy.
+    """
     try:
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
         api.create_repo(repo_id, private=private, exist_ok=True)
         commit = api.upload_folder(
-            folder_path=str(folder), repo_id=repo_id, commit_message="Upload CLIP2Point"
+            folder_path=str(folder),
+            repo_id=repo_id,
+            commit_message=commit_message,
+            ignore_patterns=["checkpoints/*", "best_model/*", "*.tmp"],
         )
-    except (OfflineModeIsEnabled, HfHubHTTPError, OSError) as error:
-        raise HubUnreachableError(
-            f"could not push to the Hub repo {repo_id!r} ({type(error).__name__}: {str(error).splitlines()[0]}); "
-            f"the folder is complete locally at {folder}"
+    except Exception as error:
+        first = (str(error).strip().splitlines() or [""])[0]
+        raise HubPushError(
+            f"could not push to the Hub repo {repo_id!r} ({type(error).__name__}: {first}); "
+            f"the local copy is complete at {Path(folder).resolve()}"
         ) from error
     return str(getattr(commit, "commit_url", commit))
 
 
 __all__ = [
     "HubFolderError",
-    "HubUnreachableError",
+    "HubPushError",
     "build_model_card",
     "export_hub_folder",
     "load_for_export",
-    "push_folder",
+    "push_to_hub",
     "read_results",
     "verify_hub_folder",
 ]

@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .hub import HubPushError, push_to_hub  # re-exported: the scripts' --push_to_hub
+
 __all__ = [
     "CLIP_CONFIG_PRESETS",
     "ENSEMBLE_TEMPLATES",
@@ -1120,38 +1122,6 @@ def make_processor(
         depth_mode=depth_mode,
         up_axis=up_axis if up_axis in ("y", "z") else "y",
     )
-
-
-class HubPushError(RuntimeError):
-    """The upload failed; the message says where the local copy is."""
-
-
-def push_to_hub(
-    folder: str | os.PathLike,
-    repo_id: str,
-    token: str | None = None,
-    private: bool = False,
-    commit_message: str = "Upload CLIP2Point run",
-) -> str:
-    """Upload ``folder`` (without checkpoints) to the Hub model repo ``repo_id``; returns the commit URL."""
-    try:
-        from huggingface_hub import HfApi
-
-        api = HfApi(token=token)
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        commit = api.upload_folder(
-            folder_path=str(folder),
-            repo_id=repo_id,
-            commit_message=commit_message,
-            ignore_patterns=["checkpoints/*", "best_model/*", "*.tmp"],
-        )
-    except Exception as error:  # offline, no network, no credentials, HTTP errors: one clear message
-        first = (str(error).strip().splitlines() or [""])[0]
-        raise HubPushError(
-            f"could not push to the Hub repo {repo_id!r} ({type(error).__name__}: {first}); "
-            f"the local copy is complete at {Path(folder).resolve()}"
-        ) from error
-    return str(getattr(commit, "commit_url", commit))
 
 
 # ---------------------------------------------------------------------------------------------------------

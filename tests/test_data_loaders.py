@@ -28,27 +28,9 @@ from clip2point_hf.data import (
 )
 
 try:
-    from test_data_helpers import (
-        CUBE_TRIS,
-        CUBE_V,
-        make_mesh_folder,
-        make_modelnet_h5,
-        make_normal_resampled,
-        make_scanobjectnn,
-        tetra,
-        write_off,
-    )
+    import test_data_helpers as helpers
 except ImportError:  # tests/ imported as a package
-    from .test_data_helpers import (
-        CUBE_TRIS,
-        CUBE_V,
-        make_mesh_folder,
-        make_modelnet_h5,
-        make_normal_resampled,
-        make_scanobjectnn,
-        tetra,
-        write_off,
-    )
+    from . import test_data_helpers as helpers
 
 
 @pytest.fixture(autouse=True)
@@ -74,7 +56,7 @@ def _cache_entries(cache):
 
 
 def test_mesh_folder_all_formats(tmp_path):
-    root = make_mesh_folder(tmp_path / "meshes")
+    root = helpers.make_mesh_folder(tmp_path / "meshes")
     ds = load_mesh_folder(root, num_points=64, seed=0, cache_dir=tmp_path / "cache")
     assert sorted(ds) == ["test", "train"]
     assert ds["train"].num_rows == 8 and ds["test"].num_rows == 4
@@ -98,7 +80,7 @@ def test_mesh_folder_all_formats(tmp_path):
 
 def test_mesh_folder_surface_points_lie_on_the_mesh(tmp_path):
     root = tmp_path / "m"
-    write_off(root / "cube" / "train" / "c.off", CUBE_V * 2.0, CUBE_TRIS)
+    helpers.write_off(root / "cube" / "train" / "c.off", helpers.CUBE_V * 2.0, helpers.CUBE_TRIS)
     ds = load_mesh_folder(root, num_points=500, normalize=False, with_normals=True, cache_dir=tmp_path / "c")
     pts = _points(ds["train"])[0]
     on_face = (np.isclose(pts, 0, atol=1e-5) | np.isclose(pts, 2, atol=1e-5)).any(axis=1)
@@ -108,7 +90,7 @@ def test_mesh_folder_surface_points_lie_on_the_mesh(tmp_path):
 
 
 def test_determinism_across_builds_and_num_proc(tmp_path):
-    root = make_mesh_folder(tmp_path / "meshes", per_split={"train": 6, "test": 3})
+    root = helpers.make_mesh_folder(tmp_path / "meshes", per_split={"train": 6, "test": 3})
     a = load_mesh_folder(root, num_points=32, seed=7, cache_dir=tmp_path / "c1", num_proc=1)
     b = load_mesh_folder(root, num_points=32, seed=7, cache_dir=tmp_path / "c2", num_proc=2)
     c = load_mesh_folder(root, num_points=32, seed=7, cache_dir=tmp_path / "c3", num_proc=1)
@@ -121,7 +103,7 @@ def test_determinism_across_builds_and_num_proc(tmp_path):
 
 
 def test_cache_hit_does_not_read_again_and_changes_rebuild(tmp_path, monkeypatch):
-    root = make_mesh_folder(tmp_path / "meshes")
+    root = helpers.make_mesh_folder(tmp_path / "meshes")
     cache = tmp_path / "cache"
     first = load_mesh_folder(root, num_points=16, cache_dir=cache, num_proc=1)
 
@@ -136,15 +118,15 @@ def test_cache_hit_does_not_read_again_and_changes_rebuild(tmp_path, monkeypatch
     with pytest.raises(AssertionError, match="re-read"):
         load_mesh_folder(root, num_points=17, cache_dir=cache, num_proc=1)
     monkeypatch.setattr(mesh_folder_mod, "read_mesh", read_mesh)
-    v, f = tetra(3.0)
-    write_off(root / "pyramid" / "train" / "m1.off", v, f)
+    v, f = helpers.tetra(3.0)
+    helpers.write_off(root / "pyramid" / "train" / "m1.off", v, f)
     changed = load_mesh_folder(root, num_points=16, cache_dir=cache, num_proc=1)
     assert changed["train"].num_rows == 9
     assert len(_cache_entries(cache)) == 2  # the old files and the new ones; the failed build left nothing
 
 
 def test_failed_build_leaves_no_cache(tmp_path, monkeypatch):
-    root = make_mesh_folder(tmp_path / "meshes")
+    root = helpers.make_mesh_folder(tmp_path / "meshes")
     cache = tmp_path / "cache"
     calls = []
 
@@ -178,7 +160,7 @@ def test_failed_build_leaves_no_cache(tmp_path, monkeypatch):
     ],
 )
 def test_bad_mesh_names_file_and_writes_nothing(tmp_path, content, problem):
-    root = make_mesh_folder(tmp_path / "meshes")
+    root = helpers.make_mesh_folder(tmp_path / "meshes")
     bad = root / "box" / "test" / "zz_bad.off"
     bad.write_bytes(content)
     cache = tmp_path / "cache"
@@ -198,7 +180,7 @@ def test_missing_root_and_bad_arguments(tmp_path):
     (tmp_path / "empty" / "cls").mkdir()
     with pytest.raises(DatasetFormatError, match="no mesh files"):
         load_mesh_folder(tmp_path / "empty", cache_dir=tmp_path / "c")
-    root = make_mesh_folder(tmp_path / "m")
+    root = helpers.make_mesh_folder(tmp_path / "m")
     with pytest.raises(ValueError, match="num_points"):
         load_mesh_folder(root, num_points=0)
     with pytest.raises(ValueError, match="up_axis"):
@@ -212,8 +194,8 @@ def _modelnet_off(root, classes, glued=True):
     for k, cls in enumerate(classes):
         for split, n in (("train", 2), ("test", 1)):
             for i in range(n):
-                v, f = (CUBE_V * (1 + k), CUBE_TRIS) if i % 2 == 0 else tetra(1 + k)
-                write_off(root / cls / split / f"{cls}_{i + 1:04d}.off", v, f, glued=glued)
+                v, f = (helpers.CUBE_V * (1 + k), helpers.CUBE_TRIS) if i % 2 == 0 else helpers.tetra(1 + k)
+                helpers.write_off(root / cls / split / f"{cls}_{i + 1:04d}.off", v, f, glued=glued)
     # macOS junk of the real zip files
     (root / "__MACOSX" / classes[0]).mkdir(parents=True)
     (root / "__MACOSX" / classes[0] / "._x.off").write_bytes(b"\x00\x05junk")
@@ -241,7 +223,7 @@ def test_modelnet_off_glued_headers(tmp_path):
 
 
 def test_modelnet_normal_resampled_split_lists_and_missing(tmp_path):
-    root = make_normal_resampled(tmp_path / "mn", list_extra=("chair_0099", "night_stand_0042"))
+    root = helpers.make_normal_resampled(tmp_path / "mn", list_extra=("chair_0099", "night_stand_0042"))
     assert detect_modelnet_format(root) == "normal_resampled"
     with pytest.raises(MissingFilesError) as info:
         load_modelnet(root, num_points=16, cache_dir=tmp_path / "c")
@@ -282,13 +264,13 @@ def test_modelnet_normal_resampled_split_lists_and_missing(tmp_path):
 
 
 def test_modelnet_normal_resampled_too_few_points(tmp_path):
-    root = make_normal_resampled(tmp_path / "mn", points=8)
+    root = helpers.make_normal_resampled(tmp_path / "mn", points=8)
     with pytest.raises(DatasetFormatError, match="has only 8 points, 16 needed"):
         load_modelnet(root, num_points=16, cache_dir=tmp_path / "c")
 
 
 def test_modelnet_h5(tmp_path):
-    root = make_modelnet_h5(tmp_path / "modelnet40_ply_hdf5_2048")
+    root = helpers.make_modelnet_h5(tmp_path / "modelnet40_ply_hdf5_2048")
     assert detect_modelnet_format(root) == "hdf5"
     assert detect_modelnet_format(tmp_path) == "hdf5"  # the parent folder works too
     first = load_modelnet(root, num_points=16, normalize=False, cache_dir=tmp_path / "c")
@@ -312,7 +294,7 @@ def test_modelnet_h5(tmp_path):
 
 
 def test_modelnet_h5_bad_keys_and_missing_files(tmp_path):
-    root = make_modelnet_h5(tmp_path / "h5")
+    root = helpers.make_modelnet_h5(tmp_path / "h5")
     with h5py.File(root / "ply_data_test0.h5", "w") as f:
         f["points"] = np.zeros((2, 32, 3), np.float32)
     with pytest.raises(DatasetFormatError) as info:
@@ -347,7 +329,7 @@ def test_modelnet_not_a_release(tmp_path):
     ],
 )
 def test_scanobjectnn_variants(tmp_path, variant, train_file):
-    root = make_scanobjectnn(tmp_path / "h5_files")
+    root = helpers.make_scanobjectnn(tmp_path / "h5_files")
     ds = load_scanobjectnn(root, variant=variant, num_points=16, normalize=False, cache_dir=tmp_path / "c")
     assert ds["train"].num_rows == 6 and ds["test"].num_rows == 4
     assert ds["train"].features["label"].names == list(SCANOBJECTNN_CLASSES)
@@ -365,7 +347,7 @@ def test_scanobjectnn_variants(tmp_path, variant, train_file):
 
 
 def test_scanobjectnn_bad_input(tmp_path):
-    root = make_scanobjectnn(tmp_path / "h5_files")
+    root = helpers.make_scanobjectnn(tmp_path / "h5_files")
     with pytest.raises(DatasetFormatError, match="unknown ScanObjectNN variant 'PB_T25'"):
         load_scanobjectnn(root, variant="PB_T25")
     (root / "main_split_nobg" / "test_objectdataset.h5").unlink()

@@ -210,3 +210,10 @@ def read_list_file(path: Path) -> list[str]:
     except OSError as exc:
         raise DatasetFormatError(path, f"cannot read list file ({exc.strerror or exc})") from None
     return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def read_split_list(path: Path, split: str) -> list[str]:
+    """The entries of the list file naming ``split``'s examples (it must exist)."""
+    if not path.is_file():
+        raise DatasetFormatError(path, f"split list for '{split}' not found")
+    return read_list_file(path)

@@ -10,41 +10,15 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from ._common import (
-    check_choice,
-    check_num_points,
-    check_root,
-    check_seed,
-    generate_split,
-    natural_key,
-    normalize_np,
-    resolve_num_proc,
-)
-from .cache import build_cached, fingerprint
+from ._common import check_choice, check_root, natural_key, normalize_np
+from .builder import BuildOptions, build_dataset, point_cloud_features
 from .errors import DatasetFormatError
 from .mesh_io import MESH_EXTENSIONS, read_mesh, sample_surface, seeded_rng
-from .names import prompt_names
 
-__all__ = ["load_mesh_folder", "point_cloud_features", "scan_mesh_folder"]
+__all__ = ["load_mesh_folder", "scan_mesh_folder"]
 
 UP_AXES = ("x", "y", "z", "-x", "-y", "-z")
 _SPLIT_NAME = re.compile(r"^\w+(\.\w+)*$")
-
-
-def point_cloud_features(num_points: int, class_names: Sequence[str], with_normals: bool = False):
-    """``Features`` of the point-cloud datasets: ``points`` (fixed-size ``Array2D`` float32),
-    ``label`` (``ClassLabel``), ``name`` and ``path`` (strings), optionally ``normals``."""
-    from datasets import Array2D, ClassLabel, Features, Value
-
-    feats = {
-        "points": Array2D(shape=(num_points, 3), dtype="float32"),
-        "label": ClassLabel(names=list(class_names)),
-        "name": Value("string"),
-        "path": Value("string"),
-    }
-    if with_normals:
-        feats["normals"] = Array2D(shape=(num_points, 3), dtype="float32")
-    return Features(feats)
 
 
 def _skip(name: str) -> bool:
@@ -103,14 +77,16 @@ def scan_mesh_folder(
 
 
 def _mesh_example(task):
-    root, rel, label, num_points, seed, normalize, with_normals = task
+    root, rel, label, opts = task
     path = Path(root) / rel
     mesh = read_mesh(path)
-    pts, normals = sample_surface(mesh, num_points, seeded_rng(seed, rel), return_normals=True, path=path)
-    if normalize:
+    pts, normals = sample_surface(
+        mesh, opts.num_points, seeded_rng(opts.seed, rel), return_normals=True, path=path
+    )
+    if opts.normalize:
         pts = normalize_np(pts)
     ex = {"points": pts, "label": label, "name": Path(rel).stem, "path": rel}
-    if with_normals:
+    if opts.with_normals:
         ex["normals"] = normals
     return ex
 
@@ -120,55 +96,32 @@ def build_mesh_dataset(
     root: Path,
     class_names: Sequence[str],
     splits: dict[str, list[tuple[str, str]]],
+    opts: BuildOptions,
     *,
-    num_points: int,
-    seed: int,
-    normalize: bool,
-    with_normals: bool,
     meta: dict,
     description: str,
-    cache_dir,
-    num_proc,
-    rebuild: bool,
 ):
     """Sample every mesh once (seeded by its relative path) and cache the ``DatasetDict``."""
     label_of = {c: i for i, c in enumerate(class_names)}
     params = dict(
-        num_points=num_points,
-        seed=seed,
-        normalize=normalize,
-        with_normals=with_normals,
+        num_points=opts.num_points,
+        seed=opts.seed,
+        normalize=opts.normalize,
+        with_normals=opts.with_normals,
         classes=list(class_names),
+        splits={s: [rel for rel, _ in items] for s, items in splits.items()},
     )
-    params["splits"] = {s: [rel for rel, _ in items] for s, items in splits.items()}
-    key = fingerprint(kind, params, root, [root / rel for items in splits.values() for rel, _ in items])
-    total = sum(len(v) for v in splits.values())
-    nproc = resolve_num_proc(num_proc, total)
-    features = point_cloud_features(num_points, class_names, with_normals)
-
-    def build(scratch: Path):
-        return {
-            split: generate_split(
-                _mesh_example,
-                [
-                    (str(root), rel, label_of[cls], num_points, seed, normalize, with_normals)
-                    for rel, cls in items
-                ],
-                features,
-                split=split,
-                scratch=scratch,
-                num_proc=nproc,
-                key=key,
-            )
-            for split, items in splits.items()
-        }
-
-    meta = dict(meta, num_points=num_points, seed=seed, normalize=normalize, sampling="surface_area_weighted")
-    meta.setdefault("class_names", list(class_names))
-    meta.setdefault("prompt_names", prompt_names(list(class_names)))
-    meta["num_examples"] = {s: len(v) for s, v in splits.items()}
-    return build_cached(
-        kind, key, build, meta=meta, description=description, cache_dir=cache_dir, rebuild=rebuild
+    return build_dataset(
+        kind,
+        _mesh_example,
+        {s: [(str(root), rel, label_of[cls], opts) for rel, cls in items] for s, items in splits.items()},
+        point_cloud_features(opts.num_points, class_names, opts.with_normals),
+        opts,
+        params=params,
+        root=root,
+        files=[root / rel for items in splits.values() for rel, _ in items],
+        meta=dict(meta, sampling="surface_area_weighted"),
+        description=description,
     )
 
 
@@ -217,8 +170,15 @@ def load_mesh_folder(
         DatasetFormatError: a missing root, no class folders or meshes, or an unreadable/empty/zero-area/
             NaN mesh (the message names the file); nothing is cached then.
     """
-    num_points = check_num_points(num_points)
-    seed = check_seed(seed)
+    opts = BuildOptions.check(
+        num_points,
+        seed,
+        normalize=normalize,
+        with_normals=with_normals,
+        cache_dir=cache_dir,
+        num_proc=num_proc,
+        rebuild=rebuild,
+    )
     check_choice(up_axis, UP_AXES, "up_axis")
     root = check_root(root, "mesh folder")
     classes, splits = scan_mesh_folder(root, extensions=extensions, default_split=default_split)
@@ -231,20 +191,6 @@ def load_mesh_folder(
     }
     description = (
         f"Point clouds sampled from the meshes of {root.name} ({len(classes)} classes), "
-        f"{num_points} area-weighted surface points per mesh, seed {seed}. Up axis: {up_axis}."
+        f"{opts.num_points} area-weighted surface points per mesh, seed {opts.seed}. Up axis: {up_axis}."
     )
-    return build_mesh_dataset(
-        "mesh_folder",
-        root,
-        classes,
-        splits,
-        num_points=num_points,
-        seed=seed,
-        normalize=normalize,
-        with_normals=with_normals,
-        meta=meta,
-        description=description,
-        cache_dir=cache_dir,
-        num_proc=num_proc,
-        rebuild=rebuild,
-    )
+    return build_mesh_dataset("mesh_folder", root, classes, splits, opts, meta=meta, description=description)

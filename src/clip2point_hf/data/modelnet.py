@@ -20,26 +20,22 @@ from pathlib import Path
 import numpy as np
 
 from ._common import (
-    ON_MISSING,
-    SAMPLING_METHODS,
     check_choice,
     check_finite,
-    check_num_points,
     check_root,
-    check_seed,
-    generate_split,
     handle_missing,
     natural_key,
     normalize_np,
     read_list_file,
-    resolve_num_proc,
+    read_split_list,
     subsample_indices,
 )
-from .cache import build_cached, fingerprint
+from .builder import BuildOptions, build_dataset, point_cloud_features
 from .errors import DatasetFormatError
-from .mesh_folder import UP_AXES, build_mesh_dataset, point_cloud_features, scan_mesh_folder
+from .hdf5 import build_h5_dataset, check_h5, h5_tasks
+from .mesh_folder import UP_AXES, build_mesh_dataset, scan_mesh_folder
 from .mesh_io import seeded_rng
-from .names import MODELNET10_CLASSES, MODELNET40_CLASSES, prompt_names
+from .names import MODELNET10_CLASSES, MODELNET40_CLASSES
 
 __all__ = ["MODELNET_FORMATS", "MODELNET_UP_AXIS", "detect_modelnet_format", "load_modelnet"]
 
@@ -136,10 +132,17 @@ def load_modelnet(
         ``name``, ``path`` (relative to ``root``); metadata via
         :func:`~clip2point_hf.data.dataset_metadata` (``up_axis``, ``format``, ...).
     """
-    num_points = check_num_points(num_points)
-    seed = check_seed(seed)
-    check_choice(sampling, SAMPLING_METHODS, "sampling")
-    check_choice(on_missing, ON_MISSING, "on_missing")
+    opts = BuildOptions.check(
+        num_points,
+        seed,
+        sampling=sampling,
+        normalize=normalize,
+        with_normals=with_normals,
+        on_missing=on_missing,
+        cache_dir=cache_dir,
+        num_proc=num_proc,
+        rebuild=rebuild,
+    )
     root = _descend(check_root(root, "ModelNet root"))
     fmt = (
         detect_modelnet_format(root) if format == "auto" else check_choice(format, MODELNET_FORMATS, "format")
@@ -147,33 +150,21 @@ def load_modelnet(
     if up_axis is None:
         up_axis = MODELNET_UP_AXIS[fmt]
     check_choice(up_axis, UP_AXES, "up_axis")
-    common = dict(
-        num_points=num_points,
-        seed=seed,
-        up_axis=up_axis,
-        normalize=normalize,
-        with_normals=with_normals,
-        cache_dir=cache_dir,
-        num_proc=num_proc,
-        rebuild=rebuild,
-    )
     if fmt == "off":
-        return _load_off(root, **common)
+        return _load_off(root, opts, up_axis)
     if fmt == "normal_resampled":
-        return _load_txt(root, num_classes=num_classes, sampling=sampling, on_missing=on_missing, **common)
+        return _load_txt(root, opts, up_axis, num_classes)
     if with_normals:
         raise DatasetFormatError(
             root, "with_normals=True is not available for the hdf5 release (no normals kept)"
         )
-    return _load_h5(root, sampling=sampling, on_missing=on_missing, **common)
+    return _load_h5(root, opts, up_axis)
 
 
 # ----------------------------------------------------------------------------------------------- OFF
 
 
-def _load_off(
-    root: Path, *, num_points, seed, up_axis, normalize, with_normals, cache_dir, num_proc, rebuild
-):
+def _load_off(root: Path, opts: BuildOptions, up_axis: str):
     classes, splits = scan_mesh_folder(root, extensions=(".off",))
     unknown = set(splits) - {"train", "test"}
     if unknown:
@@ -187,24 +178,10 @@ def _load_off(
     name = _dataset_name(len(classes))
     meta = {"dataset": name, "source": "ModelNet OFF meshes", "format": "off", "up_axis": up_axis}
     description = (
-        f"{name} point clouds sampled once from the OFF meshes ({num_points} area-weighted surface "
-        f"points per mesh, seed {seed}). Up axis: {up_axis}."
+        f"{name} point clouds sampled once from the OFF meshes ({opts.num_points} area-weighted surface "
+        f"points per mesh, seed {opts.seed}). Up axis: {up_axis}."
     )
-    return build_mesh_dataset(
-        "modelnet_off",
-        root,
-        classes,
-        splits,
-        num_points=num_points,
-        seed=seed,
-        normalize=normalize,
-        with_normals=with_normals,
-        meta=meta,
-        description=description,
-        cache_dir=cache_dir,
-        num_proc=num_proc,
-        rebuild=rebuild,
-    )
+    return build_mesh_dataset("modelnet_off", root, classes, splits, opts, meta=meta, description=description)
 
 
 # ------------------------------------------------------------------------------- normal_resampled txt
@@ -242,39 +219,26 @@ def read_point_txt(path: Path, max_points: int | None = None) -> np.ndarray:
 
 
 def _txt_example(task):
-    root, rel, label, num_points, sampling, seed, normalize, with_normals = task
+    root, rel, label, opts = task
+    num_points, sampling = opts.num_points, opts.sampling
     path = Path(root) / rel
     arr = read_point_txt(path, num_points if sampling == "first" else None)
     if len(arr) < num_points:
         raise DatasetFormatError(path, f"has only {len(arr)} points, {num_points} needed")
-    if with_normals and arr.shape[1] < 6:
+    if opts.with_normals and arr.shape[1] < 6:
         raise DatasetFormatError(path, f"has {arr.shape[1]} values per line, no normals (6 needed)")
     check_finite(arr[:, :3], path)
-    idx = subsample_indices(arr[:, :3], num_points, sampling, seeded_rng(seed, rel))
+    idx = subsample_indices(arr[:, :3], num_points, sampling, seeded_rng(opts.seed, rel))
     pts = arr[idx, :3]
-    if normalize:
+    if opts.normalize:
         pts = normalize_np(pts)
     ex = {"points": pts, "label": label, "name": Path(rel).stem, "path": rel}
-    if with_normals:
+    if opts.with_normals:
         ex["normals"] = arr[idx, 3:6]
     return ex
 
 
-def _load_txt(
-    root: Path,
-    *,
-    num_classes,
-    sampling,
-    on_missing,
-    num_points,
-    seed,
-    up_axis,
-    normalize,
-    with_normals,
-    cache_dir,
-    num_proc,
-    rebuild,
-):
+def _load_txt(root: Path, opts: BuildOptions, up_axis: str, num_classes: int | None):
     available = sorted(
         int(m.group(1))
         for p in root.glob("modelnet*_shape_names.txt")
@@ -292,11 +256,9 @@ def _load_txt(
     skipped = {}
     for split in ("train", "test"):
         lst = root / f"modelnet{num_classes}_{split}.txt"
-        if not lst.is_file():
-            raise DatasetFormatError(lst, f"split list for '{split}' not found")
+        entries = read_split_list(lst, split)
         list_files.append(lst)
         items, missing = [], []
-        entries = read_list_file(lst)
         for entry in entries:
             stem = entry[:-4] if entry.endswith(".txt") else entry
             cls = stem.rsplit("_", 1)[0] if "_" in stem else stem
@@ -307,142 +269,41 @@ def _load_txt(
                 items.append((rel, label_of[cls]))
             else:
                 missing.append(rel)
-        handle_missing(missing, len(entries), on_missing=on_missing, where=lst)
+        handle_missing(missing, len(entries), on_missing=opts.on_missing, where=lst)
         skipped[split] = len(missing)
         splits[split] = items
     name = _dataset_name(num_classes)
     params = dict(
         fmt="normal_resampled",
-        num_points=num_points,
-        seed=seed,
-        sampling=sampling,
-        normalize=normalize,
-        with_normals=with_normals,
+        **opts.settings(),
+        with_normals=opts.with_normals,
         classes=classes,
         splits={s: [r for r, _ in v] for s, v in splits.items()},
     )
-    files = list_files + [root / r for v in splits.values() for r, _ in v]
-    key = fingerprint("modelnet_txt", params, root, files)
-    nproc = resolve_num_proc(num_proc, sum(len(v) for v in splits.values()))
-    features = point_cloud_features(num_points, classes, with_normals)
-
-    def build(scratch):
-        return {
-            split: generate_split(
-                _txt_example,
-                [
-                    (str(root), rel, lab, num_points, sampling, seed, normalize, with_normals)
-                    for rel, lab in items
-                ],
-                features,
-                split=split,
-                scratch=scratch,
-                num_proc=nproc,
-                key=key,
-            )
-            for split, items in splits.items()
-        }
-
-    meta = {
-        "dataset": name,
-        "source": "modelnet40_normal_resampled",
-        "format": "normal_resampled",
-        "up_axis": up_axis,
-        "num_points": num_points,
-        "seed": seed,
-        "sampling": sampling,
-        "normalize": normalize,
-        "class_names": classes,
-        "prompt_names": prompt_names(classes),
-        "missing_skipped": skipped,
-        "num_examples": {s: len(v) for s, v in splits.items()},
-    }
-    description = (
-        f"{name} from the modelnet40_normal_resampled release: {num_points} points per object "
-        f"({sampling}). Up axis: {up_axis}."
-    )
-    return build_cached(
-        "modelnet_txt", key, build, meta=meta, description=description, cache_dir=cache_dir, rebuild=rebuild
+    return build_dataset(
+        "modelnet_txt",
+        _txt_example,
+        {s: [(str(root), rel, lab, opts) for rel, lab in items] for s, items in splits.items()},
+        point_cloud_features(opts.num_points, classes, opts.with_normals),
+        opts,
+        params=params,
+        root=root,
+        files=list_files + [root / r for v in splits.values() for r, _ in v],
+        meta={
+            "dataset": name,
+            "source": "modelnet40_normal_resampled",
+            "format": "normal_resampled",
+            "up_axis": up_axis,
+            "missing_skipped": skipped,
+        },
+        description=(
+            f"{name} from the modelnet40_normal_resampled release: {opts.num_points} points per object "
+            f"({opts.sampling}). Up axis: {up_axis}."
+        ),
     )
 
 
 # ---------------------------------------------------------------------------------------------- hdf5
-
-H5_CHUNK = 256
-
-
-def check_h5(path: Path, keys=("data", "label")):
-    """Open ``path`` and check it has ``keys`` with matching first dimensions; returns ``N``."""
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            absent = [k for k in keys if k not in f]
-            if absent:
-                raise DatasetFormatError(path, f"h5 file lacks key(s) {absent} (has {sorted(f.keys())})")
-            data, label = f[keys[0]], f[keys[1]]
-            if data.ndim != 3 or data.shape[2] < 3:
-                raise DatasetFormatError(path, f"'{keys[0]}' has shape {data.shape}, expected (N, P, 3)")
-            if label.shape[0] != data.shape[0] or label.size != data.shape[0]:
-                raise DatasetFormatError(
-                    path, f"'{keys[1]}' has shape {label.shape}, expected ({data.shape[0]},)"
-                )
-            return int(data.shape[0]), int(data.shape[1]), np.asarray(label).reshape(-1).astype(np.int64)
-    except DatasetFormatError:
-        raise
-    except OSError as exc:
-        raise DatasetFormatError(path, f"not a readable HDF5 file ({exc})") from None
-
-
-def h5_examples(task):
-    """Worker: one chunk of an h5 file -> a list of examples (batched FPS when ``sampling="fps"``)."""
-    import h5py
-
-    (
-        root,
-        rel,
-        start,
-        stop,
-        names,
-        num_classes,
-        num_points,
-        sampling,
-        seed,
-        normalize,
-        data_key,
-        label_key,
-        prefix,
-    ) = task
-    path = Path(root) / rel
-    with h5py.File(path, "r") as f:
-        data = np.asarray(f[data_key][start:stop, :, :3], dtype=np.float32)
-        labels = np.asarray(f[label_key][start:stop]).reshape(-1).astype(np.int64)
-    for k in range(len(data)):
-        if not np.isfinite(data[k]).all():
-            raise DatasetFormatError(path, f"sample {start + k}: NaN or infinite coordinates")
-        if not 0 <= labels[k] < num_classes:
-            raise DatasetFormatError(
-                path, f"sample {start + k}: label {labels[k]} outside [0, {num_classes})"
-            )
-    if num_points > data.shape[1]:
-        raise DatasetFormatError(path, f"clouds have {data.shape[1]} points, {num_points} requested")
-    if sampling == "random":
-        idx = np.stack(
-            [
-                subsample_indices(data[k], num_points, "random", seeded_rng(seed, f"{rel}:{start + k}"))
-                for k in range(len(data))
-            ]
-        )
-    else:
-        idx = subsample_indices(data, num_points, sampling, None)
-    pts = np.take_along_axis(data, idx[..., None], axis=1)
-    out = []
-    for k in range(len(pts)):
-        cloud = normalize_np(pts[k]) if normalize else pts[k]
-        i = start + k
-        name = names[k] if names else f"{prefix}_{i:05d}"
-        out.append({"points": cloud, "label": int(labels[k]), "name": name, "path": f"{rel}:{i}"})
-    return out
 
 
 def _h5_split_files(h5dir: Path, split: str, on_missing: str) -> list[Path]:
@@ -476,25 +337,11 @@ def _id2file(h5: Path) -> list[str] | None:
     return [Path(str(e)).stem for e in entries]
 
 
-def _load_h5(
-    root: Path,
-    *,
-    sampling,
-    on_missing,
-    num_points,
-    seed,
-    up_axis,
-    normalize,
-    with_normals,
-    cache_dir,
-    num_proc,
-    rebuild,
-):
-    del with_normals
+def _load_h5(root: Path, opts: BuildOptions, up_axis: str):
     h5dir = _h5_dir(root)
     if h5dir is None:
         raise DatasetFormatError(root, "no *.h5 files found")
-    files = {s: _h5_split_files(h5dir, s, on_missing) for s in ("train", "test")}
+    files = {s: _h5_split_files(h5dir, s, opts.on_missing) for s in ("train", "test")}
     for s, fs in files.items():
         if not fs:
             raise DatasetFormatError(h5dir, f"no h5 files for the '{s}' split (ply_data_{s}<k>.h5)")
@@ -510,8 +357,8 @@ def _load_h5(
             h5dir, f"labels go up to {max_label} but there are {len(classes)} class names"
         )
     for p, (_, npts, _) in info.items():
-        if npts < num_points:
-            raise DatasetFormatError(p, f"clouds have {npts} points, {num_points} requested")
+        if npts < opts.num_points:
+            raise DatasetFormatError(p, f"clouds have {npts} points, {opts.num_points} requested")
     tasks = {}
     for s, fs in files.items():
         tasks[s] = []
@@ -520,57 +367,22 @@ def _load_h5(
             names = _id2file(p)
             if names is not None and len(names) != n:
                 names = None
-            rel = p.relative_to(root).as_posix()
-            for a in range(0, n, H5_CHUNK):
-                b = min(n, a + H5_CHUNK)
-                tasks[s].append(
-                    (
-                        str(root),
-                        rel,
-                        a,
-                        b,
-                        names[a:b] if names else None,
-                        len(classes),
-                        num_points,
-                        sampling,
-                        seed,
-                        normalize,
-                        "data",
-                        "label",
-                        p.stem,
-                    )
-                )
+            tasks[s] += h5_tasks(root, p, n, len(classes), opts, prefix=p.stem, names=names)
     name = _dataset_name(len(classes))
-    params = dict(
-        fmt="hdf5", num_points=num_points, seed=seed, sampling=sampling, normalize=normalize, classes=classes
-    )
     all_files = [p for fs in files.values() for p in fs] + [
         q for q in h5dir.iterdir() if q.suffix in (".txt", ".json")
     ]
-    key = fingerprint("modelnet_h5", params, root, sorted(all_files))
-    nproc = resolve_num_proc(num_proc, 64 * sum(len(t) for t in tasks.values()))
-    features = point_cloud_features(num_points, classes)
-
-    def build(scratch):
-        return {
-            s: generate_split(h5_examples, t, features, split=s, scratch=scratch, num_proc=nproc, key=key)
-            for s, t in tasks.items()
-        }
-
-    meta = {
-        "dataset": name,
-        "source": "modelnet40_ply_hdf5_2048",
-        "format": "hdf5",
-        "up_axis": up_axis,
-        "num_points": num_points,
-        "seed": seed,
-        "sampling": sampling,
-        "normalize": normalize,
-        "class_names": classes,
-        "prompt_names": prompt_names(classes),
-        "num_examples": {s: sum(info[p][0] for p in fs) for s, fs in files.items()},
-    }
-    description = f"{name} from PointNet's modelnet40_ply_hdf5_2048: {num_points} points per object ({sampling}). Up axis: {up_axis}."
-    return build_cached(
-        "modelnet_h5", key, build, meta=meta, description=description, cache_dir=cache_dir, rebuild=rebuild
+    return build_h5_dataset(
+        "modelnet_h5",
+        root,
+        tasks,
+        classes,
+        opts,
+        params=dict(fmt="hdf5", **opts.settings(), classes=classes),
+        files=sorted(all_files),
+        meta={"dataset": name, "source": "modelnet40_ply_hdf5_2048", "up_axis": up_axis},
+        description=(
+            f"{name} from PointNet's modelnet40_ply_hdf5_2048: {opts.num_points} points per object "
+            f"({opts.sampling}). Up axis: {up_axis}."
+        ),
     )

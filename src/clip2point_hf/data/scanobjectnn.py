@@ -17,20 +17,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._common import (
-    SAMPLING_METHODS,
-    check_choice,
-    check_num_points,
-    check_root,
-    check_seed,
-    generate_split,
-    resolve_num_proc,
-)
-from .cache import build_cached, fingerprint
+from ._common import check_root
+from .builder import BuildOptions
 from .errors import DatasetFormatError
-from .mesh_folder import point_cloud_features
-from .modelnet import H5_CHUNK, check_h5, h5_examples
-from .names import SCANOBJECTNN_CLASSES, prompt_names
+from .hdf5 import build_h5_dataset, check_h5, h5_tasks
+from .names import SCANOBJECTNN_CLASSES
 
 __all__ = ["SCANOBJECTNN_VARIANTS", "load_scanobjectnn", "scanobjectnn_files"]
 
@@ -113,71 +104,44 @@ def load_scanobjectnn(
         DatasetFormatError: an unknown variant, a missing file, an h5 file without ``data``/``label``,
             labels out of range or NaN coordinates (the message names the file).
     """
-    num_points = check_num_points(num_points)
-    seed = check_seed(seed)
-    check_choice(sampling, SAMPLING_METHODS, "sampling")
+    opts = BuildOptions.check(
+        num_points,
+        seed,
+        sampling=sampling,
+        normalize=normalize,
+        cache_dir=cache_dir,
+        num_proc=num_proc,
+        rebuild=rebuild,
+    )
     root = check_root(root, "ScanObjectNN root")
     variant = _variant(variant, root)
     files = scanobjectnn_files(root, variant)
     classes = list(SCANOBJECTNN_CLASSES)
     tasks = {}
-    counts = {}
     for split, path in files.items():
         n, npts, labels = check_h5(path)
-        if npts < num_points:
-            raise DatasetFormatError(path, f"clouds have {npts} points, {num_points} requested")
+        if npts < opts.num_points:
+            raise DatasetFormatError(path, f"clouds have {npts} points, {opts.num_points} requested")
         if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
             raise DatasetFormatError(
                 path, f"labels outside [0, {len(classes)}): min {labels.min()}, max {labels.max()}"
             )
-        counts[split] = n
-        rel = path.relative_to(root).as_posix()
-        tasks[split] = [
-            (
-                str(root),
-                rel,
-                a,
-                min(n, a + H5_CHUNK),
-                None,
-                len(classes),
-                num_points,
-                sampling,
-                seed,
-                normalize,
-                "data",
-                "label",
-                f"{variant}_{split}",
-            )
-            for a in range(0, n, H5_CHUNK)
-        ]
-    params = dict(variant=variant, num_points=num_points, seed=seed, sampling=sampling, normalize=normalize)
-    key = fingerprint("scanobjectnn", params, root, list(files.values()))
-    nproc = resolve_num_proc(num_proc, 64 * sum(len(t) for t in tasks.values()))
-    features = point_cloud_features(num_points, classes)
-
-    def build(scratch):
-        return {
-            s: generate_split(h5_examples, t, features, split=s, scratch=scratch, num_proc=nproc, key=key)
-            for s, t in tasks.items()
-        }
-
-    meta = {
-        "dataset": f"ScanObjectNN {variant}",
-        "source": "ScanObjectNN h5_files",
-        "format": "hdf5",
-        "variant": variant,
-        "up_axis": "y",
-        "num_points": num_points,
-        "seed": seed,
-        "sampling": sampling,
-        "normalize": normalize,
-        "class_names": classes,
-        "prompt_names": prompt_names(classes),
-        "num_examples": counts,
-    }
-    description = (
-        f"ScanObjectNN {variant}: {num_points} points per object ({sampling} from 2048). Up axis: y."
-    )
-    return build_cached(
-        "scanobjectnn", key, build, meta=meta, description=description, cache_dir=cache_dir, rebuild=rebuild
+        tasks[split] = h5_tasks(root, path, n, len(classes), opts, prefix=f"{variant}_{split}")
+    return build_h5_dataset(
+        "scanobjectnn",
+        root,
+        tasks,
+        classes,
+        opts,
+        params=dict(variant=variant, **opts.settings()),
+        files=list(files.values()),
+        meta={
+            "dataset": f"ScanObjectNN {variant}",
+            "source": "ScanObjectNN h5_files",
+            "variant": variant,
+            "up_axis": "y",
+        },
+        description=(
+            f"ScanObjectNN {variant}: {opts.num_points} points per object ({sampling} from 2048). Up axis: y."
+        ),
     )

@@ -14,6 +14,7 @@ lazily, embedded by ``push_to_hub``) and its class. The reference's pairing -- o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,24 +23,18 @@ import numpy as np
 import torch
 
 from ._common import (
-    ON_MISSING,
-    SAMPLING_METHODS,
-    check_choice,
     check_finite,
     check_num_points,
     check_root,
-    check_seed,
-    generate_split,
     handle_missing,
     normalize_np,
-    read_list_file,
-    resolve_num_proc,
+    read_split_list,
     subsample_indices,
 )
-from .cache import build_cached, fingerprint
+from .builder import BuildOptions, build_dataset
 from .errors import DatasetFormatError
 from .mesh_io import seeded_rng
-from .names import SHAPENET55_SYNSETS, prompt_names
+from .names import SHAPENET55_SYNSETS
 
 __all__ = ["CLIP_MEAN", "CLIP_STD", "PAIRS_META_FILE", "RandomViewPairTransform", "load_shapenet_pairs"]
 
@@ -110,7 +105,8 @@ def _load_npy(path: Path) -> np.ndarray:
 
 
 def _pair_example(task):
-    pc_dir, rel, label, synset, image_paths, num_points, sampling, seed, normalize, embed = task
+    pc_dir, rel, label, synset, image_paths, opts, embed = task
+    num_points = opts.num_points
     path = Path(pc_dir) / rel
     arr = _load_npy(path)
     try:
@@ -120,9 +116,9 @@ def _pair_example(task):
     if len(arr) < num_points:
         raise DatasetFormatError(path, f"has {len(arr)} points, {num_points} needed")
     check_finite(arr, path)
-    idx = subsample_indices(arr, num_points, sampling, seeded_rng(seed, rel))
+    idx = subsample_indices(arr, num_points, opts.sampling, seeded_rng(opts.seed, rel))
     pts = arr[idx]
-    if normalize:
+    if opts.normalize:
         pts = normalize_np(pts)
     if embed:
         images = []
@@ -184,9 +180,16 @@ def load_shapenet_pairs(
         or the classes recorded by ``build_render_pairs``), ``synset``, ``name`` (``<synset>-<model>``),
         ``path`` (the ``.npy`` relative to the cloud folder). Up axis ``y``.
     """
-    seed = check_seed(seed)
-    check_choice(sampling, SAMPLING_METHODS, "sampling")
-    check_choice(on_missing, ON_MISSING, "on_missing")
+    opts = BuildOptions.check(
+        None,  # checked once known: None keeps every point
+        seed,
+        sampling=sampling,
+        normalize=normalize,
+        on_missing=on_missing,
+        cache_dir=cache_dir,
+        num_proc=num_proc,
+        rebuild=rebuild,
+    )
     if isinstance(num_views, bool) or not isinstance(num_views, int) or num_views < 1:
         raise ValueError(f"`num_views` must be a positive int, got {num_views!r}")
     pc_root = check_root(pc_root, "point-cloud root")
@@ -204,9 +207,7 @@ def load_shapenet_pairs(
     entries = {}
     for split in ("train", "test"):
         lst = list_dir / f"{split}.txt"
-        if not lst.is_file():
-            raise DatasetFormatError(lst, f"split list for '{split}' not found")
-        entries[split] = [_split_id(e, lst) for e in read_list_file(lst)]
+        entries[split] = [_split_id(e, lst) for e in read_split_list(lst, split)]
     first = next((e for v in entries.values() for e in v), None)
     rdir = _render_dir(render_root, f"{first[1]}_{first[2]}" if first else None)
 
@@ -241,67 +242,47 @@ def load_shapenet_pairs(
             if embed_images:
                 stat_files.extend(views)
         handle_missing(
-            missing, len(ents) * (num_views + 1), on_missing=on_missing, where=list_dir / f"{split}.txt"
+            missing, len(ents) * (num_views + 1), on_missing=opts.on_missing, where=list_dir / f"{split}.txt"
         )
 
-    all_items = [it for v in items.values() for it in v]
     if num_points is None:
-        counts = {_load_npy(pc_dir / it[0]).shape[0] for it in all_items[:1]}
-        num_points = counts.pop() if counts else 8192
-    num_points = check_num_points(num_points)
+        first_item = next((it for v in items.values() for it in v), None)
+        num_points = _load_npy(pc_dir / first_item[0]).shape[0] if first_item else 8192
+    opts = dataclasses.replace(opts, num_points=check_num_points(num_points))
     params = dict(
-        num_points=num_points,
-        seed=seed,
-        sampling=sampling,
-        normalize=normalize,
+        **opts.settings(),
         num_views=num_views,
         embed=embed_images,
         render_root=str(rdir),
         classes=classes,
         splits={s: [it[0] for it in v] for s, v in items.items()},
     )
-    key = fingerprint("shapenet_pairs", params, pc_dir, stat_files)
-    nproc = resolve_num_proc(num_proc, len(all_items))
-    features = _pair_features(num_points, classes)
-
-    def build(scratch):
-        return {
-            split: generate_split(
-                _pair_example,
-                [
-                    (str(pc_dir), rel, lab, syn, views, num_points, sampling, seed, normalize, embed_images)
-                    for rel, lab, syn, views in its
-                ],
-                features,
-                split=split,
-                scratch=scratch,
-                num_proc=nproc,
-                key=key,
-            )
-            for split, its in items.items()
-        }
-
-    meta = {
-        "dataset": extra_meta.get("dataset", "ShapeNet-55 pairs"),
-        "source": extra_meta.get("source", "Point-BERT shapenet_pc + 10-view renderings"),
-        "format": "pairs",
-        "up_axis": extra_meta.get("up_axis", "y"),
-        "num_points": num_points,
-        "num_views": num_views,
-        "seed": seed,
-        "sampling": sampling,
-        "normalize": normalize,
-        "class_names": classes,
-        "prompt_names": prompt_names(classes),
-        "render_root": str(rdir),
-        "num_examples": {s: len(v) for s, v in items.items()},
-    }
-    description = (
-        f"{meta['dataset']}: point clouds ({num_points} points) paired with {num_views} rendered views per "
-        f"object. Up axis: {meta['up_axis']}."
-    )
-    return build_cached(
-        "shapenet_pairs", key, build, meta=meta, description=description, cache_dir=cache_dir, rebuild=rebuild
+    dataset = extra_meta.get("dataset", "ShapeNet-55 pairs")
+    up_axis = extra_meta.get("up_axis", "y")
+    return build_dataset(
+        "shapenet_pairs",
+        _pair_example,
+        {
+            s: [(str(pc_dir), rel, lab, syn, views, opts, embed_images) for rel, lab, syn, views in its]
+            for s, its in items.items()
+        },
+        _pair_features(opts.num_points, classes),
+        opts,
+        params=params,
+        root=pc_dir,
+        files=stat_files,
+        meta={
+            "dataset": dataset,
+            "source": extra_meta.get("source", "Point-BERT shapenet_pc + 10-view renderings"),
+            "format": "pairs",
+            "up_axis": up_axis,
+            "num_views": num_views,
+            "render_root": str(rdir),
+        },
+        description=(
+            f"{dataset}: point clouds ({opts.num_points} points) paired with {num_views} rendered views per "
+            f"object. Up axis: {up_axis}."
+        ),
     )
 
 

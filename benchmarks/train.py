@@ -128,17 +128,10 @@ def tiny_clip(args) -> dict:
     import torch.nn.functional as F
     from datasets import Image, List
 
-    from clip2point_hf.data import load_shapenet_pairs
-    from clip2point_hf.training import (
-        CLIP_MEAN,
-        CLIP_STD,
-        BackboneArguments,
-        PretrainingPairTransform,
-        build_clip,
-        class_prompt_names,
-        load_tokenizer,
-        stratified_split,
-    )
+    from clip2point_hf.data import load_rgb_image, load_shapenet_pairs, stratified_split
+    from clip2point_hf.prompts import prompt_names
+    from clip2point_hf.rendering_clip2point import CLIP_MEAN, CLIP_STD
+    from clip2point_hf.training import BackboneArguments, build_clip, load_tokenizer
 
     torch.manual_seed(args.seed)
     backbone = BackboneArguments(clip_config=args.clip_config, tokenizer="char")
@@ -149,13 +142,12 @@ def tiny_clip(args) -> dict:
     train = pairs["train"].cast_column("images", List(Image(decode=False)))
     labels = np.asarray(train["label"])
     keep, held_out = stratified_split(labels, args.validation_split_percentage / 100, args.seed)
-    names = class_prompt_names(train.features["label"].names)
-    loader = PretrainingPairTransform([(0, 0)] * 10, size)
+    names = prompt_names(train.features["label"].names, distinct=True)
     mean, std = torch.tensor(CLIP_MEAN).view(3, 1, 1), torch.tensor(CLIP_STD).view(3, 1, 1)
 
     def decode(indices):
         rows = train.select(indices)
-        views = torch.stack([torch.stack([loader.load_image(v) for v in vs]) for vs in rows["images"]])
+        views = torch.stack([torch.stack([load_rgb_image(v, size) for v in vs]) for vs in rows["images"]])
         return (views - mean) / std, torch.tensor(rows["label"])
 
     images, image_labels = decode(keep)  # (N, 10, 3, S, S)

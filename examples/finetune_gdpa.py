@@ -18,69 +18,37 @@ the dataset) and selects the model; the test split is scored once, at the end, w
 
 from __future__ import annotations
 
-import math
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from clip2point_hf import CLIP2PointForPointCloudClassification
+from clip2point_hf.data import PointCloudBatchTransform, random_subset, sample_k_shot, stratified_split
+from clip2point_hf.evaluation import classification_metrics, save_confusion_matrix_image
+from clip2point_hf.prompts import prompt_names, resolve_templates
 from clip2point_hf.rendering_clip2point import resolve_views
 from clip2point_hf.training import (
-    DATASET_FORMATS,
     BackboneArguments,
-    JsonLogger,
     KeyedDataset,
-    PointCloudBatchTransform,
+    PointCloudDataArguments,
     TrainingArguments,
-    TrainingProgress,
+    TrainingRun,
     args_to_dict,
     build_clip,
-    build_lr_scheduler,
     build_optimizer,
-    class_prompt_names,
-    classification_metrics,
-    finish_with_hub,
-    keyed_seed,
-    load_point_cloud_dataset,
     load_tokenizer,
     make_processor,
     parse_args,
     predict,
     render_point_clouds,
-    resolve_templates,
-    resume_from_checkpoint,
-    run_training,
-    sample_k_shot,
-    save_confusion_matrix_image,
-    save_folder_atomically,
-    setup_accelerator,
-    start_trackers,
-    stratified_split,
     write_json,
 )
 
 
 @dataclass
-class FinetuneDataArguments:
-    dataset: str | None = field(
-        default=None, metadata={"help": "Dataset folder (ModelNet, ScanObjectNN, a mesh folder, ...)."}
-    )
-    dataset_format: str = field(
-        default="auto", metadata={"help": "Which loader.", "choices": list(DATASET_FORMATS)}
-    )
-    scanobjectnn_variant: str = field(
-        default="PB_T50_RS", metadata={"help": "OBJ_BG, OBJ_ONLY or PB_T50_RS."}
-    )
-    on_missing: str = field(
-        default="error",
-        metadata={
-            "help": "Files a split list names but are absent (partial download): error, or skip them.",
-            "choices": ["error", "skip"],
-        },
-    )
+class FinetuneDataArguments(PointCloudDataArguments):
     train_split: str = field(default="train", metadata={"help": "Split to train on."})
     test_split: str = field(default="test", metadata={"help": "Split scored once at the end."})
     validation_split: str | None = field(
@@ -93,10 +61,6 @@ class FinetuneDataArguments:
     )
     shots: str = field(
         default="all", metadata={"help": "Examples per class to train on: an int K, or 'all'."}
-    )
-    num_points: int = field(default=1024, metadata={"help": "Points per cloud."})
-    up_axis: str | None = field(
-        default=None, metadata={"help": "Up axis of the data (default: the loader's metadata)."}
     )
     views: str = field(
         default="reference10", metadata={"help": "Depth views: a preset name (its length = adapter views)."}
@@ -114,7 +78,6 @@ class FinetuneDataArguments:
     max_eval_samples: int | None = field(
         default=None, metadata={"help": "Validate/test on at most N examples."}
     )
-    cache_dir: str | None = field(default=None, metadata={"help": "Dataset cache folder."})
 
     def num_shots(self) -> int | None:
         if self.shots == "all":
@@ -179,13 +142,6 @@ class FinetuneTrainingArguments(TrainingArguments):
     num_train_epochs: int = field(default=100, metadata={"help": "Epochs (the reference: 100)."})
 
 
-def _limit(indices: list[int], limit: int | None, seed: int, stream: str) -> list[int]:
-    if limit is None or limit >= len(indices):
-        return indices
-    g = np.random.default_rng(keyed_seed(seed, "limit", stream))
-    return sorted(np.asarray(indices)[g.permutation(len(indices))[:limit]].tolist())
-
-
 def _describe(ds, indices) -> list[dict]:
     names, paths, labels = ds["name"], ds["path"], ds["label"]
     return [{"index": int(i), "name": names[i], "path": paths[i], "label": int(labels[i])} for i in indices]
@@ -198,29 +154,15 @@ def main(argv=None) -> dict:
     args.validate()
     data_args.validate()
     shots = data_args.num_shots()
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    accelerator = setup_accelerator(args)
-    log = JsonLogger(accelerator, output_dir)
+    run = TrainingRun(args)  # output folder, accelerator, trackers, JSON log
+    accelerator, output_dir = run.accelerator, run.output_dir
 
     # ---- data: K-shot (or all) from the train split; validation held out from it; test scored once at the end
-    with accelerator.main_process_first():
-        dataset, meta = load_point_cloud_dataset(
-            data_args.dataset,
-            data_args.dataset_format,
-            data_args.num_points,
-            args.seed,
-            variant=data_args.scanobjectnn_variant,
-            cache_dir=data_args.cache_dir,
-            on_missing=data_args.on_missing,
-        )
-    for split in (data_args.train_split, data_args.test_split, data_args.validation_split):
-        if split is not None and split not in dataset:
-            raise ValueError(f"{data_args.dataset} has no split {split!r} (it has {sorted(dataset)})")
-    up_axis = data_args.up_axis or meta.get("up_axis", "y")
+    splits = (data_args.train_split, data_args.test_split, data_args.validation_split)
+    dataset, _, up_axis = data_args.load(args.seed, accelerator, splits)
     train_full = dataset[data_args.train_split]
     class_names = train_full.features["label"].names
-    prompt_names = class_prompt_names(class_names)
+    prompts = prompt_names(class_names, distinct=True)
     labels = np.asarray(train_full["label"])
     if data_args.validation_split is not None:
         pool, val_source = list(range(len(train_full))), dataset[data_args.validation_split]
@@ -236,10 +178,12 @@ def main(argv=None) -> dict:
             accelerator.print(
                 f"warning: {len(short)} classes have fewer than {shots} training examples: they keep all"
             )
-    train_idx = _limit(train_idx, data_args.max_train_samples, args.seed, "train")
-    val_idx = _limit(val_idx, data_args.max_eval_samples, args.seed, "validation")
+    train_idx = random_subset(train_idx, data_args.max_train_samples, args.seed, "limit", "train")
+    val_idx = random_subset(val_idx, data_args.max_eval_samples, args.seed, "limit", "validation")
     test_ds = dataset[data_args.test_split]
-    test_idx = _limit(list(range(len(test_ds))), data_args.max_eval_samples, args.seed, "test")
+    test_idx = random_subset(
+        list(range(len(test_ds))), data_args.max_eval_samples, args.seed, "limit", "test"
+    )
     if accelerator.is_main_process:
         write_json(
             output_dir / "data_splits.json",
@@ -264,11 +208,11 @@ def main(argv=None) -> dict:
     torch.manual_seed(args.seed)
     if gdpa.clip2point is not None:
         model = CLIP2PointForPointCloudClassification.from_pretrained_models(
-            gdpa.clip2point, clip, prompt_names, tokenizer, prompt_template=templates, **config_kwargs
+            gdpa.clip2point, clip, prompts, tokenizer, prompt_template=templates, **config_kwargs
         )
     else:
         model = CLIP2PointForPointCloudClassification.from_clip(clip, **config_kwargs)
-        model.set_class_names(prompt_names, tokenizer, templates)
+        model.set_class_names(prompts, tokenizer, templates)
     del clip
     image_size = model.config.vision_config.image_size
     processor = make_processor(
@@ -326,27 +270,14 @@ def main(argv=None) -> dict:
     val_loader = val_set.loader(args.per_device_eval_batch_size, False, False, args.dataloader_num_workers)
     test_loader = test_set.loader(args.per_device_eval_batch_size, False, False, args.dataloader_num_workers)
     train_loader, val_loader, test_loader = accelerator.prepare(train_loader, val_loader, test_loader)
-    updates_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
-    total_updates = args.max_train_steps or args.num_train_epochs * updates_per_epoch
-    scheduler = build_lr_scheduler(optimizer, args, total_updates, updates_per_epoch)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-
-    progress = TrainingProgress(
-        batches_per_epoch=len(train_loader),
-        num_processes=accelerator.num_processes,
-        total_batch_size=per_device * accelerator.num_processes * args.gradient_accumulation_steps,
-    )
-    accelerator.register_for_checkpointing(progress)
-    resume_from_checkpoint(accelerator, args.resume_from_checkpoint, output_dir / "checkpoints", progress)
+    model = run.prepare(model, optimizer, train_loader, per_device)
     config = {
         **args_to_dict(backbone, data_args, gdpa, args),
         "num_processes": accelerator.num_processes,
         "num_train_examples": len(train_set),
         "num_validation_examples": len(val_set),
     }
-    if accelerator.is_main_process:
-        write_json(output_dir / "run_args.json", config)
-    start_trackers(accelerator, "clip2point_gdpa", config)
+    run.record_config("clip2point_gdpa", config)
 
     def logits_of(batch):
         pixels = render_point_clouds(renderer, batch["points"], data_args.views)
@@ -364,34 +295,16 @@ def main(argv=None) -> dict:
             "eval/mean_class_accuracy": metrics["mean_class_accuracy"],
         }
 
-    best_dir = output_dir / "best_model"
-
     def on_best():
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            save_folder_atomically(accelerator.unwrap_model(model).save_pretrained, best_dir)
-        accelerator.wait_for_everyone()
+        run.save_best(accelerator.unwrap_model(model))
 
-    run_training(
-        accelerator,
-        args,
-        model,
-        optimizer,
-        scheduler,
-        train_loader,
-        progress,
-        compute_loss=compute_loss,
-        total_updates=total_updates,
-        log=log,
-        evaluate=evaluate,
-        on_best=on_best,
-    )
+    progress = run.train(compute_loss, evaluate=evaluate, on_best=on_best)
 
     # ---- the selected model, scored once on the test split
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
-    if args.load_best_model_at_end and (best_dir / "config.json").is_file():
-        best = CLIP2PointForPointCloudClassification.from_pretrained(best_dir)
+    if run.best_model_dir() is not None:
+        best = CLIP2PointForPointCloudClassification.from_pretrained(run.best_model_dir())
         unwrapped.load_state_dict(best.state_dict())
         del best
     model.eval()
@@ -409,7 +322,7 @@ def main(argv=None) -> dict:
         "num_test_examples": test["num_examples"],
         "chance": 1.0 / len(class_names),
     }
-    log(
+    run.log(
         {"test/accuracy": test["overall_accuracy"], "test/mean_class_accuracy": test["mean_class_accuracy"]},
         progress.completed_steps,
     )
@@ -428,8 +341,7 @@ def main(argv=None) -> dict:
             f"test accuracy {100 * results['test_accuracy']:.2f}% "
             f"(mean class {100 * results['test_mean_class_accuracy']:.2f}%)"
         )
-    accelerator.end_training()
-    finish_with_hub(accelerator, args, output_dir)
+    run.finish()
     return results
 
 

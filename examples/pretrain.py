@@ -24,7 +24,6 @@ script run without any pretrained weights (tests, CPU learning runs).
 from __future__ import annotations
 
 import json
-import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,39 +32,32 @@ import numpy as np
 import torch
 
 from clip2point_hf import CLIP2PointForPreTraining, CLIP2PointModel
-from clip2point_hf.data import dataset_metadata, load_shapenet_pairs
+from clip2point_hf.data import (
+    PointCloudBatchTransform,
+    PretrainingPairTransform,
+    dataset_metadata,
+    load_shapenet_pairs,
+    random_subset,
+    stratified_split,
+)
 from clip2point_hf.data.shapenet import PAIRS_META_FILE
+from clip2point_hf.evaluation import classification_metrics
+from clip2point_hf.prompts import encode_class_prompts, prompt_names, resolve_templates
 from clip2point_hf.rendering_clip2point import VIEW_PRESETS
 from clip2point_hf.training import (
     BackboneArguments,
-    JsonLogger,
     KeyedDataset,
-    PointCloudBatchTransform,
-    PretrainingPairTransform,
     TrainingArguments,
-    TrainingProgress,
+    TrainingRun,
     args_to_dict,
     build_clip,
-    build_lr_scheduler,
     build_optimizer,
-    class_prompt_names,
-    classification_metrics,
-    encode_class_prompts,
-    finish_with_hub,
-    keyed_seed,
     load_tokenizer,
     make_processor,
     parse_args,
     predict,
     pretraining_inputs,
     render_point_clouds,
-    resolve_templates,
-    resume_from_checkpoint,
-    run_training,
-    save_folder_atomically,
-    setup_accelerator,
-    start_trackers,
-    stratified_split,
     write_json,
 )
 
@@ -153,23 +145,14 @@ def _view_angles(data_args: PretrainDataArguments) -> list:
     return VIEW_PRESETS["reference10"]
 
 
-def _subset(indices: list[int], limit: int | None, seed: int, stream: str) -> list[int]:
-    if limit is None or limit >= len(indices):
-        return indices
-    g = np.random.default_rng(keyed_seed(seed, "subset", stream))
-    return sorted(np.asarray(indices)[g.permutation(len(indices))[:limit]].tolist())
-
-
 def main(argv=None) -> dict:
     backbone, data_args, args = parse_args(
         (BackboneArguments, PretrainDataArguments, PretrainTrainingArguments), argv
     )
     args.validate()
     data_args.validate()
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    accelerator = setup_accelerator(args)
-    log = JsonLogger(accelerator, output_dir)
+    run = TrainingRun(args)  # output folder, accelerator, trackers, JSON log
+    accelerator, output_dir = run.accelerator, run.output_dir
 
     # ---- backbone and model (every process builds the same seeded model)
     tokenizer = load_tokenizer(backbone)
@@ -195,14 +178,14 @@ def main(argv=None) -> dict:
         )
     meta = dataset_metadata(pairs)
     class_names = pairs["train"].features["label"].names
-    prompt_names = class_prompt_names(class_names)
+    prompts = prompt_names(class_names, distinct=True)
     from datasets import Image, List
 
     train_full = pairs["train"].cast_column("images", List(Image(decode=False)))
     labels = np.asarray(train_full["label"])
     train_idx, val_idx = stratified_split(labels, data_args.validation_split_percentage / 100, args.seed)
-    train_idx = _subset(train_idx, data_args.max_train_samples, args.seed, "train")
-    val_idx = _subset(val_idx, data_args.max_eval_samples, args.seed, "validation")
+    train_idx = random_subset(train_idx, data_args.max_train_samples, args.seed, "subset", "train")
+    val_idx = random_subset(val_idx, data_args.max_eval_samples, args.seed, "subset", "validation")
     if len(train_idx) < 2 or not val_idx:
         raise ValueError(
             f"{data_args.pairs_dir}: too few objects ({len(train_idx)} train, {len(val_idx)} validation)"
@@ -242,29 +225,16 @@ def main(argv=None) -> dict:
     val_pair_loader = val_pairs.loader(eval_bs, False, True, args.dataloader_num_workers)
 
     train_loader, val_loader, val_pair_loader = accelerator.prepare(train_loader, val_loader, val_pair_loader)
-    updates_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
-    total_updates = args.max_train_steps or args.num_train_epochs * updates_per_epoch
+    # ---- optimiser, schedule, accelerate, resume
     optimizer = build_optimizer(model, args)
-    scheduler = build_lr_scheduler(optimizer, args, total_updates, updates_per_epoch)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-
-    progress = TrainingProgress(
-        batches_per_epoch=len(train_loader),
-        num_processes=accelerator.num_processes,
-        total_batch_size=total_batch * args.gradient_accumulation_steps,
-    )
-    accelerator.register_for_checkpointing(progress)
-    resumed = resume_from_checkpoint(
-        accelerator, args.resume_from_checkpoint, output_dir / "checkpoints", progress
-    )
+    model = run.prepare(model, optimizer, train_loader, args.per_device_train_batch_size)
+    progress = run.progress
     config = {**args_to_dict(backbone, data_args, args), "num_processes": accelerator.num_processes}
-    if accelerator.is_main_process:
-        write_json(output_dir / "run_args.json", config)
-    start_trackers(accelerator, "clip2point_pretrain", config)
+    run.record_config("clip2point_pretrain", config)
 
     templates = resolve_templates(data_args.prompts)
     unwrapped = accelerator.unwrap_model(model)
-    text_embeds = encode_class_prompts(unwrapped.clip2point, tokenizer, prompt_names, templates)
+    text_embeds = encode_class_prompts(unwrapped.clip2point, tokenizer, prompts, templates)
 
     def compute_loss(batch):
         out = model(**pretraining_inputs(renderer, batch))
@@ -283,7 +253,7 @@ def main(argv=None) -> dict:
                 return base.get_point_cloud_features(pixels).float() @ text_embeds.T
 
         result = predict(accelerator, val_loader, logits, desc="zero-shot validation")
-        metrics = classification_metrics(result["predictions"], result["references"], prompt_names)
+        metrics = classification_metrics(result["predictions"], result["references"], prompts)
         losses = []
         with torch.no_grad(), accelerator.autocast():
             for batch in val_pair_loader:
@@ -296,45 +266,27 @@ def main(argv=None) -> dict:
             values["eval/loss"] = float(np.mean(losses))
         return metrics["overall_accuracy"], values
 
-    best_dir = output_dir / "best_model"
-
     def on_best():
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            save_folder_atomically(accelerator.unwrap_model(model).clip2point.save_pretrained, best_dir)
-        accelerator.wait_for_everyone()
+        run.save_best(accelerator.unwrap_model(model).clip2point)
 
-    if resumed is None and progress.completed_steps == 0 and data_args.eval_before_training:
+    if run.resumed is None and progress.completed_steps == 0 and data_args.eval_before_training:
         model.eval()
         value, values = evaluate()
         model.train()
-        log(values, 0)
+        run.log(values, 0)
         progress.best_metric, progress.best_step = float(value), 0
         on_best()
         initial = values
     else:
         initial = None
 
-    run_training(
-        accelerator,
-        args,
-        model,
-        optimizer,
-        scheduler,
-        train_loader,
-        progress,
-        compute_loss=compute_loss,
-        total_updates=total_updates,
-        log=log,
-        evaluate=evaluate,
-        on_best=on_best,
-    )
+    run.train(compute_loss, evaluate=evaluate, on_best=on_best)
 
     # ---- final save: the selected CLIP2PointModel and the processor
     accelerator.wait_for_everyone()
     final = accelerator.unwrap_model(model).clip2point
-    if args.load_best_model_at_end and (best_dir / "config.json").is_file():
-        final = CLIP2PointModel.from_pretrained(best_dir)
+    if run.best_model_dir() is not None:
+        final = CLIP2PointModel.from_pretrained(run.best_model_dir())
     results = {
         "best_eval_zero_shot_accuracy": progress.best_metric,
         "best_step": progress.best_step,
@@ -348,8 +300,7 @@ def main(argv=None) -> dict:
         final.save_pretrained(output_dir)
         processor.save_pretrained(output_dir)
         write_json(output_dir / "all_results.json", results)
-    accelerator.end_training()
-    finish_with_hub(accelerator, args, output_dir)
+    run.finish()
     return results
 
 

@@ -13,8 +13,6 @@ from clip2point_hf.data import (
     collate_point_clouds,
     load_mesh_folder,
     point_cloud_dataloader,
-    prompt_name,
-    prompt_names,
 )
 
 try:
@@ -122,21 +120,3 @@ def test_collate_point_clouds_types():
     assert out["points"].shape == (2, 4, 3) and out["label"].tolist() == [1, 2] and out["name"] == ["a", "b"]
     nested = collate_point_clouds([{"points": [[0.0, 0.0, 0.0]], "label": 0}])
     assert nested["points"].shape == (1, 1, 3) and nested["points"].dtype == torch.float32
-
-
-def test_prompt_names():
-    assert prompt_name("night_stand") == "night stand"
-    assert prompt_names(["tv_stand", "flower_pot", "glass_box", "range_hood", "airplane"]) == [
-        "tv stand",
-        "flower pot",
-        "glass box",
-        "range hood",
-        "airplane",
-    ]
-    assert prompt_names(["bird1", "myScissor", "two_balls", "dino_ske"]) == [
-        "bird",
-        "scissors",
-        "two balls",
-        "dinosaur skeleton",
-    ]
-    assert prompt_names(["a_b"], overrides={"a_b": "custom"}) == ["custom"]

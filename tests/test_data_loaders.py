@@ -23,9 +23,9 @@ from clip2point_hf.data import (
     load_mesh_folder,
     load_modelnet,
     load_scanobjectnn,
-    prompt_names,
     read_mesh,
 )
+from clip2point_hf.prompts import prompt_names
 
 try:
     import test_data_helpers as helpers

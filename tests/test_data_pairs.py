@@ -17,8 +17,8 @@ from clip2point_hf.data import (
     build_render_pairs,
     dataset_metadata,
     load_shapenet_pairs,
-    prompt_names,
 )
+from clip2point_hf.prompts import prompt_names
 
 try:
     from test_data_helpers import CUBE_TRIS, CUBE_V, make_mesh_folder, make_pairs_release, write_off

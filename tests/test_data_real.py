@@ -16,8 +16,8 @@ from clip2point_hf.data import (
     load_mesh_folder,
     load_modelnet,
     load_shapenet_pairs,
-    prompt_names,
 )
+from clip2point_hf.prompts import prompt_names
 
 try:
     from test_data_helpers import SHARED_DATA

@@ -220,7 +220,7 @@ def test_constructor_validation():
     for kwargs, match in [
         ({"num_points": 0}, "num_points"),
         ({"sampling": "poisson"}, "sampling"),
-        ({"up_axis": "x"}, "up_axis"),
+        ({"up_axis": "w"}, "up_axis"),
         ({"views": "top"}, "preset"),
         ({"views": [(0, 0, -1)]}, "distance"),
         ({"depth_mode": "log"}, "depth_mode"),

@@ -489,7 +489,26 @@ def test_random_point_sample_and_up_axis():
     torch.testing.assert_close(convert_up_axis(p, "z"), torch.tensor([[-2.0, 3.0, -1.0]]))
     assert convert_up_axis(p, "y") is p
     with pytest.raises(ValueError, match="up_axis"):
-        convert_up_axis(p, "x")
+        convert_up_axis(p, "w")
+
+
+@pytest.mark.parametrize(
+    "axis, up, known, image",
+    [  # each storage axis goes to +y by a right-handed rotation; ``known`` (1, 2, 3) lands on ``image``
+        ("x", [1.0, 0.0, 0.0], [1.0, 2.0, 3.0], [-2.0, 1.0, 3.0]),
+        ("-x", [-1.0, 0.0, 0.0], [1.0, 2.0, 3.0], [2.0, -1.0, 3.0]),
+        ("-y", [0.0, -1.0, 0.0], [1.0, 2.0, 3.0], [1.0, -2.0, -3.0]),
+        ("-z", [0.0, 0.0, -1.0], [1.0, 2.0, 3.0], [1.0, -3.0, 2.0]),
+        ("z", [0.0, 0.0, 1.0], [1.0, 2.0, 3.0], [-2.0, 3.0, -1.0]),
+    ],
+)
+def test_convert_up_axis_signed_axes(axis, up, known, image):
+    assert torch.equal(convert_up_axis(torch.tensor([up]), axis), torch.tensor([[0.0, 1.0, 0.0]]))
+    assert torch.equal(convert_up_axis(torch.tensor([known]), axis), torch.tensor([image]))
+    # a proper rotation: the images of the basis form a matrix with determinant +1 (no mirroring)
+    basis = convert_up_axis(torch.eye(3, dtype=torch.float64), axis)
+    assert torch.equal(basis @ basis.T, torch.eye(3, dtype=torch.float64))
+    assert torch.linalg.det(basis).item() == pytest.approx(1.0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -656,7 +656,7 @@ def test_epoch_sampler_and_keyed_draws_are_reproducible():
 
 
 def test_stratified_split_and_k_shot():
-    from clip2point_hf.training import sample_k_shot, stratified_split
+    from clip2point_hf.data import sample_k_shot, stratified_split
 
     labels = np.repeat(np.arange(4), [10, 10, 3, 1])
     kept, held = stratified_split(labels, 0.2, seed=0)
@@ -669,16 +669,15 @@ def test_stratified_split_and_k_shot():
     assert sample_k_shot(labels, kept, 2, seed=1)[0] != shots
 
 
-def test_class_prompt_names_keep_distinct_prompts():
-    from clip2point_hf.training import class_prompt_names
+def test_random_subset_is_a_seeded_sorted_subset():
+    from clip2point_hf.data import random_subset
 
-    assert class_prompt_names(["night_stand", "bird1", "bird2", "myScissor", "dog1"]) == [
-        "night stand",
-        "bird 1",
-        "bird 2",
-        "scissors",
-        "dog",
-    ]
+    indices = list(range(100, 150))
+    subset = random_subset(indices, 10, 3, "limit", "train")
+    assert len(subset) == 10 and subset == sorted(subset) and set(subset) <= set(indices)
+    assert random_subset(indices, 10, 3, "limit", "train") == subset
+    assert random_subset(indices, 10, 3, "limit", "test") != subset
+    assert random_subset(indices, None, 3, "x") is indices and random_subset(indices, 50, 3, "x") is indices
 
 
 def test_lr_schedules():
@@ -708,15 +707,3 @@ def test_trackers_are_optional():
         assert resolve_trackers("tensorboard") == ["tensorboard"]
     with pytest.raises(ValueError, match="unknown tracker"):
         resolve_trackers("nope")
-
-
-def test_to_y_up_is_a_rotation():
-    from clip2point_hf.rendering_clip2point import convert_up_axis
-    from clip2point_hf.training import to_y_up
-
-    p = torch.randn(5, 3)
-    assert torch.equal(to_y_up(p, "z"), convert_up_axis(p, "z"))
-    for axis, up in (("x", [1.0, 0, 0]), ("-z", [0, 0, -1.0]), ("-y", [0, -1.0, 0])):
-        assert torch.allclose(to_y_up(torch.tensor([up]), axis), torch.tensor([[0.0, 1.0, 0.0]]))
-        q = to_y_up(p, axis)
-        assert torch.allclose(q.norm(dim=-1), p.norm(dim=-1))

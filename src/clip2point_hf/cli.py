@@ -13,6 +13,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .rendering_clip2point import UP_AXES
+
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, OSError, KeyError, RuntimeError)
 
 
@@ -143,7 +145,8 @@ def _tokenizer(spec: str | None):
 
 
 def _class_names(spec: str) -> list[str]:
-    from .data.names import MODELNET10_CLASSES, MODELNET40_CLASSES, SCANOBJECTNN_CLASSES, prompt_names
+    from .data.names import MODELNET10_CLASSES, MODELNET40_CLASSES, SCANOBJECTNN_CLASSES
+    from .prompts import prompt_names
 
     known = {
         "modelnet40": MODELNET40_CLASSES,
@@ -207,7 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("-o", "--output", default="views.png")
     p.add_argument("--views", default="10", help="10, 6, upper10 or 'elev,azim[,dist];...'")
-    p.add_argument("--up-axis", choices=("y", "z"), default="y", help="z for ModelNet-style files")
+    p.add_argument(
+        "--up-axis", choices=UP_AXES, default="y", help="the file's up axis (z for ModelNet-style files)"
+    )
     p.add_argument("--num-points", type=int, default=1024)
     p.add_argument("--depth-mode", choices=("parity", "minmax"), default="parity")
     p.add_argument("--seed", type=int, default=0)

@@ -14,49 +14,47 @@ the folder, after saving it).
     python examples/zero_shot.py --model openai/clip-vit-base-patch32 --dataset ...   # untrained CLIP baseline
     clip2point evaluate --model runs/pretrain --dataset path/ModelNet40                # the same, installed
 
-It lives in the package (not only in ``examples/``) so that the ``clip2point evaluate`` command has it.
+It lives in the package (not only in ``examples/``) so that the ``clip2point evaluate`` command has it. The
+classification metrics and the confusion-matrix picture live here too; the training scripts use them.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from .data import PointCloudBatchTransform, random_subset
 from .modeling_clip2point import CLIP2PointModel
+from .prompts import encode_class_prompts, prompt_names, resolve_templates
 from .rendering_clip2point import VIEW_PRESETS, resolve_views
 from .training import (
-    DATASET_FORMATS,
     BackboneArguments,
     KeyedDataset,
-    PointCloudBatchTransform,
+    PointCloudDataArguments,
     args_to_dict,
     build_clip,
-    class_prompt_names,
-    classification_metrics,
-    encode_class_prompts,
-    keyed_seed,
-    load_point_cloud_dataset,
+    load_tokenizer,
     make_processor,
     parse_args,
     predict,
-    push_to_hub,
     render_point_clouds,
-    resolve_templates,
     resolve_trackers,
-    save_confusion_matrix_image,
     start_trackers,
     write_json,
 )
 
 
 @dataclass
-class ZeroShotArguments:
+class ZeroShotArguments(PointCloudDataArguments):
     model: str | None = field(
         default=None,
         metadata={
@@ -64,27 +62,7 @@ class ZeroShotArguments:
             "(Hub id, folder, OpenAI .pt) for the untrained baseline. Or --clip_config for a random one."
         },
     )
-    dataset: str | None = field(
-        default=None, metadata={"help": "Dataset folder (any loader of clip2point_hf.data)."}
-    )
-    dataset_format: str = field(
-        default="auto", metadata={"help": "Which loader.", "choices": list(DATASET_FORMATS)}
-    )
-    scanobjectnn_variant: str = field(
-        default="PB_T50_RS", metadata={"help": "OBJ_BG, OBJ_ONLY or PB_T50_RS."}
-    )
-    on_missing: str = field(
-        default="error",
-        metadata={
-            "help": "Files a split list names but are absent (partial download): error, or skip them.",
-            "choices": ["error", "skip"],
-        },
-    )
     split: str = field(default="test", metadata={"help": "Split to score."})
-    num_points: int = field(default=1024, metadata={"help": "Points per cloud."})
-    up_axis: str | None = field(
-        default=None, metadata={"help": "Up axis of the data (default: the loader's metadata)."}
-    )
     views: str = field(
         default="reference6",
         metadata={
@@ -120,7 +98,6 @@ class ZeroShotArguments:
     )
     hub_model_id: str | None = field(default=None, metadata={"help": "Hub repo id."})
     hub_token: str | None = field(default=None, metadata={"help": "Hub token."})
-    cache_dir: str | None = field(default=None, metadata={"help": "Dataset cache folder."})
 
 
 def parse_views(spec: str):
@@ -141,11 +118,79 @@ def parse_views(spec: str):
     return views
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Metrics and the confusion-matrix picture (also used by the training scripts)
+
+METRIC_PATH = Path(__file__).resolve().parent / "metrics" / "accuracy_clip2point.py"
+_metric_cache: dict[str, Any] = {}
+
+
+def load_accuracy_metric():
+    """The package's ``evaluate`` metric module, loaded by path (works offline)."""
+    import evaluate
+
+    if "metric" not in _metric_cache:
+        _metric_cache["metric"] = evaluate.load(str(METRIC_PATH))
+    return _metric_cache["metric"]
+
+
+def classification_metrics(predictions, references, class_names: Sequence[str]) -> dict:
+    """Overall, mean-class and per-class accuracy and the confusion matrix, through the evaluate module."""
+    metric = load_accuracy_metric()
+    predictions = np.asarray(predictions, dtype=np.int64).tolist()
+    references = np.asarray(references, dtype=np.int64).tolist()
+    return metric.compute(
+        predictions=predictions,
+        references=references,
+        num_classes=len(class_names),
+        label_names=list(class_names),
+    )
+
+
+def save_confusion_matrix_image(
+    confusion: Sequence[Sequence[int]], class_names: Sequence[str], path: str | os.PathLike, title: str = ""
+) -> None:
+    """A PNG of the confusion matrix (rows: true class, columns: predicted), row-normalised shading, counts
+    written in the cells. Drawn with Pillow (no matplotlib needed)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    cm = np.asarray(confusion, dtype=np.int64)
+    k = cm.shape[0]
+    font = ImageFont.load_default()
+    cell = 22 if k <= 40 else 12
+    label_w = 8 + 7 * max((len(n) for n in class_names), default=1)
+    top = label_w + (24 if title else 8)
+    width, height = label_w + k * cell + 10, top + k * cell + 10
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    if title:
+        draw.text((8, 6), f"{title}   (rows: true class, columns: predicted class)", fill="black", font=font)
+    rows = cm.sum(axis=1, keepdims=True)
+    share = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=float), where=rows > 0)
+    for i in range(k):
+        for j in range(k):
+            x0, y0 = label_w + j * cell, top + i * cell
+            level = int(255 - 215 * share[i, j])
+            colour = (level, level, 255) if i == j else (255, level, level)
+            draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=colour, outline=(225, 225, 225))
+            if cm[i, j] and cell >= 20:
+                draw.text((x0 + 3, y0 + 5), str(cm[i, j]), fill="black", font=font)
+    for i, name in enumerate(class_names):
+        draw.text((4, top + i * cell + (cell - 10) // 2), str(name), fill="black", font=font)
+        column = Image.new("RGB", (label_w, cell), "white")
+        ImageDraw.Draw(column).text((4, (cell - 10) // 2), str(name), fill="black", font=font)
+        column = column.rotate(90, expand=True)
+        image.paste(column, (label_w + i * cell, top - label_w))
+    image.save(path)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The zero-shot evaluation
+
+
 def load_model(model_spec: str | None, backbone: BackboneArguments, seed: int):
     """(CLIP2PointModel, tokenizer) from a CLIP2Point folder/id, a CLIP, or a random --clip_config."""
     from transformers import AutoConfig, AutoTokenizer
-
-    from .training import load_tokenizer
 
     if model_spec is None and backbone.clip_config is None:
         raise ValueError("--model is required (or --clip_config for a random backbone)")
@@ -189,26 +234,12 @@ def main(argv=None) -> dict:
         log_with=resolve_trackers(args.report_to), project_dir=str(output_dir), **kwargs
     )
 
-    with accelerator.main_process_first():
-        dataset, meta = load_point_cloud_dataset(
-            args.dataset,
-            args.dataset_format,
-            args.num_points,
-            args.seed,
-            variant=args.scanobjectnn_variant,
-            cache_dir=args.cache_dir,
-            on_missing=args.on_missing,
-        )
-    if args.split not in dataset:
-        raise ValueError(f"{args.dataset} has no split {args.split!r} (it has {sorted(dataset)})")
+    dataset, meta, up_axis = args.load(args.seed, accelerator, [args.split])
     data = dataset[args.split]
-    up_axis = args.up_axis or meta.get("up_axis", "y")
     class_names = data.features["label"].names
-    prompt_names = class_prompt_names(class_names)
+    prompts = prompt_names(class_names, distinct=True)
     indices = list(range(len(data)))
-    if args.max_eval_samples is not None and args.max_eval_samples < len(indices):
-        g = np.random.default_rng(keyed_seed(args.seed, "zero-shot subset"))
-        indices = sorted(g.permutation(len(indices))[: args.max_eval_samples].tolist())
+    indices = random_subset(indices, args.max_eval_samples, args.seed, "zero-shot subset")
     data = data.select(indices)
 
     model, tokenizer = load_model(args.model, backbone, args.seed)
@@ -221,7 +252,7 @@ def main(argv=None) -> dict:
         tokenizer, image_size, views, args.num_points, args.point_radius, args.depth_mode, up_axis
     )
     renderer = processor.renderer
-    text_embeds = encode_class_prompts(model, tokenizer, prompt_names, templates)
+    text_embeds = encode_class_prompts(model, tokenizer, prompts, templates)
     config = {
         **args_to_dict(args, backbone),
         "num_processes": accelerator.num_processes,
@@ -249,7 +280,7 @@ def main(argv=None) -> dict:
         "per_class_accuracy": metrics["per_class_accuracy_by_name"],
         "confusion_matrix": metrics["confusion_matrix"],
         "class_names": list(class_names),
-        "prompt_names": prompt_names,
+        "prompt_names": prompts,
         "num_examples": metrics["num_examples"],
         "dataset": str(args.dataset),
         "dataset_name": meta.get("dataset"),
@@ -295,7 +326,7 @@ def main(argv=None) -> dict:
         )
     accelerator.end_training()
     if args.push_to_hub and accelerator.is_main_process:
-        from .training import HubPushError
+        from .hub import HubPushError, push_to_hub
 
         try:
             print(

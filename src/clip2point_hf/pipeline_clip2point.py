@@ -14,6 +14,7 @@ import torch
 from transformers import Pipeline
 
 from .data.point_files import read_point_cloud
+from .prompts import encode_class_prompts
 
 
 class ZeroShotPointCloudClassificationPipeline(Pipeline):
@@ -60,15 +61,9 @@ class ZeroShotPointCloudClassificationPipeline(Pipeline):
     def _text_embeddings(self, labels: tuple[str, ...], template: str) -> torch.Tensor:
         key = (labels, template)
         if key not in self._text_cache:
-            tokens = self.processor.tokenizer(
-                [template.format(label) for label in labels],
-                padding=True,
-                truncation=True,
-                max_length=self.model.config.text_config.max_position_embeddings,
-                return_tensors="pt",
-            ).to(self.device)
-            features = self.model.get_text_features(tokens["input_ids"], tokens["attention_mask"])
-            self._text_cache[key] = torch.nn.functional.normalize(features.float(), dim=-1)
+            self._text_cache[key] = encode_class_prompts(
+                self.model, self.processor.tokenizer, labels, [template]
+            )
         return self._text_cache[key]
 
     def _forward(

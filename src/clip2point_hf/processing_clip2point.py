@@ -23,6 +23,7 @@ from transformers.utils import PROCESSOR_NAME, cached_file
 from .rendering_clip2point import (
     CLIP_MEAN,
     CLIP_STD,
+    UP_AXES,
     VIEW_PRESETS,
     DepthRenderer,
     convert_up_axis,
@@ -67,8 +68,9 @@ class CLIP2PointProcessor(ProcessorMixin):
         seed: seed of the random sampling; each call starts a fresh generator from it, so the same
             input gives the same result. ``None`` uses torch's global generator instead. A call can
             also pass its own ``generator``.
-        up_axis: the up axis of the input data: ``"y"`` (ShapeNet-55, ScanObjectNN: used as stored) or
-            ``"z"`` (ModelNet: mapped ``(x, y, z) -> (-y, z, -x)`` as in the reference).
+        up_axis: the up axis of the input data, one of ``"x"``, ``"-x"``, ``"y"``, ``"-y"``, ``"z"``, ``"-z"``
+            (:func:`convert_up_axis`): ``"y"`` (ShapeNet-55, ScanObjectNN: used as stored), ``"z"`` (ModelNet:
+            mapped ``(x, y, z) -> (-y, z, -x)`` as in the reference).
         views: a preset name (``"reference10"``, ``"reference6"``, ``"upper10"``) or a list of
             ``(elevation_deg, azimuth_deg[, distance])``.
         image_size, point_radius, depth_mode, densify, clip_free_zoom: see :class:`DepthRenderer`.
@@ -116,8 +118,8 @@ class CLIP2PointProcessor(ProcessorMixin):
             raise ValueError(f'`sampling` must be "random" or "fps", got {sampling!r}')
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ValueError(f"`seed` must be an int or None, got {seed!r}")
-        if up_axis not in ("y", "z"):
-            raise ValueError(f'`up_axis` must be "y" or "z", got {up_axis!r}')
+        if up_axis not in UP_AXES:
+            raise ValueError(f"`up_axis` must be one of {list(UP_AXES)}, got {up_axis!r}")
         if (
             isinstance(max_fps_points, bool)
             or not isinstance(max_fps_points, int)

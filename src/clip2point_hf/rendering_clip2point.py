@@ -38,6 +38,7 @@ import torch.nn.functional as F
 __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
+    "UP_AXES",
     "VIEW_PRESETS",
     "CameraBasis",
     "DepthRenderer",
@@ -241,18 +242,30 @@ def normalize_point_cloud(points: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     )
 
 
+#: Proper rotations taking each signed storage axis to the renderer's ``+y`` (up).
+_UP_TO_Y = {
+    "z": lambda x, y, z: (-y, z, -x),  # the reference's mapping for z-up ModelNet data
+    "-z": lambda x, y, z: (x, -z, y),  # -90 deg about x
+    "x": lambda x, y, z: (-y, x, z),  # -90 deg about z
+    "-x": lambda x, y, z: (y, -x, z),  # +90 deg about z
+    "-y": lambda x, y, z: (x, -y, -z),  # 180 deg about x
+}
+UP_AXES = ("x", "y", "z", "-x", "-y", "-z")
+
+
 def convert_up_axis(points: torch.Tensor, up_axis: str) -> torch.Tensor:
     """Bring a cloud stored with ``up_axis`` up into the renderer's y-up world frame.
 
-    ``"y"``: returned unchanged (ShapeNet-55, ScanObjectNN). ``"z"``: ``(x, y, z) -> (-y, z, -x)``, the
-    reference's mapping for z-up ModelNet data (a proper rotation). Works on any ``(..., 3)`` tensor.
+    ``up_axis`` is one of :data:`UP_AXES` (``"x"``, ``"-x"``, ``"y"``, ``"-y"``, ``"z"``, ``"-z"``); each maps
+    by a proper rotation (no mirroring). ``"y"``: returned unchanged (ShapeNet-55, ScanObjectNN). ``"z"``:
+    ``(x, y, z) -> (-y, z, -x)``, the reference's mapping for z-up ModelNet data. Works on any ``(..., 3)``
+    tensor (points or normals).
     """
     if up_axis == "y":
         return points
-    if up_axis == "z":
-        x, y, z = points.unbind(-1)
-        return torch.stack((-y, z, -x), dim=-1)
-    raise ValueError(f'`up_axis` must be "y" or "z", got {up_axis!r}')
+    if up_axis not in _UP_TO_Y:
+        raise ValueError(f"`up_axis` must be one of {list(UP_AXES)}, got {up_axis!r}")
+    return torch.stack(_UP_TO_Y[up_axis](*points.unbind(-1)), dim=-1)
 
 
 # --------------------------------------------------------------------------------------------------

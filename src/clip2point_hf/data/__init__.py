@@ -13,59 +13,73 @@ build_render_pairs("path/shrec_16", "out/pairs")                     # 10 shaded
 Every loader returns a ``datasets.DatasetDict`` with ``points`` (``Array2D`` float32), ``label``
 (``ClassLabel``), ``name`` and ``path`` columns, saved once under the cache (see
 :mod:`clip2point_hf.data.cache`) and memory-mapped on later calls. Randomness for training
-(sub-sampling, augmentation, the random view of a pair) lives in :class:`PointCloudTransform` and
-:class:`RandomViewPairTransform`, applied on the fly.
+(sub-sampling, augmentation, the random view of a pair) lives in :mod:`clip2point_hf.data.transforms`,
+applied on the fly. :mod:`~clip2point_hf.data.formats` picks the loader for a folder
+(:func:`load_point_cloud_dataset`); :mod:`~clip2point_hf.data.fewshot` draws validation and K-shot subsets.
+Class-name prompt spellings are in :mod:`clip2point_hf.prompts`.
 """
 
 from .cache import LOADER_VERSION, dataset_metadata, default_cache_dir
-from .collate import PointCloudTransform, batch_to_tensors, collate_point_clouds, point_cloud_dataloader
+from .collate import batch_to_tensors, collate_point_clouds, point_cloud_dataloader
 from .errors import DatasetFormatError, MissingFilesError
+from .fewshot import random_subset, sample_k_shot, stratified_split
+from .formats import DATASET_FORMATS, detect_dataset_format, load_point_cloud_dataset
 from .mesh_folder import load_mesh_folder, scan_mesh_folder
 from .mesh_io import MESH_EXTENSIONS, Mesh, read_mesh, sample_surface, seeded_rng
 from .modelnet import MODELNET_UP_AXIS, detect_modelnet_format, load_modelnet
 from .names import (
     MODELNET10_CLASSES,
     MODELNET40_CLASSES,
-    PROMPT_NAMES,
     SCANOBJECTNN_CLASSES,
     SHAPENET55_SYNSETS,
-    prompt_name,
-    prompt_names,
 )
 from .render_pairs import build_render_pairs
 from .scanobjectnn import SCANOBJECTNN_VARIANTS, load_scanobjectnn
-from .shapenet import RandomViewPairTransform, load_shapenet_pairs
+from .shapenet import load_shapenet_pairs
+from .transforms import (
+    PointCloudBatchTransform,
+    PointCloudTransform,
+    PretrainingPairTransform,
+    RandomViewPairTransform,
+    load_rgb_image,
+)
 
 __all__ = [
+    "DATASET_FORMATS",
     "LOADER_VERSION",
     "MESH_EXTENSIONS",
     "MODELNET10_CLASSES",
     "MODELNET40_CLASSES",
     "MODELNET_UP_AXIS",
-    "PROMPT_NAMES",
     "SCANOBJECTNN_CLASSES",
     "SCANOBJECTNN_VARIANTS",
     "SHAPENET55_SYNSETS",
     "DatasetFormatError",
     "Mesh",
     "MissingFilesError",
+    "PointCloudBatchTransform",
     "PointCloudTransform",
+    "PretrainingPairTransform",
     "RandomViewPairTransform",
     "batch_to_tensors",
     "build_render_pairs",
     "collate_point_clouds",
     "dataset_metadata",
     "default_cache_dir",
+    "detect_dataset_format",
     "detect_modelnet_format",
     "load_mesh_folder",
     "load_modelnet",
+    "load_point_cloud_dataset",
+    "load_rgb_image",
     "load_scanobjectnn",
     "load_shapenet_pairs",
     "point_cloud_dataloader",
-    "prompt_name",
-    "prompt_names",
+    "random_subset",
     "read_mesh",
+    "sample_k_shot",
     "sample_surface",
     "scan_mesh_folder",
     "seeded_rng",
+    "stratified_split",
 ]

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..prompts import prompt_names
 from ._common import (
     ON_MISSING,
     SAMPLING_METHODS,
@@ -23,7 +24,6 @@ from ._common import (
     resolve_num_proc,
 )
 from .cache import build_cached, fingerprint
-from .names import prompt_names
 
 __all__ = ["BuildOptions", "build_dataset", "point_cloud_features"]
 

@@ -10,6 +10,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..rendering_clip2point import UP_AXES
 from ._common import check_choice, check_root, natural_key, normalize_np
 from .builder import BuildOptions, build_dataset, point_cloud_features
 from .errors import DatasetFormatError
@@ -17,7 +18,6 @@ from .mesh_io import MESH_EXTENSIONS, read_mesh, sample_surface, seeded_rng
 
 __all__ = ["load_mesh_folder", "scan_mesh_folder"]
 
-UP_AXES = ("x", "y", "z", "-x", "-y", "-z")
 _SPLIT_NAME = re.compile(r"^\w+(\.\w+)*$")
 
 

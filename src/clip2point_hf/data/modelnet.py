@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..rendering_clip2point import UP_AXES
 from ._common import (
     check_choice,
     check_finite,
@@ -33,7 +34,7 @@ from ._common import (
 from .builder import BuildOptions, build_dataset, point_cloud_features
 from .errors import DatasetFormatError
 from .hdf5 import build_h5_dataset, check_h5, h5_tasks
-from .mesh_folder import UP_AXES, build_mesh_dataset, scan_mesh_folder
+from .mesh_folder import build_mesh_dataset, scan_mesh_folder
 from .mesh_io import seeded_rng
 from .names import MODELNET10_CLASSES, MODELNET40_CLASSES
 
@@ -128,7 +129,7 @@ def load_modelnet(
 
     Returns:
         ``DatasetDict``: ``points`` float32 ``(num_points, 3)``, ``label`` ``ClassLabel`` (folder
-        names such as ``night_stand``; :func:`~clip2point_hf.data.prompt_names` gives "night stand"),
+        names such as ``night_stand``; :func:`~clip2point_hf.prompts.prompt_names` gives "night stand"),
         ``name``, ``path`` (relative to ``root``); metadata via
         :func:`~clip2point_hf.data.dataset_metadata` (``up_axis``, ``format``, ...).
     """

@@ -1,18 +1,12 @@
-"""Class names of the datasets CLIP2Point uses, and prompt-friendly spellings of them."""
+"""Class names of the datasets CLIP2Point uses, in label order (their prompt spellings: :mod:`clip2point_hf.prompts`)."""
 
 from __future__ import annotations
-
-import re
-from collections.abc import Iterable, Mapping
 
 __all__ = [
     "MODELNET10_CLASSES",
     "MODELNET40_CLASSES",
-    "PROMPT_NAMES",
     "SCANOBJECTNN_CLASSES",
     "SHAPENET55_SYNSETS",
-    "prompt_name",
-    "prompt_names",
 ]
 
 #: ModelNet40 folder names, in the (alphabetical) label order of every public release.
@@ -92,59 +86,3 @@ SHAPENET55_SYNSETS: dict[str, str] = {
     "04530566": "watercraft",
     "04554684": "washer",
 }
-
-#: Prompt spellings that differ from the plain rule in :func:`prompt_name` (SPEC section 3).
-PROMPT_NAMES: dict[str, str] = {
-    "night_stand": "night stand",
-    "flower_pot": "flower pot",
-    "glass_box": "glass box",
-    "range_hood": "range hood",
-    "tv_stand": "tv stand",
-    "trash_bin": "trash bin",
-    "file_cabinet": "file cabinet",
-    "remote_control": "remote control",
-    "myScissor": "scissors",
-    "dino_ske": "dinosaur skeleton",
-    "two_balls": "two balls",
-}
-
-_CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")
-
-
-def prompt_name(name: str, overrides: Mapping[str, str] | None = None) -> str:
-    """The spelling of a class name for a text prompt.
-
-    ``overrides`` first, then :data:`PROMPT_NAMES`, then the plain rule: underscores become spaces,
-    camelCase is split, trailing digits are dropped, letters are lower-cased
-    (``"night_stand" -> "night stand"``, ``"bird1" -> "bird"``).
-    """
-    if overrides and name in overrides:
-        return overrides[name]
-    if name in PROMPT_NAMES:
-        return PROMPT_NAMES[name]
-    plain = " ".join(_CAMEL.sub(" ", name).replace("_", " ").split()).lower()
-    return plain.rstrip("0123456789").rstrip() or plain
-
-
-def prompt_names(dataset_or_names, overrides: Mapping[str, str] | None = None) -> list[str]:
-    """Prompt-friendly names for a dataset's classes, in label order.
-
-    Accepts a ``datasets.Dataset``/``DatasetDict`` with a ``label`` ``ClassLabel`` column, a
-    ``ClassLabel``, or a list of names. ``prompt_names(load_modelnet(...))`` gives
-    ``["airplane", ..., "night stand", ...]``.
-    """
-    names = _class_names(dataset_or_names)
-    return [prompt_name(n, overrides) for n in names]
-
-
-def _class_names(obj) -> list[str]:
-    features = getattr(obj, "features", None)
-    if features is not None and "label" in features and hasattr(features["label"], "names"):
-        return list(features["label"].names)  # Dataset
-    if isinstance(getattr(obj, "names", None), list):
-        return list(obj.names)  # ClassLabel
-    if isinstance(obj, Mapping) and obj:
-        return _class_names(next(iter(obj.values())))  # DatasetDict
-    if isinstance(obj, Iterable) and not isinstance(obj, str | Mapping):
-        return [str(n) for n in obj]
-    raise TypeError(f"cannot find class names in {type(obj).__name__}")

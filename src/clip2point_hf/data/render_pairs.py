@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..prompts import prompt_names
+from ..rendering_clip2point import UP_AXES
 from ._common import (
     ON_MISSING,
     check_choice,
@@ -40,9 +42,8 @@ from ._common import (
     run_tasks,
 )
 from .errors import DatasetFormatError
-from .mesh_folder import UP_AXES, scan_mesh_folder
+from .mesh_folder import scan_mesh_folder
 from .mesh_io import MESH_EXTENSIONS, read_mesh, sample_surface, seeded_rng
-from .names import prompt_names
 from .shapenet import PAIRS_META_FILE
 
 __all__ = ["build_render_pairs", "shade_views"]
@@ -154,24 +155,9 @@ def _sample_object(task):
     pts, normals = sample_surface(mesh, render_points, seeded_rng(seed, rel), return_normals=True, path=path)
     p = torch.from_numpy(pts)
     nrm = torch.from_numpy(normals)
-    if up_axis != "y":
-        p, nrm = _to_y_up(p, up_axis, convert_up_axis), _to_y_up(nrm, up_axis, convert_up_axis)
+    p, nrm = convert_up_axis(p, up_axis), convert_up_axis(nrm, up_axis)
     p = normalize_point_cloud(p)[0]
     return p, nrm, p[:num_points].numpy().copy()
-
-
-def _to_y_up(t: torch.Tensor, up_axis: str, convert_up_axis) -> torch.Tensor:
-    """Rotate so that ``up_axis`` becomes +y (``"z"`` uses the renderer's reference mapping)."""
-    if up_axis == "z":
-        return convert_up_axis(t, "z")
-    x, y, z = t.unbind(-1)
-    table = {
-        "x": (-y, x, z),  # rotate -90 deg about z: +x -> +y
-        "-x": (y, -x, z),
-        "-y": (x, -y, -z),  # rotate 180 deg about x
-        "-z": (x, -z, y),  # rotate -90 deg about x: -z -> +y
-    }
-    return torch.stack(table[up_axis], dim=-1)
 
 
 def _render_batch(task) -> tuple[list[tuple[str, str]], list[str]]:

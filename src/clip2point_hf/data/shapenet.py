@@ -8,7 +8,8 @@ Layout read (also what :func:`~clip2point_hf.data.build_render_pairs` writes)::
 
 The cached dataset holds each object's cloud, the paths of its views (an ``Image`` list: decoded
 lazily, embedded by ``push_to_hub``) and its class. The reference's pairing -- one random view and
-1024 random points per object per step -- is :class:`RandomViewPairTransform`, applied on the fly
+1024 random points per object per step -- is
+:class:`~clip2point_hf.data.transforms.RandomViewPairTransform`, applied on the fly
 (``ds.set_transform``), never cached.
 """
 
@@ -16,11 +17,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ._common import (
     check_finite,
@@ -36,10 +36,8 @@ from .errors import DatasetFormatError
 from .mesh_io import seeded_rng
 from .names import SHAPENET55_SYNSETS
 
-__all__ = ["CLIP_MEAN", "CLIP_STD", "PAIRS_META_FILE", "RandomViewPairTransform", "load_shapenet_pairs"]
+__all__ = ["PAIRS_META_FILE", "load_shapenet_pairs"]
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 #: Written by ``build_render_pairs`` next to the clouds: class names, up axis, provenance.
 PAIRS_META_FILE = "clip2point_pairs.json"
 
@@ -284,89 +282,3 @@ def load_shapenet_pairs(
             f"object. Up axis: {up_axis}."
         ),
     )
-
-
-class RandomViewPairTransform:
-    """The reference's pairing, on the fly: per object and step, one random view and random points.
-
-    Use as ``pairs["train"].set_transform(RandomViewPairTransform())``. Each call draws a view index
-    uniformly in ``[0, num_views)`` and ``num_points`` distinct random points, normalised into the unit
-    sphere (SPEC section 2).
-
-    Args:
-        num_points: points per sample (``None``: all).
-        image_size: output side; views of another size are resized (bicubic).
-        clip_normalize: apply CLIP's mean/std to the image; otherwise (default) the image is float in
-            ``[0, 1]``. Transparent pixels are composited onto white.
-        normalize_points: re-normalise the subset into the unit sphere.
-        generator: ``torch.Generator`` for the draws (else the global RNG, seeded per ``DataLoader`` worker).
-
-    Returns a batch dict: ``points`` float ``(B, num_points, 3)``, ``image`` float ``(B, 3, S, S)``,
-    ``view`` long ``(B,)``, ``label`` long ``(B,)``, ``name`` list of str.
-    """
-
-    def __init__(
-        self,
-        num_points: int | None = 1024,
-        *,
-        image_size: int = 224,
-        clip_normalize: bool = False,
-        normalize_points: bool = True,
-        generator: torch.Generator | None = None,
-    ):
-        if num_points is not None:
-            check_num_points(num_points)
-        check_num_points(image_size, "image_size")
-        self.num_points = num_points
-        self.image_size = image_size
-        self.clip_normalize = clip_normalize
-        self.normalize_points = normalize_points
-        self.generator = generator
-
-    def _image(self, img) -> torch.Tensor:
-        from PIL import Image
-
-        if isinstance(img, Mapping):  # undecoded {"bytes", "path"}
-            import io
-
-            img = Image.open(io.BytesIO(img["bytes"])) if img.get("bytes") else Image.open(img["path"])
-        if img.mode in ("RGBA", "LA", "P"):
-            img = img.convert("RGBA")
-            bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
-            img = Image.alpha_composite(bg, img)
-        img = img.convert("RGB")
-        if img.size != (self.image_size, self.image_size):
-            img = img.resize((self.image_size, self.image_size), Image.BICUBIC)
-        t = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
-        if self.clip_normalize:
-            t = (t - torch.tensor(CLIP_MEAN)[:, None, None]) / torch.tensor(CLIP_STD)[:, None, None]
-        return t
-
-    def __call__(self, batch: Mapping) -> dict:
-        from ..rendering_clip2point import normalize_point_cloud
-
-        points, images, views = [], [], []
-        for pts, imgs in zip(batch["points"], batch["images"]):
-            pts = torch.as_tensor(np.asarray(pts, dtype=np.float32))
-            n = pts.shape[0]
-            k = n if self.num_points is None else self.num_points
-            if k > n:
-                raise ValueError(f"cannot take {k} points from a cloud of {n}")
-            idx = torch.randperm(n, generator=self.generator)[:k]
-            pts = pts[idx]
-            if self.normalize_points:
-                pts = normalize_point_cloud(pts)[0]
-            v = int(torch.randint(len(imgs), (1,), generator=self.generator))
-            points.append(pts)
-            images.append(self._image(imgs[v]))
-            views.append(v)
-        out = {
-            "points": torch.stack(points),
-            "image": torch.stack(images),
-            "view": torch.tensor(views, dtype=torch.long),
-            "label": torch.as_tensor(np.asarray(batch["label"], dtype=np.int64)),
-        }
-        for key in ("name", "synset"):
-            if key in batch:
-                out[key] = list(batch[key])
-        return out

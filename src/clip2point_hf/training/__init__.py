@@ -1,0 +1,82 @@
+"""What the training and evaluation scripts share, one file per concern (in the spirit of ``open_clip_train``).
+
+* :mod:`.arguments`: typed arguments, parsed from the command line or a JSON/YAML file;
+* :mod:`.backbone`: the CLIP a run builds on, its tokenizer, the processor saved with the run;
+* :mod:`.sampling`: keyed randomness that survives a resume, the epoch sampler and keyed datasets;
+* :mod:`.optimization`: optimiser and learning-rate schedule;
+* :mod:`.checkpointing`: resumable checkpoints and atomic folder saves;
+* :mod:`.tracking`: trackers and the JSON log;
+* :mod:`.loop`: the update loop, prediction, rendering a batch, and :class:`TrainingRun` (the scaffolding around
+  them).
+
+Batch transforms, dataset formats and K-shot sampling are in :mod:`clip2point_hf.data`; prompts in
+:mod:`clip2point_hf.prompts`; metrics and the confusion-matrix picture in :mod:`clip2point_hf.evaluation`.
+"""
+
+from .arguments import (
+    BackboneArguments,
+    PointCloudDataArguments,
+    TrainingArguments,
+    args_to_dict,
+    parse_args,
+)
+from .backbone import CLIP_CONFIG_PRESETS, build_clip, load_tokenizer, make_processor
+from .checkpointing import (
+    PROGRESS_FILE,
+    TrainingProgress,
+    find_checkpoints,
+    latest_checkpoint,
+    resume_from_checkpoint,
+    save_checkpoint,
+    save_folder_atomically,
+)
+from .loop import (
+    TrainingRun,
+    finish_with_hub,
+    predict,
+    pretraining_inputs,
+    render_point_clouds,
+    run_training,
+    setup_accelerator,
+)
+from .optimization import build_lr_scheduler, build_optimizer, lr_multiplier
+from .sampling import EpochSampler, KeyedDataset, keyed_generator, keyed_seed, seed_step
+from .tracking import JsonLogger, resolve_trackers, start_trackers, write_json
+
+__all__ = [
+    "CLIP_CONFIG_PRESETS",
+    "PROGRESS_FILE",
+    "BackboneArguments",
+    "EpochSampler",
+    "JsonLogger",
+    "KeyedDataset",
+    "PointCloudDataArguments",
+    "TrainingArguments",
+    "TrainingProgress",
+    "TrainingRun",
+    "args_to_dict",
+    "build_clip",
+    "build_lr_scheduler",
+    "build_optimizer",
+    "find_checkpoints",
+    "finish_with_hub",
+    "keyed_generator",
+    "keyed_seed",
+    "latest_checkpoint",
+    "load_tokenizer",
+    "lr_multiplier",
+    "make_processor",
+    "parse_args",
+    "predict",
+    "pretraining_inputs",
+    "render_point_clouds",
+    "resolve_trackers",
+    "resume_from_checkpoint",
+    "run_training",
+    "save_checkpoint",
+    "save_folder_atomically",
+    "seed_step",
+    "setup_accelerator",
+    "start_trackers",
+    "write_json",
+]

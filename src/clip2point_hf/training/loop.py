@@ -1,0 +1,330 @@
+"""The update loop every script runs, zero-shot/validation prediction, rendering a batch on the accelerator
+device, and :class:`TrainingRun`, the scaffolding the scripts share around them."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..hub import HubPushError, push_to_hub
+from ..rendering_clip2point import normalize_point_cloud
+from .arguments import TrainingArguments
+from .checkpointing import TrainingProgress, resume_from_checkpoint, save_checkpoint, save_folder_atomically
+from .optimization import build_lr_scheduler
+from .sampling import seed_step
+from .tracking import JsonLogger, resolve_trackers, start_trackers, write_json
+
+__all__ = [
+    "TrainingRun",
+    "finish_with_hub",
+    "predict",
+    "pretraining_inputs",
+    "render_point_clouds",
+    "run_training",
+    "setup_accelerator",
+]
+
+
+def render_point_clouds(
+    renderer, points: torch.Tensor, views, distances: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Normalise ``points`` (B, N, 3) into the unit sphere and render ``views`` on their device, outside autocast."""
+    device_type = points.device.type
+    with torch.autocast(device_type=device_type, enabled=False):
+        return renderer.render(normalize_point_cloud(points.float())[0], views, distances)
+
+
+def pretraining_inputs(renderer, batch: Mapping) -> dict:
+    """The model inputs of one pre-training step: the two depth maps of every object, rendered on the batch's
+    device from the RGB rendering's view at the two zoom distances (a pure scale: nothing is clipped)."""
+    angles = batch["view_angles"]
+    b = angles.shape[0]
+    views = torch.cat([angles[:, None, :].expand(b, 2, 2), batch["distances"][..., None]], dim=-1)
+    depth = render_point_clouds(renderer, batch["points"], views)
+    return {"pixel_values": batch["image"], "depth_pixel_values": depth}
+
+
+@torch.no_grad()
+def predict(accelerator, loader, logits_fn: Callable, desc: str | None = None) -> dict:
+    """Run ``logits_fn(batch) -> (B, K)`` over ``loader``; gathered ``predictions``, ``references``, ``indices``
+    and ``logits`` as numpy arrays (duplicates added to even out the last batch are dropped)."""
+    from tqdm.auto import tqdm
+
+    preds, refs, indices, logits_all = [], [], [], []
+    for batch in tqdm(loader, desc=desc, disable=not accelerator.is_local_main_process, leave=False):
+        logits = logits_fn(batch).float()
+        gathered = accelerator.gather_for_metrics(
+            (
+                logits.argmax(dim=-1),
+                batch["label"].to(logits.device),
+                batch["index"].to(logits.device),
+                logits,
+            )
+        )
+        for store, value in zip((preds, refs, indices, logits_all), gathered):
+            store.append(value.cpu().numpy())
+    return {
+        "predictions": np.concatenate(preds),
+        "references": np.concatenate(refs),
+        "indices": np.concatenate(indices),
+        "logits": np.concatenate(logits_all),
+    }
+
+
+def run_training(
+    accelerator,
+    args: TrainingArguments,
+    model,
+    optimizer,
+    scheduler,
+    train_loader,
+    progress: TrainingProgress,
+    *,
+    compute_loss: Callable,
+    total_updates: int,
+    log: Callable,
+    evaluate: Callable | None = None,
+    on_best: Callable | None = None,
+    checkpoint_root: str | os.PathLike | None = None,
+) -> TrainingProgress:
+    """The update loop of every script: gradient accumulation, per-step seeding, logging, validation, model
+    selection and resumable checkpoints.
+
+    ``compute_loss(batch) -> (loss, {name: scalar tensor})``; ``evaluate() -> (selection_metric, {name: value})``
+    runs every ``eval_steps`` updates (default: every epoch); ``on_best()`` is called whenever the selection
+    metric improves (``progress.best_metric`` is already updated). The loop resumes where ``progress`` says: the
+    epoch's shuffling is rebuilt from ``(seed, epoch)`` and the consumed batches are skipped.
+    """
+    from tqdm.auto import tqdm
+
+    batches = len(train_loader)
+    updates_per_epoch = math.ceil(batches / args.gradient_accumulation_steps)
+    num_epochs = math.ceil(total_updates / updates_per_epoch)
+    every = None if args.checkpointing_steps in (None, "epoch") else int(args.checkpointing_steps)
+    bar = tqdm(
+        total=total_updates,
+        initial=progress.completed_steps,
+        disable=not accelerator.is_local_main_process,
+        desc="training",
+    )
+    sums: dict[str, float] = {}
+    count = 0
+    last_eval = [None]
+
+    def validate():
+        if evaluate is None:
+            return
+        last_eval[0] = progress.completed_steps
+        model.eval()
+        value, metrics = evaluate()
+        model.train()
+        log(metrics, progress.completed_steps)
+        if progress.best_metric is None or value > progress.best_metric:
+            progress.best_metric, progress.best_step = float(value), progress.completed_steps
+            if on_best is not None:
+                on_best()
+
+    if progress.step_in_epoch >= batches:  # a checkpoint taken at the very end of an epoch
+        progress.epoch, progress.step_in_epoch = progress.epoch + 1, 0
+    done = progress.completed_steps >= total_updates
+    for epoch in range(progress.epoch, num_epochs):
+        if done:
+            break
+        progress.epoch = epoch
+        train_loader.set_epoch(epoch)
+        loader = train_loader
+        if progress.step_in_epoch > 0:
+            loader = accelerator.skip_first_batches(train_loader, progress.step_in_epoch)
+            loader.set_epoch(epoch)
+        model.train()
+        for batch in loader:
+            seed_step(args.seed, epoch, progress.step_in_epoch, accelerator.process_index)
+            with accelerator.accumulate(model):
+                loss, extras = compute_loss(batch)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
+                    scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            progress.step_in_epoch += 1
+            for name, value in {"loss": loss, **extras}.items():
+                sums[name] = sums.get(name, 0.0) + float(value.detach().float())
+            count += 1
+            if not accelerator.sync_gradients:
+                continue
+            progress.completed_steps += 1
+            bar.update(1)
+            if (
+                progress.completed_steps % args.logging_steps == 0
+                or progress.completed_steps == total_updates
+            ):
+                keys = sorted(sums)
+                mean = accelerator.reduce(
+                    torch.tensor([sums[k] / count for k in keys], device=accelerator.device), reduction="mean"
+                )
+                means = {f"train/{k}": float(v) for k, v in zip(keys, mean.tolist())}
+                means["train/learning_rate"] = scheduler.get_last_lr()[0]
+                means["train/epoch"] = epoch + progress.step_in_epoch / batches
+                log(means, progress.completed_steps)
+                bar.set_postfix(loss=f"{means['train/loss']:.4f}")
+                sums, count = {}, 0
+            if args.eval_steps and progress.completed_steps % args.eval_steps == 0:
+                validate()
+            if every and progress.completed_steps % every == 0:
+                save_checkpoint(accelerator, progress)
+            if progress.completed_steps >= total_updates:
+                done = True
+                break
+        if progress.step_in_epoch >= batches:
+            progress.epoch, progress.step_in_epoch = epoch + 1, 0
+            if not args.eval_steps:
+                validate()
+            if args.checkpointing_steps == "epoch":
+                save_checkpoint(accelerator, progress)
+    if evaluate is not None and last_eval[0] != progress.completed_steps and progress.completed_steps > 0:
+        validate()  # the final weights are always a candidate
+    bar.close()
+    return progress
+
+
+def setup_accelerator(args: TrainingArguments):
+    """An ``Accelerator`` with automatic checkpoint naming under ``<output_dir>/checkpoints`` and the trackers."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    project = ProjectConfiguration(
+        project_dir=str(args.output_dir),
+        logging_dir=str(Path(args.output_dir) / "runs"),
+        automatic_checkpoint_naming=True,
+        total_limit=args.checkpoints_total_limit,
+    )
+    kwargs = {} if args.mixed_precision is None else {"mixed_precision": args.mixed_precision}
+    try:
+        trackers = resolve_trackers(args.report_to)
+    except (ImportError, ValueError) as error:
+        raise SystemExit(f"error: {error}") from None
+    return Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=trackers,
+        project_config=project,
+        step_scheduler_with_optimizer=False,
+        **kwargs,
+    )
+
+
+def finish_with_hub(accelerator, args: TrainingArguments, folder: str | os.PathLike) -> None:
+    """``--push_to_hub``: upload ``folder`` (already saved locally); exit 1 with one clear line on failure."""
+    if not args.push_to_hub:
+        return
+    if accelerator.is_main_process:
+        repo = args.hub_model_id or Path(args.output_dir).resolve().name
+        try:
+            url = push_to_hub(folder, repo, token=args.hub_token, private=args.hub_private_repo)
+        except HubPushError as error:
+            print(f"error: {error}", file=sys.stderr, flush=True)
+            raise SystemExit(1) from None
+        print(f"Pushed to {url}", flush=True)
+    accelerator.wait_for_everyone()
+
+
+class TrainingRun:
+    """The scaffolding every training script shares, in the order a script uses it.
+
+    ``TrainingRun(args)`` creates the output folder, the ``Accelerator`` (checkpoints under
+    ``<output_dir>/checkpoints``, trackers) and the JSON log; :meth:`prepare` builds the LR schedule, prepares
+    model/optimizer/scheduler, registers the progress and resumes; :meth:`record_config` writes
+    ``run_args.json`` and starts the trackers; :meth:`train` runs :func:`run_training`; :meth:`save_best` keeps
+    the best model in ``<output_dir>/best_model``; :meth:`finish` ends the trackers and pushes to the Hub. What a
+    script computes (its data, model, loss and evaluation) stays in the script.
+    """
+
+    def __init__(self, args: TrainingArguments):
+        self.args = args
+        self.output_dir = Path(args.output_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.accelerator = setup_accelerator(args)
+        self.log = JsonLogger(self.accelerator, self.output_dir)
+        self.best_dir = self.output_dir / "best_model"
+        self.checkpoint_root = self.output_dir / "checkpoints"
+
+    def prepare(self, model, optimizer, train_loader, per_device_batch_size: int):
+        """The model prepared by accelerate (with ``optimizer`` and the LR schedule, kept for :meth:`train`);
+        ``train_loader`` must be prepared already.
+
+        Sets ``total_updates`` (``--max_train_steps`` or the epochs' updates), ``progress`` (registered for
+        checkpointing) and ``resumed`` (the checkpoint folder resumed from, or ``None``).
+        """
+        args, accelerator = self.args, self.accelerator
+        updates_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
+        self.total_updates = args.max_train_steps or args.num_train_epochs * updates_per_epoch
+        scheduler = build_lr_scheduler(optimizer, args, self.total_updates, updates_per_epoch)
+        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+        self.model, self.optimizer, self.scheduler, self.train_loader = (
+            model,
+            optimizer,
+            scheduler,
+            train_loader,
+        )
+        self.progress = TrainingProgress(
+            batches_per_epoch=len(train_loader),
+            num_processes=accelerator.num_processes,
+            total_batch_size=per_device_batch_size
+            * accelerator.num_processes
+            * args.gradient_accumulation_steps,
+        )
+        accelerator.register_for_checkpointing(self.progress)
+        self.resumed = resume_from_checkpoint(
+            accelerator, args.resume_from_checkpoint, self.checkpoint_root, self.progress
+        )
+        return model
+
+    def record_config(self, project_name: str, config: Mapping) -> None:
+        """``<output_dir>/run_args.json`` (main process) and the trackers' hyper-parameters."""
+        if self.accelerator.is_main_process:
+            write_json(self.output_dir / "run_args.json", config)
+        start_trackers(self.accelerator, project_name, config)
+
+    def save_best(self, model) -> None:
+        """Save ``model`` (unwrapped) as the best one so far, atomically; every process calls it."""
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            save_folder_atomically(model.save_pretrained, self.best_dir)
+        self.accelerator.wait_for_everyone()
+
+    def best_model_dir(self) -> Path | None:
+        """The saved best model to finish with (``--load_best_model_at_end`` and one was saved), else ``None``."""
+        if self.args.load_best_model_at_end and (self.best_dir / "config.json").is_file():
+            return self.best_dir
+        return None
+
+    def train(
+        self, compute_loss: Callable, evaluate: Callable | None = None, on_best: Callable | None = None
+    ) -> TrainingProgress:
+        """:func:`run_training` on what :meth:`prepare` prepared."""
+        return run_training(
+            self.accelerator,
+            self.args,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            self.train_loader,
+            self.progress,
+            compute_loss=compute_loss,
+            total_updates=self.total_updates,
+            log=self.log,
+            evaluate=evaluate,
+            on_best=on_best,
+        )
+
+    def finish(self) -> None:
+        """End the trackers and, with ``--push_to_hub``, upload the output folder (saved by then)."""
+        self.accelerator.end_training()
+        finish_with_hub(self.accelerator, self.args, self.output_dir)

@@ -67,7 +67,9 @@ class ZeroShotPointCloudClassificationPipeline(Pipeline):
                 max_length=self.model.config.text_config.max_position_embeddings,
                 return_tensors="pt",
             ).to(self.device)
-            features = self.model.get_text_features(tokens["input_ids"], tokens["attention_mask"])
+            features = self.model.get_text_features(
+                tokens["input_ids"], tokens["attention_mask"]
+            ).pooler_output
             self._text_cache[key] = torch.nn.functional.normalize(features.float(), dim=-1)
         return self._text_cache[key]
 
@@ -77,7 +79,7 @@ class ZeroShotPointCloudClassificationPipeline(Pipeline):
         template = hypothesis_template or self.model.config.prompt_template
         points = model_inputs["points"].to(self.device)
         pixel_values = self.processor.renderer.render(points, self.processor.views).to(self.model.dtype)
-        point_cloud = self.model.get_point_cloud_features(pixel_values).float()
+        point_cloud = self.model.get_point_cloud_features(pixel_values).pooler_output.float()
         logits = point_cloud @ self._text_embeddings(candidate_labels, template).T
         weights = self.model.config.view_weights
         total_weight = sum(weights) if weights else pixel_values.shape[1]

@@ -259,7 +259,8 @@ class CLIP2PointPreTrainedModel(PreTrainedModel):
         weight got the generic N(0, initializer_range) instead of CLIP's rule (and a missing projection did
         whenever `logit_scale` was loaded). Every initialisation here and in CLIP goes through
         `transformers.initialization`, which skips each loaded tensor itself, so the guard is not needed.
-        `is_remote_code()` is unchanged: `save_pretrained` still copies this file for `trust_remote_code`.
+        `is_remote_code()` is unchanged: `save_pretrained` still copies this file for `trust_remote_code`. The
+        flag's other uses (weight-conversion lookup by model type, cleanup after module tying) find nothing here.
         """
         return False
 

@@ -317,7 +317,7 @@ def load_with_missing(case: str, how: str, folder):
 @pytest.mark.parametrize("case", CASES)
 def test_missing_weights_are_initialised_as_in_a_model_built_from_its_config(case, how, tmp_path):
     if how == "remote_code" and case != "CLIP2PointModel":
-        pytest.skip("CLIPModel is not remote code; one CLIP2Point class (AutoModel) covers the path")
+        pytest.skip("the remote-code path is checked on CLIP2PointModel (CLIPModel is not remote code)")
     with seeded_weight_init():
         built = build(case)
         loaded = load_with_missing(case, how, tmp_path)

@@ -250,7 +250,7 @@ def main(argv=None) -> dict:
         def logits(batch):
             with accelerator.autocast():
                 pixels = render_point_clouds(renderer, batch["points"], data_args.eval_views)
-                return base.get_point_cloud_features(pixels).float() @ text_embeds.T
+                return base.get_point_cloud_features(pixels).pooler_output.float() @ text_embeds.T
 
         result = predict(accelerator, val_loader, logits, desc="zero-shot validation")
         metrics = classification_metrics(result["predictions"], result["references"], prompts)

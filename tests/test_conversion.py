@@ -220,7 +220,7 @@ def test_pretraining_checkpoint_conversion(openai_state, tmp_path):
     assert resumed.balance_weight.item() == pytest.approx(0.8)
     with torch.no_grad():
         torch.testing.assert_close(
-            resumed.get_image_features(depth[:, 0]),
+            resumed.get_image_features(depth[:, 0]).pooler_output,
             reference_visual(image, "image_model.", depth[:, 0]),
             atol=1e-4,
             rtol=1e-4,

@@ -133,7 +133,9 @@ def test_zero_shot_logits_are_weighted_sums_of_per_view_cosines(tiny_tokenizer):
     assert out.view_embeds.shape == (2, 3, 16) and out.text_embeds.shape == (3, 16)
     torch.testing.assert_close(out.logits_per_point_cloud, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out.logits_per_text, expected.T, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(model.get_point_cloud_features(pixel_values), out.point_cloud_embeds)
+    torch.testing.assert_close(
+        model.get_point_cloud_features(pixel_values).pooler_output, out.point_cloud_embeds
+    )
 
 
 def test_zero_shot_accepts_any_number_of_views_without_view_weights():
@@ -345,8 +347,8 @@ def test_pretraining_loss_equals_spec_formula():
     inputs = inputs_for(model, batch=5)
     out = model(**inputs)
     with torch.no_grad():
-        f1 = model.clip2point.get_depth_features(inputs["depth_pixel_values"][:, 0])
-        f2 = model.clip2point.get_depth_features(inputs["depth_pixel_values"][:, 1])
+        f1 = model.clip2point.get_depth_features(inputs["depth_pixel_values"][:, 0]).pooler_output
+        f2 = model.clip2point.get_depth_features(inputs["depth_pixel_values"][:, 1]).pooler_output
         fi = model.image_projection(model.image_model(inputs["pixel_values"]).pooler_output)
     intra = loop_nt_xent(f1, f2, 0.07)
     cross = loop_nt_xent((f1 + f2) / 2, fi, 0.07)
@@ -462,7 +464,7 @@ def test_class_names_are_embedded_with_the_text_tower(tiny_tokenizer):
                 F.normalize(
                     model.clip2point.get_text_features(
                         **tiny_tokenizer([t.format(name)], return_tensors="pt")
-                    )[0],
+                    ).pooler_output[0],
                     dim=0,
                 )
                 for t in ("image of a {}", "a depth map of a {}")

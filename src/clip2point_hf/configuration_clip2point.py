@@ -41,6 +41,9 @@ class CLIP2PointConfig(PreTrainedConfig):
             classifies with raw cosines (no temperature), which trains poorly with cross-entropy.
         prompt_template: template turned into class prompts for the classifier (the reference's
             `"image of a {}"`).
+        initializer_factor: scales the initial projections as `CLIPConfig.initializer_factor` scales
+            `CLIPModel`'s (each tower follows its own sub-config's `initializer_factor`).
+        initializer_range: std of the generic initialisation of the adapters' linear layers.
     """
 
     model_type = "clip2point"
@@ -109,7 +112,7 @@ class CLIP2PointConfig(PreTrainedConfig):
             text_config=clip_config.text_config.to_dict(),
             projection_dim=clip_config.projection_dim,
             logit_scale_init_value=float(clip_config.logit_scale_init_value),
-            **kwargs,
+            **{"initializer_factor": clip_config.initializer_factor or 1.0, **kwargs},
         )
 
 

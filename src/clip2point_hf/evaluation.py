@@ -268,7 +268,7 @@ def main(argv=None) -> dict:
     def logits_of(batch):
         with accelerator.autocast():
             pixels = render_point_clouds(renderer, batch["points"], views)
-            features = model.get_point_cloud_features(pixels, view_weights=args.view_weights)
+            features = model.get_point_cloud_features(pixels, view_weights=args.view_weights).pooler_output
         return features.float() @ text_embeds.T
 
     with torch.no_grad():

@@ -16,7 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPModel, CLIPTextModel, CLIPVisionModel, PreTrainedModel
 from transformers import initialization as init
-from transformers.utils import ModelOutput
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 
 from .configuration_clip2point import CLIP2PointConfig
 
@@ -25,7 +27,16 @@ from .configuration_clip2point import CLIP2PointConfig
 
 
 @dataclass
-class CLIP2PointOutput(ModelOutput):
+class CLIP2PointTowersOutput(ModelOutput):
+    """Base of the outputs that carry whole tower outputs: `to_tuple` turns those into tuples too (as
+    `CLIPOutput` does), so `return_dict=False` gives nested tuples in field order."""
+
+    def to_tuple(self) -> tuple:
+        return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
+
+
+@dataclass
+class CLIP2PointOutput(CLIP2PointTowersOutput):
     """Zero-shot outputs.
 
     Args:
@@ -37,6 +48,12 @@ class CLIP2PointOutput(ModelOutput):
         point_cloud_embeds: (batch, projection_dim) weighted sum of `view_embeds`, so that
             `logits_per_point_cloud == point_cloud_embeds @ text_embeds.T`.
         text_embeds: (num_texts, projection_dim) L2-normalised text embeddings.
+        depth_model_output: the depth tower's output (as `CLIPOutput.vision_model_output`) on the
+            batch * views depth images, view `v` of cloud `b` at index `b * views + v`: `pooler_output` is the
+            projected, unnormalised (batch * views, projection_dim) embedding; `hidden_states` /
+            `attentions` when `output_hidden_states` / `output_attentions` are set.
+        text_model_output: the text tower's output (as `CLIPOutput.text_model_output`), `pooler_output` the
+            projected, unnormalised (num_texts, projection_dim) embedding.
     """
 
     logits_per_point_cloud: torch.FloatTensor | None = None
@@ -44,10 +61,12 @@ class CLIP2PointOutput(ModelOutput):
     view_embeds: torch.FloatTensor | None = None
     point_cloud_embeds: torch.FloatTensor | None = None
     text_embeds: torch.FloatTensor | None = None
+    depth_model_output: BaseModelOutputWithPooling | None = None
+    text_model_output: BaseModelOutputWithPooling | None = None
 
 
 @dataclass
-class CLIP2PointPreTrainingOutput(ModelOutput):
+class CLIP2PointPreTrainingOutput(CLIP2PointTowersOutput):
     """Image-depth pre-training outputs: `loss = loss_cross + loss_intra / w^2 + log(1 + w)`.
 
     Args:
@@ -57,6 +76,10 @@ class CLIP2PointPreTrainingOutput(ModelOutput):
         depth_embeds: (batch, 2, projection_dim) unnormalised embeddings of the two depth views.
         image_embeds: (batch, projection_dim) unnormalised embeddings of the RGB images (frozen encoder).
         balance_weight: the learned scalar `w`.
+        depth_model_output: the depth tower's output on the batch * 2 depth images (depth map `j` of sample
+            `b` at index `b * 2 + j`), `pooler_output` the projected (batch * 2, projection_dim) embedding.
+        image_model_output: the frozen image tower's output on the batch RGB images, `pooler_output` the
+            projected (batch, projection_dim) embedding.
     """
 
     loss: torch.FloatTensor | None = None
@@ -65,10 +88,12 @@ class CLIP2PointPreTrainingOutput(ModelOutput):
     depth_embeds: torch.FloatTensor | None = None
     image_embeds: torch.FloatTensor | None = None
     balance_weight: torch.FloatTensor | None = None
+    depth_model_output: BaseModelOutputWithPooling | None = None
+    image_model_output: BaseModelOutputWithPooling | None = None
 
 
 @dataclass
-class CLIP2PointClassifierOutput(ModelOutput):
+class CLIP2PointClassifierOutput(CLIP2PointTowersOutput):
     """Gated Dual-Path Adapter outputs.
 
     Args:
@@ -79,6 +104,10 @@ class CLIP2PointClassifierOutput(ModelOutput):
         pretrained_path_embeds: (batch, projection_dim) output of the CLIP2Point-depth-encoder path's aggregator.
         clip_path_embeds: (batch, projection_dim) output of the original-CLIP path's aggregator.
         gate: the weight of the CLIP2Point path in the fusion, broadcastable to (batch, projection_dim).
+        depth_model_output: the CLIP2Point depth tower's output on the batch * views depth images (index
+            `b * views + v`), `pooler_output` the projected (batch * views, projection_dim) embedding.
+        clip_model_output: the original CLIP vision tower's output on the same images, `pooler_output` the
+            projected (batch * views, projection_dim) embedding.
     """
 
     loss: torch.FloatTensor | None = None
@@ -87,6 +116,8 @@ class CLIP2PointClassifierOutput(ModelOutput):
     pretrained_path_embeds: torch.FloatTensor | None = None
     clip_path_embeds: torch.FloatTensor | None = None
     gate: torch.FloatTensor | None = None
+    depth_model_output: BaseModelOutputWithPooling | None = None
+    clip_model_output: BaseModelOutputWithPooling | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -218,20 +249,43 @@ class CLIP2PointPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     _no_split_modules = ["CLIPTextEmbeddings", "CLIPEncoderLayer", "CLIPVisionEmbeddings"]
 
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        """False, so that weights a checkpoint lacks are initialised as in a model built from its config.
+
+        For custom code, transformers skips initialising every module whose own parameters and buffers are all
+        loaded (a guard for remote `_init_weights` that write tensors in place). That skip also hits modules
+        without parameters of their own, such as `CLIPAttention` and `CLIPMLP`, so a missing q/k/v/out or fc
+        weight got the generic N(0, initializer_range) instead of CLIP's rule (and a missing projection did
+        whenever `logit_scale` was loaded). Every initialisation here and in CLIP goes through
+        `transformers.initialization`, which skips each loaded tensor itself, so the guard is not needed.
+        `is_remote_code()` is unchanged: `save_pretrained` still copies this file for `trust_remote_code`. The
+        flag's other uses (weight-conversion lookup by model type, cleanup after module tying) find nothing here.
+        """
+        return False
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """CLIP towers initialise themselves; this covers CLIP2Point's own parameters and buffers."""
+        """CLIP2Point's own modules; the towers follow `CLIPPreTrainedModel._init_weights`.
+
+        The towers are CLIP `PreTrainedModel`s, so transformers hands each of their modules to the tower's own
+        `_init_weights` (CLIP's rules per module type, with the tower config's `initializer_factor` /
+        `initializer_range`). The projections follow `CLIPModel`'s rule, `hidden_size**-0.5 *
+        initializer_factor`, text projection first as in CLIP.
+        """
         super()._init_weights(module)
         config = self.config
+        factor = config.initializer_factor
+        vision_std = config.vision_config.hidden_size**-0.5 * factor
         if isinstance(module, CLIP2PointModel):
-            init.normal_(module.depth_projection.weight, std=config.vision_config.hidden_size**-0.5)
-            init.normal_(module.text_projection.weight, std=config.text_config.hidden_size**-0.5)
+            init.normal_(module.text_projection.weight, std=config.text_config.hidden_size**-0.5 * factor)
+            init.normal_(module.depth_projection.weight, std=vision_std)
             init.constant_(module.logit_scale, config.logit_scale_init_value)
         elif isinstance(module, CLIP2PointForPreTraining):
-            init.normal_(module.image_projection.weight, std=config.vision_config.hidden_size**-0.5)
+            init.normal_(module.image_projection.weight, std=vision_std)
             init.constant_(module.balance_weight, config.balance_weight_init_value)
         elif isinstance(module, CLIP2PointForPointCloudClassification):
-            init.normal_(module.clip_projection.weight, std=config.vision_config.hidden_size**-0.5)
+            init.normal_(module.clip_projection.weight, std=vision_std)
             init.constant_(module.classifier_logit_scale, config.classifier_logit_scale_init_value)
             init.zeros_(module.class_embeddings)
         elif isinstance(module, CLIP2PointGlobalViewAggregator):
@@ -312,17 +366,32 @@ class CLIP2PointModel(CLIP2PointPreTrainedModel):
         with torch.no_grad():
             self.logit_scale.copy_(clip.logit_scale)
 
-    def get_depth_features(self, pixel_values: torch.Tensor, **kwargs) -> torch.Tensor:
-        """(N, 3, H, W) depth images -> (N, projection_dim) unnormalised embeddings."""
-        pooled = self.depth_model(pixel_values=pixel_values, **kwargs).pooler_output
-        return self.depth_projection(pooled)
+    # The `get_*_features` methods follow `CLIPModel.get_image_features` in transformers 5: they return the
+    # tower's `BaseModelOutputWithPooling` (hidden states / attentions when asked) with `pooler_output` replaced
+    # by the embedding, or a tuple with `return_dict=False`. One habit serves all: `.pooler_output`.
 
-    def get_view_features(self, pixel_values: torch.Tensor, **kwargs) -> torch.Tensor:
-        """(B, V, 3, H, W) depth views -> (B, V, projection_dim) L2-normalised view embeddings."""
+    @can_return_tuple
+    def get_depth_features(
+        self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]
+    ) -> BaseModelOutputWithPooling:
+        """(N, 3, H, W) depth images -> `pooler_output` (N, projection_dim) unnormalised embeddings."""
+        outputs = self.depth_model(pixel_values=pixel_values, return_dict=True, **kwargs)
+        outputs.pooler_output = self.depth_projection(outputs.pooler_output)
+        return outputs
+
+    @can_return_tuple
+    def get_view_features(
+        self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]
+    ) -> BaseModelOutputWithPooling:
+        """(B, V, 3, H, W) depth views -> `pooler_output` (B, V, projection_dim) L2-normalised view embeddings.
+
+        The tower's hidden states cover the B * V views flattened, view `v` of cloud `b` at `b * V + v`.
+        """
         _check_views(pixel_values)
         batch, views = pixel_values.shape[:2]
-        features = self.get_depth_features(pixel_values.flatten(0, 1), **kwargs)
-        return F.normalize(features, dim=-1).view(batch, views, -1)
+        outputs = self.get_depth_features(pixel_values.flatten(0, 1), return_dict=True, **kwargs)
+        outputs.pooler_output = F.normalize(outputs.pooler_output, dim=-1).view(batch, views, -1)
+        return outputs
 
     def _view_weights(
         self, views: int, view_weights: Sequence[float] | torch.Tensor | None, like: torch.Tensor
@@ -337,36 +406,64 @@ class CLIP2PointModel(CLIP2PointPreTrainedModel):
             )
         return weights
 
+    @can_return_tuple
     def get_point_cloud_features(
-        self, pixel_values: torch.Tensor, view_weights: Sequence[float] | torch.Tensor | None = None, **kwargs
-    ) -> torch.Tensor:
-        """(B, V, 3, H, W) depth views -> (B, projection_dim): weighted sum of the normalised view embeddings."""
-        view_embeds = self.get_view_features(pixel_values, **kwargs)
+        self,
+        pixel_values: torch.Tensor,
+        view_weights: Sequence[float] | torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutputWithPooling:
+        """(B, V, 3, H, W) depth views -> `pooler_output` (B, projection_dim): the view-weighted sum of the
+        normalised view embeddings (the zero-shot point-cloud embedding)."""
+        outputs = self.get_view_features(pixel_values, return_dict=True, **kwargs)
+        view_embeds = outputs.pooler_output
         weights = self._view_weights(view_embeds.shape[1], view_weights, view_embeds)
-        return torch.einsum("bvd,v->bd", view_embeds, weights)
+        outputs.pooler_output = torch.einsum("bvd,v->bd", view_embeds, weights)
+        return outputs
 
+    @can_return_tuple
     def get_text_features(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
-    ) -> torch.Tensor:
-        """Tokenised prompts -> (num_texts, projection_dim) unnormalised text embeddings."""
-        pooled = self.text_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).pooler_output
-        return self.text_projection(pooled)
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutputWithPooling:
+        """Tokenised prompts -> `pooler_output` (num_texts, projection_dim) unnormalised text embeddings."""
+        outputs = self.text_model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            return_dict=True,
+            **kwargs,
+        )
+        outputs.pooler_output = self.text_projection(outputs.pooler_output)
+        return outputs
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
         view_weights: Sequence[float] | torch.Tensor | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> CLIP2PointOutput:
-        view_embeds = point_cloud_embeds = text_embeds = logits = None
+        """`pixel_values`: (B, V, 3, H, W) depth views; `input_ids` / `attention_mask`: tokenised prompts."""
+        depth_outputs = text_outputs = view_embeds = point_cloud_embeds = text_embeds = logits = None
         if pixel_values is not None:
-            view_embeds = self.get_view_features(pixel_values, **kwargs)
-            weights = self._view_weights(view_embeds.shape[1], view_weights, view_embeds)
+            _check_views(pixel_values)
+            batch, views = pixel_values.shape[:2]
+            depth_outputs = self.get_depth_features(pixel_values.flatten(0, 1), return_dict=True, **kwargs)
+            view_embeds = F.normalize(depth_outputs.pooler_output, dim=-1).view(batch, views, -1)
+            weights = self._view_weights(views, view_weights, view_embeds)
             point_cloud_embeds = torch.einsum("bvd,v->bd", view_embeds, weights)
         if input_ids is not None:
-            text_embeds = F.normalize(self.get_text_features(input_ids, attention_mask, **kwargs), dim=-1)
+            text_outputs = self.get_text_features(
+                input_ids, attention_mask, position_ids, return_dict=True, **kwargs
+            )
+            text_embeds = F.normalize(text_outputs.pooler_output, dim=-1)
         if point_cloud_embeds is not None and text_embeds is not None:
             logits = point_cloud_embeds @ text_embeds.T
         return CLIP2PointOutput(
@@ -375,6 +472,8 @@ class CLIP2PointModel(CLIP2PointPreTrainedModel):
             view_embeds=view_embeds,
             point_cloud_embeds=point_cloud_embeds,
             text_embeds=text_embeds,
+            depth_model_output=depth_outputs,
+            text_model_output=text_outputs,
         )
 
 
@@ -401,12 +500,22 @@ class CLIP2PointForPreTraining(CLIP2PointPreTrainedModel):
         self.image_model.load_state_dict(clip.vision_model.state_dict())
         self.image_projection.load_state_dict(clip.visual_projection.state_dict())
 
-    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> torch.Tensor:
-        """(B, 3, H, W) RGB images -> (B, projection_dim) embeddings of the frozen CLIP image encoder."""
-        return self.image_projection(self.image_model(pixel_values=pixel_values, **kwargs).pooler_output)
+    @can_return_tuple
+    def get_image_features(
+        self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]
+    ) -> BaseModelOutputWithPooling:
+        """(B, 3, H, W) RGB images -> `pooler_output` (B, projection_dim) embeddings of the frozen CLIP image
+        encoder (`CLIPModel.get_image_features`'s form)."""
+        outputs = self.image_model(pixel_values=pixel_values, return_dict=True, **kwargs)
+        outputs.pooler_output = self.image_projection(outputs.pooler_output)
+        return outputs
 
+    @can_return_tuple
     def forward(
-        self, pixel_values: torch.Tensor, depth_pixel_values: torch.Tensor, **kwargs
+        self,
+        pixel_values: torch.Tensor,
+        depth_pixel_values: torch.Tensor,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> CLIP2PointPreTrainingOutput:
         """`pixel_values`: (B, 3, H, W) RGB renderings; `depth_pixel_values`: (B, 2, 3, H, W), the two
         depth maps rendered from the RGB image's view at two distances."""
@@ -421,10 +530,12 @@ class CLIP2PointForPreTraining(CLIP2PointPreTrainedModel):
                 f"({depth_pixel_values.shape[0]}), got shape {tuple(pixel_values.shape)}"
             )
         batch = depth_pixel_values.shape[0]
-        depth = self.clip2point.get_depth_features(depth_pixel_values.flatten(0, 1), **kwargs).view(
-            batch, 2, -1
+        depth_outputs = self.clip2point.get_depth_features(
+            depth_pixel_values.flatten(0, 1), return_dict=True, **kwargs
         )
-        image = self.get_image_features(pixel_values, **kwargs).detach()
+        depth = depth_outputs.pooler_output.view(batch, 2, -1)
+        image_outputs = self.get_image_features(pixel_values, return_dict=True, **kwargs)
+        image = image_outputs.pooler_output.detach()
         loss, loss_cross, loss_intra = pretraining_loss(
             depth[:, 0], depth[:, 1], image, self.balance_weight, self.config.pretraining_temperature
         )
@@ -435,6 +546,8 @@ class CLIP2PointForPreTraining(CLIP2PointPreTrainedModel):
             depth_embeds=depth,
             image_embeds=image,
             balance_weight=self.balance_weight,
+            depth_model_output=depth_outputs,
+            image_model_output=image_outputs,
         )
 
 
@@ -526,35 +639,38 @@ class CLIP2PointForPointCloudClassification(CLIP2PointPreTrainedModel):
                 max_length=self.config.text_config.max_position_embeddings,
                 return_tensors="pt",
             ).to(device)
-            text = self.clip2point.get_text_features(tokens["input_ids"], tokens.get("attention_mask"))
+            text = self.clip2point.get_text_features(
+                tokens["input_ids"], tokens.get("attention_mask")
+            ).pooler_output
             embeds += F.normalize(text.float(), dim=-1)
         self.class_embeddings = F.normalize(embeds, dim=-1).to(self.class_embeddings.dtype)
         self.config.id2label = dict(enumerate(names))
         self.config.label2id = {n: i for i, n in enumerate(names)}
         self.config.prompt_template = templates[0]
 
-    def _path_features(self, pixel_values: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> CLIP2PointClassifierOutput:
+        """`pixel_values`: (B, V, 3, H, W) depth views; `labels`: (B,) class indices for the loss."""
+        _check_views(pixel_values)
         batch, views = pixel_values.shape[:2]
         flat = pixel_values.flatten(0, 1)
-        pretrained = self.clip2point.get_depth_features(flat, **kwargs).view(batch, views, -1)
-        clip = self.clip_projection(self.clip_model(pixel_values=flat, **kwargs).pooler_output).view(
-            batch, views, -1
-        )
-        return pretrained, clip
-
-    def forward(
-        self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, **kwargs
-    ) -> CLIP2PointClassifierOutput:
-        _check_views(pixel_values)
-        pretrained, clip = self._path_features(pixel_values, **kwargs)
-        pretrained_path = self.pretrained_adapter(pretrained)
-        clip_path = self.clip_adapter(clip)
+        depth_outputs = self.clip2point.get_depth_features(flat, return_dict=True, **kwargs)
+        clip_outputs = self.clip_model(pixel_values=flat, return_dict=True, **kwargs)
+        clip_outputs.pooler_output = self.clip_projection(clip_outputs.pooler_output)
+        pretrained_path = self.pretrained_adapter(depth_outputs.pooler_output.view(batch, views, -1))
+        clip_path = self.clip_adapter(clip_outputs.pooler_output.view(batch, views, -1))
         fused, gate = self.fusion(pretrained_path, clip_path)
         embeds = F.normalize(fused, dim=-1)
         logits = self.classifier_logit_scale.exp() * embeds @ self.class_embeddings.T
         loss = None
         if labels is not None:
-            if labels.min() < 0 or labels.max() >= logits.shape[-1]:
+            # A data-dependent check: skipped under torch.compile (cross-entropy still rejects bad labels).
+            if not torch.compiler.is_compiling() and (labels.min() < 0 or labels.max() >= logits.shape[-1]):
                 raise ValueError(
                     f"`labels` must be in [0, {logits.shape[-1]}), got values in "
                     f"[{int(labels.min())}, {int(labels.max())}]"
@@ -567,6 +683,8 @@ class CLIP2PointForPointCloudClassification(CLIP2PointPreTrainedModel):
             pretrained_path_embeds=pretrained_path,
             clip_path_embeds=clip_path,
             gate=gate,
+            depth_model_output=depth_outputs,
+            clip_model_output=clip_outputs,
         )
 
 

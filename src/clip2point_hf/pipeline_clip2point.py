@@ -72,7 +72,7 @@ class ZeroShotPointCloudClassificationPipeline(Pipeline):
         template = hypothesis_template or self.model.config.prompt_template
         points = model_inputs["points"].to(self.device)
         pixel_values = self.processor.renderer.render(points, self.processor.views).to(self.model.dtype)
-        point_cloud = self.model.get_point_cloud_features(pixel_values).float()
+        point_cloud = self.model.get_point_cloud_features(pixel_values).pooler_output.float()
         logits = point_cloud @ self._text_embeddings(candidate_labels, template).T
         weights = self.model.config.view_weights
         total_weight = sum(weights) if weights else pixel_values.shape[1]

@@ -146,7 +146,8 @@ def encode_class_prompts(
             return_tensors="pt",
         ).to(device)
         text = F.normalize(
-            model.get_text_features(tokens["input_ids"], tokens.get("attention_mask")).float(), dim=-1
+            model.get_text_features(tokens["input_ids"], tokens.get("attention_mask")).pooler_output.float(),
+            dim=-1,
         )
         total = text if total is None else total + text
     return F.normalize(total, dim=-1)

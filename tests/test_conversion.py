@@ -204,7 +204,7 @@ def test_pretraining_checkpoint_conversion(openai_state, tmp_path):
     ckpt = {f"module.{k}": v for k, v in {**point, **image, "weights": torch.tensor(0.8)}.items()}
     torch.save(ckpt, tmp_path / "best_eval.pth")
 
-    model = convert_pretraining_checkpoint(tmp_path / "best_eval.pth", clip)
+    model = convert_pretraining_checkpoint(tmp_path / "best_eval.pth", clip).model
     assert isinstance(model, CLIP2PointModel)
     depth = torch.randn(2, 3, 3, GRID * PATCH, GRID * PATCH, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
@@ -215,7 +215,7 @@ def test_pretraining_checkpoint_conversion(openai_state, tmp_path):
     torch.testing.assert_close(view_embeds, expected, atol=1e-4, rtol=1e-4)
     assert torch.equal(model.text_projection.weight, clip.text_projection.weight)
 
-    resumed = convert_pretraining_checkpoint(tmp_path / "best_eval.pth", clip, for_pretraining=True)
+    resumed = convert_pretraining_checkpoint(tmp_path / "best_eval.pth", clip, for_pretraining=True).model
     assert isinstance(resumed, CLIP2PointForPreTraining)
     assert resumed.balance_weight.item() == pytest.approx(0.8)
     with torch.no_grad():
@@ -237,11 +237,10 @@ def test_dpa_checkpoint_conversion_reproduces_the_reference_logits(openai_state,
         **ori,
         **random_adapter("adapter1.", views, 13),
         **random_adapter("adapter2.", views, 14),
-        "selector.view_selector.views_azim": torch.zeros(views),
     }
     torch.save({f"module.{k}": v for k, v in state.items()}, tmp_path / "best_test.pth")
     names = ["chair", "lamp", "night stand"]
-    model = convert_dpa_checkpoint(tmp_path / "best_test.pth", clip, names, tokenizer)
+    model = convert_dpa_checkpoint(tmp_path / "best_test.pth", clip, names, tokenizer).model
     assert model.config.fusion == "mean" and model.config.id2label[2] == "night stand"
 
     depth = torch.randn(2, views, 3, GRID * PATCH, GRID * PATCH, generator=torch.Generator().manual_seed(3))

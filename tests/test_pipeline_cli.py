@@ -232,6 +232,9 @@ def test_cli_convert_and_push_dry_run(tmp_path, capsys):
         "overall_accuracy": 0.4938,
         "mean_class_accuracy": 0.4512,
         "num_views": 6,
+        "num_examples": 2468,
+        "class_names": [f"c{i}" for i in range(40)],
+        "per_class_accuracy": {f"c{i}": 0.5 for i in range(40)},
     }
     (tmp_path / "zs.json").write_text(json.dumps(results))
     export = tmp_path / "export"
@@ -264,14 +267,28 @@ def test_cli_convert_and_push_dry_run(tmp_path, capsys):
 
 
 def test_model_card_yaml_carries_the_result_numbers(model_dir):
+    def scope(dataset, num_examples, num_classes):  # what was scored: the whole test split, every class
+        names = [f"c{i}" for i in range(num_classes)]
+        return {
+            "dataset_name": dataset,
+            "num_examples": num_examples,
+            "class_names": names,
+            "per_class_accuracy": dict.fromkeys(names, 0.5),
+        }
+
     results = [
-        {"dataset": "ModelNet40", "split": "test", "overall_accuracy": 0.4938, "mean_class_accuracy": 0.4512},
         {
-            "dataset": "ScanObjectNN",
+            "split": "test",
+            "overall_accuracy": 0.4938,
+            "mean_class_accuracy": 0.4512,
+            **scope("ModelNet40", 2468, 40),
+        },
+        {
             "dataset_id": "scanobjectnn",
             "split": "test",
             "overall_accuracy": 0.25,
             "mean_class_accuracy": 0.2,
+            **scope("ScanObjectNN PB_T50_RS", 2882, 15),
         },
     ]
     model = CLIP2PointModel.from_pretrained(model_dir)
@@ -289,8 +306,8 @@ def test_model_card_yaml_carries_the_result_numbers(model_dir):
     assert values == {
         ("ModelNet40", "accuracy"): 49.38,
         ("ModelNet40", "mean_class_accuracy"): 45.12,
-        ("ScanObjectNN", "accuracy"): 25.0,
-        ("ScanObjectNN", "mean_class_accuracy"): 20.0,
+        ("ScanObjectNN PB_T50_RS", "accuracy"): 25.0,
+        ("ScanObjectNN PB_T50_RS", "mean_class_accuracy"): 20.0,
     }
     assert "| ModelNet40 | test |" in text and "never on a test set" in text
 

@@ -102,7 +102,7 @@ def parity_image_reference(depth):
         fg = img > 0
         if fg.any():
             z_max = img.max()
-            z_min = min(img[fg].min(), 1.0)
+            z_min = img[fg].min() if fg.all() else min(img[fg].min(), 1.0)  # background counts as 1
             grey[idx][fg] = (img[fg] - z_min) / z_max * 200 / 255
     pix = np.repeat(grey[..., None, :, :], 3, axis=-3)
     mean = np.array(CLIP_MEAN).reshape(3, 1, 1)

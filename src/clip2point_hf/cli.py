@@ -94,43 +94,33 @@ def cmd_render(args: argparse.Namespace) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
-    from .conversion_clip2point import (
-        convert_dpa_checkpoint,
-        convert_pretraining_checkpoint,
-        load_clip,
-        load_openai_clip,
-        load_state_dict_file,
-    )
-    from .modeling_clip2point import CLIP2PointModel
-    from .processing_clip2point import CLIP2PointProcessor
+    from .conversion_clip2point import convert_checkpoint, detect_layout, load_clip, load_state_dict_file
 
     state = load_state_dict_file(args.checkpoint)
-    kind = args.kind
-    if kind == "auto":
-        prefixes = {key.split(".")[0] for key in state}
-        kind = "dpa" if "adapter1" in prefixes else "pretraining" if "point_model" in prefixes else "clip"
-    tokenizer = _tokenizer(args.tokenizer)
-    if kind == "clip":
-        model = CLIP2PointModel.from_clip(load_openai_clip(state))
+    layout = args.layout
+    if layout == "auto":
+        layout = detect_layout(state, args.checkpoint)
+        print(f"{args.checkpoint}: {layout} layout (detected from its keys)")
     else:
-        if not args.clip:
-            raise CommandError(
-                f"--clip is required to convert a {kind} checkpoint (its text tower is CLIP's)"
-            )
-        clip = load_clip(args.clip)
-        if kind == "pretraining":
-            model = convert_pretraining_checkpoint(state, clip)
-        else:
-            if tokenizer is None:
-                raise CommandError(
-                    "--tokenizer (CLIP's) is required to embed the class names of a DPA checkpoint"
-                )
-            model = convert_dpa_checkpoint(state, clip, _class_names(args.class_names), tokenizer)
-    model.save_pretrained(args.output)
-    image_size = model.config.vision_config.image_size
-    CLIP2PointProcessor(tokenizer=tokenizer, image_size=image_size).save_pretrained(args.output)
+        print(f"{args.checkpoint}: {layout} layout (forced by --layout)")
+    tokenizer = _tokenizer(args.tokenizer)
+    if layout != "clip" and not args.clip:
+        raise CommandError(f"--clip is required to convert a {layout} checkpoint (its text tower is CLIP's)")
+    if layout == "dpa" and tokenizer is None:
+        raise CommandError("--tokenizer (CLIP's) is required to embed the class names of a DPA checkpoint")
+    conversion = convert_checkpoint(
+        state,
+        layout=layout,
+        clip=None if layout == "clip" else load_clip(args.clip),
+        class_names=_class_names(args.class_names) if layout == "dpa" else None,
+        tokenizer=tokenizer,
+        source_file=args.checkpoint,
+    )
+    for line in conversion.set_aside:
+        print(f"set aside: {line}")
+    conversion.save_pretrained(args.output, tokenizer)
     note = "" if tokenizer else " (no tokenizer given: the folder can render but not embed text)"
-    print(f"wrote {type(model).__name__} ({kind} checkpoint) to {args.output}{note}")
+    print(f"wrote {type(conversion.model).__name__} ({layout} checkpoint) to {args.output}{note}")
 
 
 def _tokenizer(spec: str | None):
@@ -237,9 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = commands.add_parser("convert", help="convert an original checkpoint into a model folder")
-    p.add_argument("checkpoint", help="best_eval.pth, best_test.pth, or an OpenAI CLIP .pt")
+    p.add_argument("checkpoint", help="the authors' best_eval/best_val/best_test.pth, or an OpenAI CLIP .pt")
     p.add_argument("-o", "--output", required=True)
-    p.add_argument("--kind", choices=("auto", "clip", "pretraining", "dpa"), default="auto")
+    p.add_argument(
+        "--layout",
+        choices=("auto", "clip", "pretraining", "dpa"),
+        default="auto",
+        help="checkpoint layout (default: detected from the keys; file names do not tell)",
+    )
     p.add_argument("--clip", help="CLIP for the text tower: Hub id, folder or OpenAI .pt")
     p.add_argument("--tokenizer", help="CLIP tokenizer folder or Hub id (saved with the model)")
     p.add_argument("--class-names", default="modelnet40", help="DPA classes: modelnet40, a file, or a,b,c")

@@ -1,28 +1,39 @@
 """Conversion of original checkpoints into CLIP2Point models.
 
-Three sources: OpenAI-layout CLIP state dicts (`clip.load`'s `.pt`, TorchScript or plain), the authors'
-pre-training checkpoint `best_eval.pth` (`point_model.*` = depth encoder, `image_model.*`, `weights`) and
-their few-shot checkpoint `best_test.pth` (the DPA: `pre_model.*`, `ori_model.*`, `adapter1.*`,
-`adapter2.*`). Everything is read with `weights_only=True`; every key must be consumed or explicitly
-ignored, and anything else is an error that lists the keys.
+Three layouts, told apart by their keys (`detect_layout`), never by the file name: OpenAI-layout CLIP state
+dicts (`clip.load`'s `.pt`, TorchScript or plain); the authors' pre-training checkpoints (`pretraining.py`
+saves `DataParallel(CLIP2Point).state_dict()` as `best_val.pth` and `best_test.pth`; released as
+`best_eval.pth`: `point_model.*` = depth encoder, `image_model.*`, `weights`, the view selector's buffers);
+and their few-shot DPA (`pre_model.*`, `ori_model.*`, `adapter1.*`, `adapter2.*`, the view selector;
+released as `best_test.pth`). Everything is read with `weights_only=True`; every key must be consumed or
+set aside by name (and the set-aside list is logged and recorded), anything else is an error listing keys.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import zipfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 from transformers import CLIPConfig, CLIPModel
+from transformers.utils import logging
 
 from .configuration_clip2point import CLIP2PointConfig
 from .modeling_clip2point import (
     CLIP2PointForPointCloudClassification,
     CLIP2PointForPreTraining,
     CLIP2PointModel,
+    CLIP2PointPreTrainedModel,
 )
+from .rendering_clip2point import VIEW_PRESETS
+
+logger = logging.get_logger(__name__)
 
 StateDict = dict[str, torch.Tensor]
 
@@ -237,25 +248,188 @@ def load_clip(clip: str | os.PathLike | CLIPModel) -> CLIPModel:
 # ---------------------------------------------------------------------------------------------------------
 # The authors' CLIP2Point checkpoints
 
+#: Checkpoint layouts the converter reads, and the key groups that identify them.
+LAYOUT_KEY_GROUPS: dict[str, tuple[str, ...]] = {
+    "clip": ("visual.", "token_embedding."),
+    "pretraining": ("point_model.",),
+    "dpa": ("pre_model.", "ori_model.", "adapter1.", "adapter2."),
+}
+
+#: Written beside the converted weights; `hub.build_model_card` states it on the card.
+PROVENANCE_FILE = "provenance.json"
+
+_REFERENCE_REPO = "https://github.com/tyhuang0428/CLIP2Point"
+_SELECTOR_PREFIX = "selector.view_selector."
+_SELECTOR_BUFFERS = ("views_elev", "views_azim", "views_dist")
+
+
+@dataclass
+class Conversion:
+    """A converted checkpoint: the model, the layout found, the views its view selector held and what was
+    set aside. `save_pretrained` writes the model, a processor rendering those views, and the provenance."""
+
+    model: CLIP2PointPreTrainedModel
+    layout: str
+    views: str | list[list[float]] | None = None
+    set_aside: list[str] = field(default_factory=list)
+    provenance: dict = field(default_factory=dict)
+
+    def save_pretrained(self, output_dir: str | os.PathLike, tokenizer=None) -> None:
+        from .processing_clip2point import CLIP2PointProcessor
+
+        self.model.save_pretrained(output_dir)
+        views = {} if self.views is None else {"views": self.views}
+        image_size = self.model.config.vision_config.image_size
+        CLIP2PointProcessor(tokenizer=tokenizer, image_size=image_size, **views).save_pretrained(output_dir)
+        (Path(output_dir) / PROVENANCE_FILE).write_text(json.dumps(self.provenance, indent=2) + "\n")
+
+
+def detect_layout(state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> str:
+    """`"clip"`, `"pretraining"` or `"dpa"`, from the keys alone (the authors' file names do not tell:
+    their pre-training script writes `best_val.pth` and `best_test.pth`, their few-shot script another
+    `best_test.pth`)."""
+    found = [
+        layout
+        for layout, groups in LAYOUT_KEY_GROUPS.items()
+        if (all if layout == "clip" else any)(any(k.startswith(g) for k in state) for g in groups)
+    ]
+    if len(found) == 1:
+        return found[0]
+    counts: dict[str, int] = {}
+    for key in state:
+        group = key.split(".")[0]
+        counts[group] = counts.get(group, 0) + 1
+    seen = ", ".join(f"{group}.* ({n})" for group, n in sorted(counts.items())) or "none"
+    expected = "; ".join(
+        f"{layout}: {', '.join(g + '*' for g in groups)}" for layout, groups in LAYOUT_KEY_GROUPS.items()
+    )
+    what = (
+        "unknown checkpoint layout" if not found else f"ambiguous checkpoint layout ({' and '.join(found)})"
+    )
+    raise CheckpointConversionError(f"{source}: {what}; keys seen: {seen}; expected ({expected})")
+
+
+def _read_view_selector(reader: _KeyReader, set_aside: list[str]) -> str | list[list[float]] | None:
+    """Pop the reference's fixed view selector (`selector.view_selector.views_{elev,azim,dist}`, each of
+    shape (V,) or (1, V)) and return its views as a preset name or `[elevation, azimuth, distance]` rows.
+
+    Units: the reference passes these buffers to PyTorch3D's `look_at_view_transform` with its default
+    `degrees=True`, and its distance is the camera distance in the unit-sphere frame: the same units as
+    this package's views, so they compare (and carry over) unchanged.
+    """
+    selector = [k for k in reader.state if k.startswith("selector.")]
+    fixed = {_SELECTOR_PREFIX + name for name in _SELECTOR_BUFFERS}
+    learned = sorted(set(selector) - fixed)
+    if learned:
+        raise CheckpointConversionError(
+            f"{reader.source}: a learned view selector ({len(learned)} keys such as {learned[0]!r}; the "
+            "reference's --dim 512): its views depend on each cloud, which this package does not render"
+        )
+    if not selector:
+        return None
+    buffers = {name: reader.pop(_SELECTOR_PREFIX + name) for name in _SELECTOR_BUFFERS}
+    if reader.missing:
+        return None  # `finish` names the missing buffer
+    shapes = {name: tuple(t.shape) for name, t in buffers.items()}
+    if (
+        any(len(s) not in (1, 2) or (len(s) == 2 and s[0] != 1) for s in shapes.values())
+        or len({s[-1] for s in shapes.values()}) != 1
+    ):
+        raise CheckpointConversionError(
+            f"{reader.source}: view-selector buffers must share one shape (V,) or (1, V), got {shapes}"
+        )
+    views = torch.stack([buffers[name].reshape(-1).float() for name in _SELECTOR_BUFFERS], dim=1)
+    preset = next(
+        (
+            name
+            for name, rows in VIEW_PRESETS.items()
+            if len(rows) == len(views) and torch.allclose(views, torch.tensor(rows), atol=1e-4)
+        ),
+        None,
+    )
+    carried: str | list[list[float]] = preset or [[round(float(x), 6) for x in row] for row in views]
+    what = f"preset {preset!r}" if preset else f"no preset (custom views {carried})"
+    set_aside.append(
+        f"selector.view_selector.views_{{elev,azim,dist}}: {len(views)} fixed views (degrees) = {what}; "
+        "carried into the processor's views"
+    )
+    return carried
+
+
+def _selection(layout: str, file_name: str | None) -> str:
+    """How the authors' scripts picked a checkpoint of this layout and name (their code, not their claim)."""
+    stem = Path(file_name).stem if file_name else ""
+    if layout == "dpa":
+        return (
+            "on ModelNet40 test accuracy: the authors' few-shot script keeps the epoch with the best test "
+            "accuracy (it has no validation split)"
+        )
+    if stem == "best_val":
+        return "on zero-shot accuracy over ShapeNet-55's held-out part (the authors' best_val.pth)"
+    if stem == "best_test":
+        return "on ModelNet40 test accuracy (the authors' best_test.pth)"
+    return (
+        "not recorded in the file: the authors' pre-training script saves best_val.pth (ShapeNet-55 "
+        "held-out accuracy) and best_test.pth (ModelNet40 test accuracy), and the release names neither; "
+        "treat it as possibly selected on ModelNet40 test accuracy"
+    )
+
+
+def _provenance(layout: str, checkpoint, views, set_aside: list[str]) -> dict:
+    """What `hub.build_model_card` states about converted weights (`checkpoint`: the file, if any)."""
+    from . import __version__
+
+    name = digest = None
+    if isinstance(checkpoint, str | os.PathLike):
+        name = Path(checkpoint).name
+        with open(checkpoint, "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+    origin = (
+        "OpenAI CLIP (no CLIP2Point training: the depth encoder starts as CLIP's image tower)"
+        if layout == "clip"
+        else f"the authors' release of CLIP2Point ({_REFERENCE_REPO})"
+    )
+    return {
+        "converted_from": origin,
+        "layout": layout,
+        "checkpoint": name,
+        "sha256": digest,
+        "selection": "not applicable" if layout == "clip" else _selection(layout, name),
+        "views": views,
+        "set_aside": list(set_aside),
+        "converter": f"clip2point_hf {__version__}",
+    }
+
+
+def _read(checkpoint: str | os.PathLike | StateDict, default: str) -> tuple[StateDict, str]:
+    if isinstance(checkpoint, str | os.PathLike):
+        return load_state_dict_file(checkpoint), str(checkpoint)
+    return {k.removeprefix("module."): v for k, v in checkpoint.items()}, default
+
+
+def _finish(reader: _KeyReader, set_aside: list[str]) -> None:
+    reader.finish()
+    for line in set_aside:
+        logger.info(f"{reader.source}: set aside {line}")
+
 
 def convert_pretraining_checkpoint(
     checkpoint: str | os.PathLike | StateDict,
     clip: str | os.PathLike | CLIPModel,
     *,
     for_pretraining: bool = False,
+    source: str | None = None,
     **config_kwargs,
-) -> CLIP2PointModel | CLIP2PointForPreTraining:
-    """Convert the authors' `best_eval.pth` (image-depth pre-training).
+) -> Conversion:
+    """Convert the authors' pre-training checkpoint (`best_eval.pth`, `best_val.pth`, `best_test.pth` of
+    `pretraining.py`: `DataParallel(CLIP2Point).state_dict()`).
 
-    The checkpoint holds the depth encoder (`point_model.*`), the frozen image encoder (`image_model.*`,
-    a copy of CLIP's) and the balance weight (`weights`); the text tower comes from `clip`.
-    Returns a `CLIP2PointModel` (zero-shot, GDPA assembly), or with `for_pretraining=True` a
-    `CLIP2PointForPreTraining` that resumes training.
+    It holds the depth encoder (`point_model.*`), the frozen image encoder (`image_model.*`, a copy of
+    CLIP's), the balance weight (`weights`) and the view selector's buffers; the text tower comes from
+    `clip`. The model is a `CLIP2PointModel` (zero-shot, GDPA assembly), or with `for_pretraining=True` a
+    `CLIP2PointForPreTraining` that resumes training. `source` names a state dict in error messages.
     """
-    source = str(checkpoint) if isinstance(checkpoint, str | os.PathLike) else "pre-training state dict"
-    state = (
-        load_state_dict_file(checkpoint) if isinstance(checkpoint, str | os.PathLike) else dict(checkpoint)
-    )
+    state, source = _read(checkpoint, source or "pre-training state dict")
     clip_model = load_clip(clip)
     config = CLIP2PointConfig.from_clip_config(clip_model.config, **config_kwargs)
     model = (CLIP2PointForPreTraining if for_pretraining else CLIP2PointModel)(config).eval()
@@ -263,13 +437,19 @@ def convert_pretraining_checkpoint(
     base = model.clip2point if for_pretraining else model
     layers = config.vision_config.num_hidden_layers
     reader = _KeyReader(state, source)
+    set_aside: list[str] = []
+    views = _read_view_selector(reader, set_aside)
     depth, depth_projection = _convert_visual(reader, "point_model.", layers)
     balance = reader.pop("weights")
     if for_pretraining:
         image, image_projection = _convert_visual(reader, "image_model.", layers)
     else:
-        reader.ignore_prefix("image_model.")  # a frozen copy of CLIP's image tower: not needed for inference
-    reader.finish()
+        n = sum(k.startswith("image_model.") for k in reader.state)
+        reader.ignore_prefix("image_model.")
+        set_aside.append(f"image_model.* ({n} tensors): the frozen copy of CLIP's image tower")
+        if "weights" not in reader.missing:
+            set_aside.append(f"weights = {float(balance):.4g}: the pre-training loss's balance weight")
+    _finish(reader, set_aside)
     _load_module(base.depth_model, depth, source)
     _load_module(base.depth_projection, depth_projection, source)
     if for_pretraining:
@@ -277,7 +457,8 @@ def convert_pretraining_checkpoint(
         _load_module(model.image_projection, image_projection, source)
         with torch.no_grad():
             model.balance_weight.copy_(balance)
-    return model
+    provenance = _provenance("pretraining", checkpoint, views, set_aside)
+    return Conversion(model, "pretraining", views, set_aside, provenance)
 
 
 _REFERENCE_ADAPTER_KEYS = {
@@ -305,24 +486,34 @@ def convert_dpa_checkpoint(
     class_names: Sequence[str],
     tokenizer,
     prompt_template: str | Sequence[str] | None = None,
-) -> CLIP2PointForPointCloudClassification:
-    """Convert the authors' few-shot `best_test.pth` (their DPA) into the adapter model.
+    *,
+    source: str | None = None,
+) -> Conversion:
+    """Convert the authors' few-shot checkpoint (their DPA: `fewshot.py`'s `best.pth`, released as
+    `best_test.pth`; with or without a DataParallel `module.` prefix) into the adapter model.
 
     The reference fuses the paths by their mean and classifies with raw cosines, so the result has
     `fusion="mean"` and a classifier logit scale of exp(0) = 1: its logits equal the reference's.
-    The text tower and class embeddings come from `clip`, `class_names` and `prompt_template`.
+    The text tower and class embeddings come from `clip`, `class_names` and `prompt_template`; `source`
+    names a state dict in error messages.
     """
-    source = str(checkpoint) if isinstance(checkpoint, str | os.PathLike) else "DPA state dict"
-    state = (
-        load_state_dict_file(checkpoint) if isinstance(checkpoint, str | os.PathLike) else dict(checkpoint)
-    )
+    state, source = _read(checkpoint, source or "DPA state dict")
     clip_model = load_clip(clip)
-    views = state.get("adapter1.fusion_ratio", torch.empty(0)).numel()
-    if views == 0:
+    num_views = state.get("adapter1.fusion_ratio", torch.empty(0)).numel()
+    if num_views == 0:
         raise CheckpointConversionError(f"{source}: no `adapter1.fusion_ratio`; is this a DPA checkpoint?")
+    reader = _KeyReader(state, source)
+    set_aside: list[str] = []
+    views = _read_view_selector(reader, set_aside)
+    selector_views = len(VIEW_PRESETS[views]) if isinstance(views, str) else len(views or [None] * num_views)
+    if selector_views != num_views:
+        raise CheckpointConversionError(
+            f"{source}: the view selector holds {selector_views} views but the adapters are sized for "
+            f"{num_views} (`adapter1.fusion_ratio`)"
+        )
     config = CLIP2PointConfig.from_clip_config(
         clip_model.config,
-        num_views=views,
+        num_views=num_views,
         fusion="mean",
         classifier_logit_scale_init_value=0.0,
         id2label=dict(enumerate(class_names)),
@@ -330,15 +521,13 @@ def convert_dpa_checkpoint(
     model = CLIP2PointForPointCloudClassification(config).eval()
     model.load_clip_weights(clip_model)
     layers = config.vision_config.num_hidden_layers
-    reader = _KeyReader(state, source)
-    reader.ignore_prefix("selector.")  # the fixed view angles of the reference's view selector
     pre, pre_projection = _convert_visual(reader, "pre_model.", layers)
     ori, ori_projection = _convert_visual(reader, "ori_model.", layers)
     adapters = {
         name: {new: reader.pop(f"{old_prefix}.{old}") for old, new in _REFERENCE_ADAPTER_KEYS.items()}
         for name, old_prefix in (("pretrained_adapter", "adapter1"), ("clip_adapter", "adapter2"))
     }
-    reader.finish()
+    _finish(reader, set_aside)
     _load_module(model.clip2point.depth_model, pre, source)
     _load_module(model.clip2point.depth_projection, pre_projection, source)
     _load_module(model.clip_model, ori, source)
@@ -346,13 +535,55 @@ def convert_dpa_checkpoint(
     for name, adapter_state in adapters.items():
         _load_module(getattr(model, name), adapter_state, source)
     model.set_class_names(class_names, tokenizer, prompt_template)
-    return model
+    return Conversion(model, "dpa", views, set_aside, _provenance("dpa", checkpoint, views, set_aside))
+
+
+def convert_checkpoint(
+    checkpoint: str | os.PathLike | StateDict,
+    *,
+    layout: str = "auto",
+    clip: str | os.PathLike | CLIPModel | None = None,
+    class_names: Sequence[str] | None = None,
+    tokenizer=None,
+    prompt_template: str | Sequence[str] | None = None,
+    source_file: str | os.PathLike | None = None,
+) -> Conversion:
+    """Convert any checkpoint the converter reads; `layout="auto"` detects it from the keys
+    (`detect_layout`). The pre-training and DPA layouts need `clip` (their text tower is CLIP's); the DPA
+    also needs `class_names` and `tokenizer`. `source_file` names the file an already-read state dict came
+    from (for the provenance)."""
+    if layout not in ("auto", *LAYOUT_KEY_GROUPS):
+        raise ValueError(f"`layout` must be 'auto' or one of {list(LAYOUT_KEY_GROUPS)}, got {layout!r}")
+    is_file = isinstance(checkpoint, str | os.PathLike)
+    state, source = _read(checkpoint, str(source_file or "state dict"))
+    if layout == "auto":
+        layout = detect_layout(state, source)
+    if layout == "clip":
+        conversion = Conversion(CLIP2PointModel.from_clip(load_openai_clip(state)), "clip")
+    elif clip is None:
+        raise ValueError(f"`clip` is required to convert a {layout} checkpoint (its text tower is CLIP's)")
+    elif layout == "pretraining":
+        conversion = convert_pretraining_checkpoint(state, clip, source=source)
+    elif tokenizer is None or not class_names:
+        raise ValueError("a DPA checkpoint needs `class_names` and CLIP's `tokenizer` to embed them")
+    else:
+        conversion = convert_dpa_checkpoint(
+            state, clip, class_names, tokenizer, prompt_template, source=source
+        )
+    file = checkpoint if is_file else source_file
+    conversion.provenance = _provenance(layout, file, conversion.views, conversion.set_aside)
+    return conversion
 
 
 __all__ = [
+    "LAYOUT_KEY_GROUPS",
+    "PROVENANCE_FILE",
     "CheckpointConversionError",
+    "Conversion",
+    "convert_checkpoint",
     "convert_dpa_checkpoint",
     "convert_pretraining_checkpoint",
+    "detect_layout",
     "load_clip",
     "load_openai_clip",
     "load_state_dict_file",

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .conversion_clip2point import PROVENANCE_FILE
 from .modeling_clip2point import (
     CLIP2PointForPointCloudClassification,
     CLIP2PointForPreTraining,
@@ -28,6 +29,21 @@ from .modeling_clip2point import (
 
 REMOTE_CODE_FILES = ("configuration_clip2point.py", "modeling_clip2point.py")
 PROCESSOR_CODE_FILES = ("processing_clip2point.py", "rendering_clip2point.py")
+
+#: Objects in each complete split, by the dataset name the loaders report: only a result that scored
+#: exactly this many objects, with every class present, is published under the bare name.
+FULL_SPLIT_SIZES: dict[tuple[str, str], tuple[int, ...]] = {
+    ("ModelNet40", "train"): (9843, 9840),  # the OFF / resampled release; PointNet's hdf5 has 9840
+    ("ModelNet40", "test"): (2468,),
+    ("ModelNet10", "train"): (3991,),
+    ("ModelNet10", "test"): (908,),
+    ("ScanObjectNN OBJ_BG", "train"): (2309,),
+    ("ScanObjectNN OBJ_BG", "test"): (581,),
+    ("ScanObjectNN OBJ_ONLY", "train"): (2309,),
+    ("ScanObjectNN OBJ_ONLY", "test"): (581,),
+    ("ScanObjectNN PB_T50_RS", "train"): (11416,),
+    ("ScanObjectNN PB_T50_RS", "test"): (2882,),
+}
 
 
 class HubFolderError(ValueError):
@@ -58,9 +74,45 @@ def load_for_export(model_dir: str | os.PathLike) -> CLIP2PointPreTrainedModel:
     return model.clip2point if isinstance(model, CLIP2PointForPreTraining) else model
 
 
+def evaluated_dataset(result: dict, where: str = "result") -> dict:
+    """The dataset a zero-shot result scored, as found: `name` (the loader's), `split`, `num_examples`,
+    `classes_present` (classes with at least one scored object), `num_classes`, `complete` (the whole
+    split of a dataset in `FULL_SPLIT_SIZES`, every class present) and `label`: the bare name only when
+    complete, otherwise the name with what was scored, so that no card claims more data than was used."""
+    for key in ("split", "num_examples", "class_names"):
+        if key not in result:
+            raise HubFolderError(f"{where}: result has no {key!r}; the card must state which data was scored")
+    name = result.get("dataset_name") or Path(str(result.get("dataset", "unknown"))).name
+    split, scored, num_classes = str(result["split"]), int(result["num_examples"]), len(result["class_names"])
+    if "confusion_matrix" in result:
+        present = sum(1 for row in result["confusion_matrix"] if sum(row) > 0)
+    elif isinstance(result.get("per_class_accuracy"), dict):
+        present = sum(1 for value in result["per_class_accuracy"].values() if value is not None)
+    else:
+        raise HubFolderError(f"{where}: result has no 'confusion_matrix' or 'per_class_accuracy' by name")
+    full = FULL_SPLIT_SIZES.get((name, split))
+    complete = full is not None and scored in full and present == num_classes
+    if complete:
+        label = name
+    elif full is not None:
+        label = f"{name} {split} subset ({scored} of {full[0]} objects, {present} of {num_classes} classes)"
+    else:
+        label = f"{name} {split} ({scored} objects, {present} of {num_classes} classes)"
+    return {
+        "name": name,
+        "split": split,
+        "num_examples": scored,
+        "classes_present": present,
+        "num_classes": num_classes,
+        "complete": complete,
+        "label": label,
+    }
+
+
 def read_results(paths: Sequence[str | os.PathLike]) -> list[dict]:
     """Read zero-shot result JSON files (`zero_shot_results.json` of `clip2point_hf.evaluation`); `dataset`
-    becomes the dataset's name and `num_views` the number of views."""
+    becomes the dataset's name, `num_views` the number of views, and `evaluated` what `evaluated_dataset`
+    finds in it."""
     results = []
     for path in paths:
         try:
@@ -70,16 +122,58 @@ def read_results(paths: Sequence[str | os.PathLike]) -> list[dict]:
         for key in ("overall_accuracy", "mean_class_accuracy"):
             if key not in result:
                 raise HubFolderError(f"{path}: result file has no {key!r}")
-        name = result.get("dataset_name") or Path(str(result.get("dataset", "unknown"))).name
+        evaluated = evaluated_dataset(result, str(path))
         views = result.get("views")
         results.append(
             {
                 **result,
-                "dataset": name,
+                "dataset": evaluated["name"],
                 "num_views": len(views) if isinstance(views, list) else views,
+                "evaluated": evaluated,
             }
         )
     return results
+
+
+def read_provenance(model_dir: str | os.PathLike) -> dict | None:
+    """The `provenance.json` that `clip2point convert` writes beside converted weights, if any."""
+    path = Path(model_dir) / PROVENANCE_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise HubFolderError(f"{path}: not valid JSON ({error})") from error
+
+
+def _provenance_section(provenance: dict | None, trained_here: bool) -> str:
+    """Where the weights come from and how they were selected: stated apart from the package's protocol."""
+    if provenance is None:
+        if trained_here:
+            return "Trained with this package's scripts (arguments under Training below)."
+        return (
+            f"Not recorded: this folder has neither `{PROVENANCE_FILE}` (written by `clip2point convert`) "
+            "nor `training_args.json` (written by this package's training scripts)."
+        )
+    lines = [
+        f"Converted with `clip2point convert` ({provenance.get('converter', 'clip2point_hf')}) from "
+        f"{provenance.get('converted_from')}.",
+        "",
+        f"- checkpoint: `{provenance.get('checkpoint')}` (sha256 `{provenance.get('sha256')}`), "
+        f"{provenance.get('layout')} layout",
+    ]
+    if provenance.get("layout") != "clip":
+        lines.append(f"- selection by the authors: {provenance.get('selection')}")
+        lines.append(
+            "- so accuracies of these weights on a test set their scripts selected on are optimistic; the "
+            "validation-only selection below does not apply to these weights"
+        )
+    if provenance.get("views") is not None:
+        lines.append(
+            f"- views of the checkpoint's view selector (carried into the processor): {provenance['views']}"
+        )
+    lines += [f"- set aside: {line}" for line in provenance.get("set_aside", [])]
+    return "\n".join(lines)
 
 
 def build_model_card(
@@ -89,45 +183,65 @@ def build_model_card(
     repo_id: str | None = None,
     base_model: str | None = None,
     training_notes: str | None = None,
+    provenance: dict | None = None,
 ) -> ModelCard:
-    """A model card whose YAML (library, pipeline tag, tags, datasets, model-index) matches `results`."""
-    eval_results = []
+    """A model card whose YAML (library, pipeline tag, tags, datasets, model-index) matches `results`.
+
+    Each result's dataset is published as found (`evaluated_dataset`); `provenance` (a converted
+    folder's `provenance.json`) is stated apart from what this package's scripts guarantee.
+    """
+    eval_results, dataset_ids, rows = [], set(), []
     for result in results:
+        found = evaluated_dataset(result)
+        # A dataset id only for the whole split; anything less is named by what was scored.
+        dataset_type = result.get("dataset_id", found["name"]) if found["complete"] else found["label"]
+        if found["complete"]:
+            dataset_ids.add(dataset_type)
         for metric, key in (("accuracy", "overall_accuracy"), ("mean_class_accuracy", "mean_class_accuracy")):
             eval_results.append(
                 EvalResult(
                     task_type="zero-shot-classification",
                     task_name="Zero-shot point cloud classification",
-                    dataset_type=result.get("dataset_id", result["dataset"]),
-                    dataset_name=result["dataset"],
-                    dataset_split=result.get("split", "test"),
+                    dataset_type=dataset_type,
+                    dataset_name=found["label"],
+                    dataset_split=found["split"],
+                    dataset_args={
+                        "objects_scored": found["num_examples"],
+                        "classes_present": found["classes_present"],
+                        "classes": found["num_classes"],
+                    },
                     metric_type=metric,
                     metric_name=metric.replace("_", " "),
                     metric_value=round(100 * float(result[key]), 2),
                 )
             )
+        views = result.get("num_views", result.get("views", ""))
+        views = len(views) if isinstance(views, list) else views
+        rows.append(
+            f"| {found['label']} | {found['split']} | {found['num_examples']} | "
+            f"{found['classes_present']} of {found['num_classes']} | {views} | "
+            f"{100 * float(result['overall_accuracy']):.2f} | {100 * float(result['mean_class_accuracy']):.2f} |"
+        )
     name = repo_id or "clip2point"
     data = ModelCardData(
         library_name="transformers",
         pipeline_tag="zero-shot-image-classification",
         tags=["clip2point", "point-cloud", "3d", "zero-shot", "clip", "depth-rendering", "custom_code"],
-        datasets=sorted({r.get("dataset_id", r["dataset"]) for r in results}) or None,
+        datasets=sorted(dataset_ids) or None,
         base_model=base_model,
         model_name=name,
         eval_results=eval_results or None,
     )
     settings = processor.to_dict() if hasattr(processor, "to_dict") else {}
     render = {k: v for k, v in settings.items() if k not in ("tokenizer", "processor_class", "auto_map")}
-    rows = "\n".join(
-        f"| {r['dataset']} | {r.get('split', 'test')} | {r.get('num_views', '')} | "
-        f"{100 * float(r['overall_accuracy']):.2f} | {100 * float(r['mean_class_accuracy']):.2f} |"
-        for r in results
-    )
     table = (
-        "| dataset | split | views | overall acc. (%) | mean class acc. (%) |\n|---|---|---|---|---|\n" + rows
+        "| dataset (as scored) | split | objects | classes present | views | overall acc. (%) | "
+        "mean class acc. (%) |\n|---|---|---|---|---|---|---|\n" + "\n".join(rows)
         if results
         else "No evaluation was run for this checkpoint."
     )
+    converted = provenance is not None and provenance.get("layout") != "clip"
+    origin = _provenance_section(provenance, trained_here=training_notes is not None)
     body = f"""
 # {name}
 
@@ -165,11 +279,17 @@ Depth maps are rendered in pure PyTorch (no PyTorch3D) with these processor sett
 ## Evaluation
 
 Zero-shot top-1 accuracy, computed by `examples/zero_shot.py` (the numbers in the metadata come from the
-same result files):
+same result files). A dataset is named bare only when its whole split was scored with every class present:
 
 {table}
 
-## Protocol
+## Provenance of these weights
+
+{origin}
+
+## What this package's scripts guarantee
+
+{"These hold for weights trained with this package's scripts, not for the converted weights above." if converted else "These hold for weights trained with this package's scripts."}
 
 - Checkpoints are selected on a held-out validation split, never on a test set (the reference
   implementation selected on ModelNet40 test accuracy; its published numbers are therefore optimistic).
@@ -221,7 +341,10 @@ def export_hub_folder(
         training_notes = (
             f"## Training\n\nArguments of the run that produced these weights:\n\n```json\n{args}\n```"
         )
-    build_model_card(model, processor, results, repo_id, base_model, training_notes).save(
+    provenance = read_provenance(model_dir)
+    if provenance is not None:
+        (output_dir / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
+    build_model_card(model, processor, results, repo_id, base_model, training_notes, provenance).save(
         output_dir / "README.md"
     )
     return output_dir
@@ -323,12 +446,15 @@ def push_to_hub(
 
 
 __all__ = [
+    "FULL_SPLIT_SIZES",
     "HubFolderError",
     "HubPushError",
     "build_model_card",
+    "evaluated_dataset",
     "export_hub_folder",
     "load_for_export",
     "push_to_hub",
+    "read_provenance",
     "read_results",
     "verify_hub_folder",
 ]

@@ -423,8 +423,9 @@ class DepthRenderer:
     Args:
         image_size: output side ``S`` in pixels (224 in the reference).
         point_radius: point radius ``r`` in NDC units (0.02 in the reference, about 2.2 px at 224).
-        depth_mode: ``"parity"`` (the reference's ``(z - z_min) / z_max * 200/255``, with
-            ``z_min = min(min foreground depth, 1)``) or ``"minmax"`` (``(z - z_min) / (z_max - z_min) *
+        depth_mode: ``"parity"`` (the reference's ``(z - z_min) / z_max * 200/255``, with ``z_min`` the
+            minimum over the view after setting background to 1: ``min(min foreground depth, 1)``, or the
+            plain foreground minimum when the foreground covers every pixel) or ``"minmax"`` (``(z - z_min) / (z_max - z_min) *
             200/255`` with the true foreground minimum; a view of constant depth maps to 0).
             Background is 1.0 in both; near points are dark.
         densify: optional PointCLIP V2-style post-processing of the intensity image (not the default,
@@ -661,7 +662,10 @@ class DepthRenderer:
         foreground maximum ``z_max``; the last dimension is the flattened pixels."""
         z_min = near.amin(dim=-1, keepdim=True)
         if self.depth_mode == "parity":
-            z_min = z_min.clamp(max=1.0)
+            # The reference's `Renderer.norm` sets background to 1 before taking the minimum: min(fg min, 1)
+            # when the view has background (an infinite `near`), the plain fg min when none.
+            has_background = near.amax(dim=-1, keepdim=True) == float("inf")
+            z_min = torch.where(has_background, z_min.clamp(max=1.0), z_min)
             scale = (200.0 / 255.0) / z_max.clamp(min=1e-30)
         else:
             z_min = torch.minimum(z_min, z_max)  # an empty view has z_min = inf

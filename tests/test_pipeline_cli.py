@@ -16,8 +16,8 @@ from transformers import pipeline
 
 import clip2point_hf  # noqa: F401  (registers the task)
 from clip2point_hf import CLIP2PointModel, CLIP2PointProcessor
-from clip2point_hf.data.point_files import read_point_cloud
 from clip2point_hf.hub import build_model_card, export_hub_folder, verify_hub_folder
+from clip2point_hf.point_files import read_point_cloud
 from clip2point_hf.samples import make_sample_point_cloud
 from conftest import make_tiny_config, make_tiny_tokenizer
 

@@ -82,7 +82,7 @@ def cmd_classify(args: argparse.Namespace) -> None:
 
 
 def cmd_render(args: argparse.Namespace) -> None:
-    from .data.point_files import read_point_cloud
+    from .point_files import read_point_cloud
     from .processing_clip2point import CLIP2PointProcessor
 
     points = read_point_cloud(args.file, seed=args.seed)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from transformers import Pipeline
 
-from .data.point_files import read_point_cloud
+from .point_files import read_point_cloud
 from .prompts import encode_class_prompts
 
 

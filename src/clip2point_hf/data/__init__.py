@@ -19,13 +19,13 @@ applied on the fly. :mod:`~clip2point_hf.data.formats` picks the loader for a fo
 Class-name prompt spellings are in :mod:`clip2point_hf.prompts`.
 """
 
+from ..errors import DatasetFormatError, MissingFilesError
+from ..mesh_io import MESH_EXTENSIONS, Mesh, read_mesh, sample_surface, seeded_rng
 from .cache import LOADER_VERSION, dataset_metadata, default_cache_dir
 from .collate import batch_to_tensors, collate_point_clouds, point_cloud_dataloader
-from .errors import DatasetFormatError, MissingFilesError
 from .fewshot import random_subset, sample_k_shot, stratified_split
 from .formats import DATASET_FORMATS, detect_dataset_format, load_point_cloud_dataset
 from .mesh_folder import load_mesh_folder, scan_mesh_folder
-from .mesh_io import MESH_EXTENSIONS, Mesh, read_mesh, sample_surface, seeded_rng
 from .modelnet import MODELNET_UP_AXIS, detect_modelnet_format, load_modelnet
 from .names import (
     MODELNET10_CLASSES,

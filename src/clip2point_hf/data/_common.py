@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DatasetFormatError, MissingFilesError
+from ..errors import DatasetFormatError, MissingFilesError
 
 SAMPLING_METHODS = ("first", "fps", "random")
 ON_MISSING = ("error", "skip")

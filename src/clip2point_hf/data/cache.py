@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
-from .errors import DatasetFormatError
+from ..errors import DatasetFormatError
 
 __all__ = [
     "LOADER_VERSION",

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import DatasetFormatError
+from ..mesh_io import seeded_rng
 from ._common import normalize_np, subsample_indices
 from .builder import BuildOptions, build_dataset, point_cloud_features
-from .errors import DatasetFormatError
-from .mesh_io import seeded_rng
 
 __all__ = ["H5_CHUNK", "build_h5_dataset", "check_h5", "h5_examples", "h5_tasks"]
 

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import DatasetFormatError
+from ..mesh_io import seeded_rng
 from ..rendering_clip2point import UP_AXES
 from ._common import (
     check_choice,
@@ -32,10 +34,8 @@ from ._common import (
     subsample_indices,
 )
 from .builder import BuildOptions, build_dataset, point_cloud_features
-from .errors import DatasetFormatError
 from .hdf5 import build_h5_dataset, check_h5, h5_tasks
 from .mesh_folder import build_mesh_dataset, scan_mesh_folder
-from .mesh_io import seeded_rng
 from .names import MODELNET10_CLASSES, MODELNET40_CLASSES
 
 __all__ = ["MODELNET_FORMATS", "MODELNET_UP_AXIS", "detect_modelnet_format", "load_modelnet"]

@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import DatasetFormatError
+from ..mesh_io import MESH_EXTENSIONS, read_mesh, sample_surface, seeded_rng
 from ..prompts import prompt_names
 from ..rendering_clip2point import UP_AXES
 from ._common import (
@@ -41,9 +43,7 @@ from ._common import (
     resolve_num_proc,
     run_tasks,
 )
-from .errors import DatasetFormatError
 from .mesh_folder import scan_mesh_folder
-from .mesh_io import MESH_EXTENSIONS, read_mesh, sample_surface, seeded_rng
 from .shapenet import PAIRS_META_FILE
 
 __all__ = ["build_render_pairs", "shade_views"]

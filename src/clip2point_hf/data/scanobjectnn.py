@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import DatasetFormatError
 from ._common import check_root
 from .builder import BuildOptions
-from .errors import DatasetFormatError
 from .hdf5 import build_h5_dataset, check_h5, h5_tasks
 from .names import SCANOBJECTNN_CLASSES
 

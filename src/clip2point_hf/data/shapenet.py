@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import DatasetFormatError
+from ..mesh_io import seeded_rng
 from ._common import (
     check_finite,
     check_num_points,
@@ -32,8 +34,6 @@ from ._common import (
     subsample_indices,
 )
 from .builder import BuildOptions, build_dataset
-from .errors import DatasetFormatError
-from .mesh_io import seeded_rng
 from .names import SHAPENET55_SYNSETS
 
 __all__ = ["PAIRS_META_FILE", "load_shapenet_pairs"]

@@ -3,7 +3,7 @@
 Every reader returns a :class:`Mesh` of float64 vertices ``(V, 3)`` and int64 triangles ``(F, 3)``
 (polygons are fan-triangulated). Anything that cannot be read -- an empty, truncated or corrupt
 file, an index out of range, a non-finite coordinate, a mesh without faces -- raises
-:class:`~clip2point_hf.data.errors.DatasetFormatError` naming the file and the problem.
+:class:`~clip2point_hf.errors.DatasetFormatError` naming the file and the problem.
 
 Formats and quirks handled:
 

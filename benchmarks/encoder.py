@@ -168,8 +168,8 @@ def main(argv=None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--dataset", default="../shared/data/shrec_16")
-    parser.add_argument("--clouds", type=int, default=60)
-    parser.add_argument("--batch-size", type=int, default=10)
+    parser.add_argument("--clouds", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=5)
     parser.add_argument(
         "--options",
         nargs="+",
@@ -177,8 +177,11 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--tower-repeats", type=int, default=3)
     parser.add_argument("--tiny", action="store_true", help="tiny towers (a smoke test of this script)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     info = machine("cpu")
     tokenizer = make_tiny_tokenizer()
     clouds, names, _ = shrec_test_clouds(args.dataset, args.clouds)

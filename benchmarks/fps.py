@@ -96,8 +96,11 @@ def main(argv=None) -> None:
     parser.add_argument("--start", type=int, default=0)
     parser.add_argument("--kdline-height", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
     info = machine("cpu")
     rows = run(args)

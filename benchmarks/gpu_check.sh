@@ -7,6 +7,7 @@ set -u
 cd "$(dirname "$0")/.." || exit
 OUT=${OUT:-out/gpu_check}
 mkdir -p "$OUT"
+python3 -c "import pyarrow; print('image pyarrow', pyarrow.__version__)" || true
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit
 export PYTHONPATH="$PWD/src:$PYTHONPATH" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv

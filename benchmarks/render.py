@@ -364,6 +364,7 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--vit-max-batch", type=int, default=None)
     parser.add_argument("--vit-dtype", choices=["float32", "bfloat16"], default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--large", action="store_true", help="batch 1 at --large-points: passes vs one pass")
     parser.add_argument("--large-points", type=int, nargs="+", default=[1024, 10_000, 100_000, 1_000_000])
     parser.add_argument("--json", default=None, help="write the raw results here")
@@ -378,6 +379,8 @@ def main(argv=None) -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.child:
         print(json.dumps(run_one(args.child[0], int(args.child[1]), args)))
         return
@@ -390,6 +393,7 @@ def main(argv=None) -> None:
             "--points", str(points), "--views", args.views, "--size", str(args.size),
             "--naive-repeats", str(args.naive_repeats), "--vit-dtype", args.vit_dtype, "--child", mode, str(batch),
         ]  # fmt: skip
+        cmd += ["--threads", str(args.threads)] if args.threads else []
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             print(f"{mode} batch {batch} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)

@@ -22,8 +22,8 @@ candidate is tested with the exact coverage rule above; the per-pixel nearest is
 pattern (monotonic for ``z >= 0``) is packed with the index into one int64 key, so a single ``amin``
 gives the nearest depth and, on ties, the smallest index.
 
-This module imports only ``torch`` and the standard library: it is copied flat into Hub folders next to
-``processing_clip2point.py``.
+This module imports only ``torch`` and the standard library (and, lazily and optionally, ``fpsample``): it is
+copied flat into Hub folders next to ``processing_clip2point.py``.
 """
 
 from __future__ import annotations

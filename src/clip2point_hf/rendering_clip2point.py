@@ -127,7 +127,7 @@ def farthest_point_sample(
     """Iterative farthest-point sampling (CPU or CUDA; no host synchronisation on CUDA).
 
     On CPU, float32 (and half-precision) clouds go through the ``fpsample`` package when it is installed
-    (``pip install fpsample``; 2.5-4x faster than the loop below on a 2-core CPU, see BENCHMARKS.md); it
+    (``pip install fpsample``; 2.5-5x faster than the loop below on a 2-core CPU, see BENCHMARKS.md); it
     returns exactly the indices of the PyTorch loop, which runs otherwise (CUDA, float64, no ``fpsample``).
 
     Args:

@@ -7,7 +7,9 @@ SHREC'16 test clouds once per option and reports, side by side in one process:
 * clouds/s (median over batches of ``--batch-size`` clouds, the first batch excluded as warm-up),
 * the share of the machine's CPU other processes used meanwhile (Linux ``/proc/stat``),
 * the agreement of the predicted class (argmax over the 30 SHREC'16 prompts) with the float32, 10-view
-  pipeline on the same clouds.
+  pipeline on the same clouds, and a finer measure of the same thing: the noise-to-signal ratio of the
+  per-cloud log-scores (``||l - l_fp32|| / ||l_fp32 - mean over clouds of l_fp32||``, averaged over clouds,
+  each ``l`` centred per cloud): below 1 the option's error is smaller than what tells the clouds apart.
 
 Options: ``fp32`` (the default pipeline), ``bf16`` (the model in bfloat16, i.e. ``pipeline(...,
 dtype=torch.bfloat16)``), ``compile`` (``torch.compile`` of the depth tower), ``int8`` (dynamic int8
@@ -17,7 +19,8 @@ quantization of every ``nn.Linear`` of the towers: ``torch.ao.quantization.quant
 Random weights: no pretrained CLIP can be had here. With CLIP's default initialisation a random tower's output
 barely depends on its input (every cloud gets the same class, and agreement is trivially 100%), so the towers
 are initialised with ``initializer_factor`` 5 (as the project's small random presets) and the number of
-distinct predicted classes is reported to show the predictions are not constant.
+distinct predicted classes is reported: when it is small, the argmax agreement says little and the
+noise-to-signal ratio is the number to read.
 
     python benchmarks/encoder.py --json encoder.json
     python benchmarks/encoder.py --options fp32 int8 --clouds 20   # quicker
@@ -93,7 +96,7 @@ def _sync(device) -> None:
 
 def time_pipeline(pipe, clouds: list[np.ndarray], labels: list[str], batch_size: int) -> dict:
     """Run ``pipe`` over ``clouds`` in batches; per-batch times (first excluded) and predicted label indices."""
-    times, predictions = [], []
+    times, predictions, log_scores = [], [], []
     cpu0 = _cpu_sample()
     for i in range(0, len(clouds), batch_size):
         chunk = clouds[i : i + batch_size]
@@ -103,6 +106,9 @@ def time_pipeline(pipe, clouds: list[np.ndarray], labels: list[str], batch_size:
         _sync(pipe.device)
         times.append((time.perf_counter() - t0) / len(chunk))
         predictions += [labels.index(ranked[0]["label"]) for ranked in out]
+        for ranked in out:
+            scores = {r["label"]: r["score"] for r in ranked}
+            log_scores.append(np.log(np.maximum([scores[label] for label in labels], 1e-30)))
     cpu1 = _cpu_sample()
     total = cpu1[1] - cpu0[1]
     others = max(0.0, (cpu1[0] - cpu0[0]) - (cpu1[2] - cpu0[2])) / total if total > 0 else 0.0
@@ -111,6 +117,7 @@ def time_pipeline(pipe, clouds: list[np.ndarray], labels: list[str], batch_size:
         "clouds_per_s": 1.0 / statistics.median(timed),
         "batches_timed": len(timed),
         "predictions": predictions,
+        "log_scores": np.stack(log_scores),
         "others_cpu_percent": 100.0 * others,
     }
 
@@ -128,6 +135,14 @@ def time_tower(model, pixel_values: torch.Tensor, repeats: int) -> float:
             if i:
                 times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def noise_to_signal(log_scores: np.ndarray, reference: np.ndarray) -> float:
+    """Mean per-cloud distance to the reference's (centred) log-scores over the reference's spread between clouds."""
+    a = log_scores - log_scores.mean(axis=1, keepdims=True)
+    r = reference - reference.mean(axis=1, keepdims=True)
+    spread = np.linalg.norm(r - r.mean(axis=0), axis=1).mean()
+    return float(np.linalg.norm(a - r, axis=1).mean() / max(spread, 1e-30))
 
 
 def build_option(option: str, tokenizer, tiny: bool):
@@ -187,13 +202,13 @@ def main(argv=None) -> None:
     clouds, names, _ = shrec_test_clouds(args.dataset, args.clouds)
     prompts = [f"image of a {n}" for n in names]
     options = args.options if "fp32" in args.options[:1] else ["fp32", *args.options]
-    rows, reference = [], None
+    rows, reference, reference_scores = [], None, None
     for option in options:
         t0 = time.perf_counter()
         pipe, note = build_option(option, tokenizer, args.tiny)
         result = time_pipeline(pipe, clouds, prompts, args.batch_size)
         if option == "fp32":
-            reference = result["predictions"]
+            reference, reference_scores = result["predictions"], result["log_scores"]
             pixels = pipe.processor(clouds[: args.batch_size])["pixel_values"]
             tower = time_tower(pipe.model, pixels, args.tower_repeats)
             result["tower_clouds_per_s"] = args.batch_size / tower
@@ -201,12 +216,14 @@ def main(argv=None) -> None:
                 100.0 * result["clouds_per_s"] / result["tower_clouds_per_s"]
             )
         preds = result.pop("predictions")
+        log_scores = result.pop("log_scores")
         row = {
             "option": option,
             "note": note,
             **result,
             "agreement_with_fp32": float(np.mean(np.asarray(preds) == np.asarray(reference))),
             "distinct_predicted_classes": len(set(preds)),
+            "noise_to_signal": noise_to_signal(log_scores, reference_scores),
             "wall_s": time.perf_counter() - t0,
         }
         rows.append(row)
@@ -216,13 +233,15 @@ def main(argv=None) -> None:
         f"Machine: {info.get('cpu')} ({info['cpu_count']} cores, {info['threads']} torch threads), torch "
         f"{info['torch']}; {len(clouds)} SHREC'16 test clouds, batches of {args.batch_size}.",
         "",
-        "| option | clouds/s | vs fp32 | agreement with fp32 | distinct classes predicted | other processes' CPU % |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| option | clouds/s | vs fp32 | agreement with fp32 | noise / signal | distinct classes predicted | "
+        "other processes' CPU % |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['option']} | {r['clouds_per_s']:.2f} | {r['clouds_per_s'] / base:.2f}x | "
-            f"{100 * r['agreement_with_fp32']:.0f}% | {r['distinct_predicted_classes']} | {r['others_cpu_percent']:.0f} |"
+            f"{100 * r['agreement_with_fp32']:.0f}% | {r['noise_to_signal']:.3f} | {r['distinct_predicted_classes']} | "
+            f"{r['others_cpu_percent']:.0f} |"
         )
     if "pipeline_percent_of_tower" in rows[0]:
         lines.append(

@@ -11,6 +11,10 @@ Measures, for 1024-point clouds, 10 views (the reference preset), 224 x 224:
                     rasteriser: every pixel tests every point), vectorised in torch, at a batch it can finish
                     (``--naive-batch``); its z-buffer is checked against ours.
 * ``vit``        -- a ViT-B/32 CLIP vision tower (random weights) on the same B x V views, for scale.
+* ``render-onepass`` -- ``render`` with every point of a chunk in one pass (``point_chunk_size`` unbounded):
+                    the renderer before large clouds were split into passes (``--large``).
+* ``render-graph``   -- CUDA only: ``render`` captured once in a CUDA graph and replayed.
+* ``render-compile`` -- ``torch.compile(renderer.render)`` (inductor, default mode).
 
 Every configuration runs in its own process so that peak memory is that configuration's own:
 CPU: growth of the process's peak resident set (``resource.getrusage(...).ru_maxrss``) over the
@@ -23,6 +27,7 @@ core, so only rows near 0 % measure the renderer.
     python benchmarks/render.py                       # CPU, batches 1 32 256
     python benchmarks/render.py --device cuda         # GPU
     python benchmarks/render.py --json results.json   # also write the raw numbers
+    python benchmarks/render.py --large --repeats 3   # batch 1 at 1k..1M points: passes vs one pass
 """
 
 from __future__ import annotations
@@ -106,6 +111,28 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
+def _graphed(fn, device: torch.device):
+    """``fn`` as a CUDA graph: the first call warms up on a side stream and captures (so the graph's memory
+    pool counts in the peak), later calls replay it and return the graph's output tensor."""
+    state = {}
+
+    def replay():
+        if not state:
+            stream = torch.cuda.Stream(device)
+            stream.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    fn()
+            torch.cuda.current_stream(device).wait_stream(stream)
+            state["graph"] = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(state["graph"]):
+                state["out"] = fn()
+        state["graph"].replay()
+        return state["out"]
+
+    return replay
+
+
 def run_one(mode: str, batch: int, args) -> dict:
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -115,10 +142,21 @@ def run_one(mode: str, batch: int, args) -> dict:
     renderer = DepthRenderer(image_size=args.size)
     check = None
 
-    if mode == "render":
+    if mode in ("render", "render-onepass", "render-compile"):
+        if mode == "render-onepass":
+            renderer = DepthRenderer(image_size=args.size, point_chunk_size=2**62)
+        render = renderer.render
+        if mode == "render-compile":
+            with torch.inference_mode():
+                renderer.render(points, views)  # fill the camera caches first: one trace, no recompilation
+            render = torch.compile(renderer.render, backend=getattr(args, "compile_backend", "inductor"))
 
         def step():
-            return renderer.render(points, views)
+            return render(points, views)
+    elif mode == "render-graph":
+        if device.type != "cuda":
+            raise ValueError("render-graph needs --device cuda")
+        step = _graphed(lambda: renderer.render(points, views), device)
     elif mode == "rasterize":
 
         def step():
@@ -188,6 +226,7 @@ def run_one(mode: str, batch: int, args) -> dict:
     return {
         "mode": mode,
         "batch": batch,
+        "points": args.points,
         "median_s": median,
         "min_s": min(times),
         "max_s": max(times),
@@ -225,14 +264,39 @@ def machine(device: str) -> dict:
     return info
 
 
-def plan(args) -> list[tuple[str, int]]:
+def plan(args) -> list[tuple[str, int, int]]:
+    """(mode, batch, points) of every configuration to run."""
+    if args.large:
+        return [(m, 1, n) for n in args.large_points for m in ("render", "render-onepass")]
     jobs = []
     for b in args.batches:
-        jobs += [("render", b), ("rasterize", b), ("processor", b)]
+        jobs += [("render", b, args.points), ("rasterize", b, args.points), ("processor", b, args.points)]
         if args.vit and b <= args.vit_max_batch:
-            jobs.append(("vit", b))
-    jobs.append(("naive", args.naive_batch))
+            jobs.append(("vit", b, args.points))
+    jobs.append(("naive", args.naive_batch, args.points))
     return jobs
+
+
+def large_markdown(results: list[dict], info: dict, args) -> str:
+    """Side by side: the default plan (points in passes) against one pass, per cloud size."""
+    by = {(r["mode"], r["points"]): r for r in results}
+    lines = [
+        f"Machine: {info.get('gpu') or info.get('cpu')} ({info['cpu_count']} CPU cores, {info['threads']} torch "
+        f"threads), torch {info['torch']}, device `{args.device}`. One cloud, {len(VIEW_PRESETS[args.views])} "
+        f"views, {args.size} x {args.size}; median of {args.repeats} runs after a warm-up; each row in a fresh "
+        f"process; peak memory: {results[0]['memory'] if results else '-'}.",
+        "",
+        "| points | passes: ms | one pass: ms | passes: peak MB | one pass: peak MB | other processes' CPU % |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for n in args.large_points:
+        a, b = by.get(("render", n)), by.get(("render-onepass", n))
+        if a and b:
+            lines.append(
+                f"| {n:,} | {a['median_s'] * 1e3:.0f} | {b['median_s'] * 1e3:.0f} | {a['peak_mb']:.0f} | "
+                f"{b['peak_mb']:.0f} | {a['others_cpu_percent']:.0f} / {b['others_cpu_percent']:.0f} |"
+            )
+    return "\n".join(lines)
 
 
 def markdown(results: list[dict], info: dict, args) -> str:
@@ -300,6 +364,9 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--vit-max-batch", type=int, default=None)
     parser.add_argument("--vit-dtype", choices=["float32", "bfloat16"], default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--large", action="store_true", help="batch 1 at --large-points: passes vs one pass")
+    parser.add_argument("--large-points", type=int, nargs="+", default=[1024, 10_000, 100_000, 1_000_000])
     parser.add_argument("--json", default=None, help="write the raw results here")
     parser.add_argument("--child", nargs=2, metavar=("MODE", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -312,18 +379,21 @@ def main(argv=None) -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.child:
         print(json.dumps(run_one(args.child[0], int(args.child[1]), args)))
         return
 
     info = machine(args.device)
     results = []
-    for mode, batch in plan(args):
+    for mode, batch, points in plan(args):
         cmd = [
             sys.executable, os.path.abspath(__file__), "--device", args.device, "--repeats", str(args.repeats),
-            "--points", str(args.points), "--views", args.views, "--size", str(args.size),
+            "--points", str(points), "--views", args.views, "--size", str(args.size),
             "--naive-repeats", str(args.naive_repeats), "--vit-dtype", args.vit_dtype, "--child", mode, str(batch),
         ]  # fmt: skip
+        cmd += ["--threads", str(args.threads)] if args.threads else []
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             print(f"{mode} batch {batch} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
@@ -331,12 +401,12 @@ def main(argv=None) -> None:
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         results.append(result)
         print(
-            f"{mode:9s} batch {batch:4d}: {result['median_s'] * 1e3:9.1f} ms  {result['clouds_per_s']:9.1f} clouds/s"
+            f"{mode:9s} batch {batch:4d} points {points:7d}: {result['median_s'] * 1e3:9.1f} ms  {result['clouds_per_s']:9.1f} clouds/s"
             f"  peak {result['peak_mb']:7.0f} MB  others' CPU {result['others_cpu_percent']:3.0f}%",
             flush=True,
         )
     info["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    report = markdown(results, info, args)
+    report = large_markdown(results, info, args) if args.large else markdown(results, info, args)
     print()
     print(report)
     if args.json:

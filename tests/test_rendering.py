@@ -479,6 +479,60 @@ def test_farthest_point_sample_matches_greedy_definition():
         farthest_point_sample(pts, 0)
 
 
+def _brute_force_fps(points: np.ndarray, k: int, start: int) -> list[int]:
+    """O(N K) farthest-point sampling in float32 numpy, written from the definition (ties: smallest index)."""
+    p = points.astype(np.float32)
+    min_d2 = np.full(len(p), np.inf, dtype=np.float32)
+    chosen = [start]
+    for _ in range(k - 1):
+        d = p - p[chosen[-1]]
+        min_d2 = np.minimum(min_d2, (d[:, 0] * d[:, 0] + d[:, 1] * d[:, 1]) + d[:, 2] * d[:, 2])
+        chosen.append(int(np.argmax(min_d2)))
+    return chosen
+
+
+def test_farthest_point_sample_fpsample_path_is_exactly_the_torch_loop(monkeypatch):
+    """With ``fpsample`` installed, CPU float32 clouds take its path: same indices as our loop and as a
+    brute-force FPS, also where the farthest distance ties (a grid, duplicated points, quantised data)."""
+    fpsample = pytest.importorskip("fpsample")
+    import clip2point_hf.rendering_clip2point as module
+
+    calls = []
+    original = fpsample.fps_sampling
+    monkeypatch.setattr(fpsample, "fps_sampling", lambda *a, **k: calls.append(1) or original(*a, **k))
+    rng = np.random.default_rng(0)
+    grid = np.stack(np.meshgrid(*[np.arange(8)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    clouds = {
+        "gaussian": rng.normal(size=(3000, 3)),
+        "grid": grid,
+        "duplicates": np.concatenate([rng.normal(size=(50, 3))] * 8),
+        "quantised": np.round(rng.normal(size=(2000, 3)) * 4) / 4,
+    }
+    for name, cloud in clouds.items():
+        pts = torch.from_numpy(cloud.astype(np.float32))
+        k = min(300, len(cloud) // 2)
+        for start in (0, len(cloud) - 1, 17):
+            calls.clear()
+            got = farthest_point_sample(pts, k, start_index=start)
+            assert calls, "the fpsample path was not taken"
+            torch_loop = module._farthest_point_sample_torch(pts[None], k, torch.tensor([start]))[0]
+            assert got.tolist() == torch_loop.tolist(), (name, start)
+            assert got.tolist() == _brute_force_fps(cloud, k, start), (name, start)
+    batch = torch.from_numpy(rng.normal(size=(3, 500, 3)).astype(np.float32))
+    starts = torch.tensor([0, 250, 499])
+    assert torch.equal(
+        farthest_point_sample(batch, 64, start_index=starts),
+        module._farthest_point_sample_torch(batch, 64, starts),
+    )
+    # Not taken where the loop must run: float64 (distances in float64) and non-finite coordinates.
+    calls.clear()
+    farthest_point_sample(batch.double(), 8)
+    bad = batch.clone()
+    bad[0, 3] = float("nan")
+    farthest_point_sample(bad, 8)
+    assert not calls
+
+
 def test_random_point_sample_and_up_axis():
     g = torch.Generator().manual_seed(0)
     idx = random_point_sample(100, 30, generator=g)
@@ -550,6 +604,53 @@ def test_non_reusing_workspace_path_agrees(monkeypatch):
         torch.testing.assert_close(got.point_index, expected.point_index, rtol=0, atol=0)
         torch.testing.assert_close(got.depth, expected.depth, rtol=0, atol=0)
         torch.testing.assert_close(other.render_intensity(pts), cpu.render_intensity(pts), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("fresh_buffers", [False, True])
+def test_points_in_passes_give_identical_zbuffers(monkeypatch, fresh_buffers):
+    """A cloud split into passes of a few points (``point_chunk_size``) gives exactly the one-pass z-buffer,
+    point indices and images, on the CPU workspace path and the CUDA-style one (fresh buffers). The second
+    half of each cloud repeats the first, so depth ties between passes must still go to the smaller index."""
+    import clip2point_hf.rendering_clip2point as module
+
+    if fresh_buffers:
+        original = module._Workspace.__init__
+        monkeypatch.setattr(
+            module._Workspace, "__init__", lambda self, device, reuse=True: original(self, device, False)
+        )
+    half = random_clouds(3, 2500, seed=21)
+    pts = torch.cat([half, half], dim=1)
+    whole = DepthRenderer(image_size=64, point_chunk_size=10**9)
+    expected = whole.rasterize(pts)
+    assert (expected.point_index < 2500).all()  # ties resolved to the first copy
+    for renderer in (
+        DepthRenderer(image_size=64, point_chunk_size=777),
+        DepthRenderer(image_size=64, point_chunk_size=777, chunk_size=1),
+    ):
+        assert renderer._plan(pts, 10)[1] == 777
+        got = renderer.rasterize(pts)
+        torch.testing.assert_close(got.point_index, expected.point_index, rtol=0, atol=0)
+        torch.testing.assert_close(got.depth, expected.depth, rtol=0, atol=0)
+        torch.testing.assert_close(renderer.render(pts), whole.render(pts), rtol=0, atol=0)
+        torch.testing.assert_close(
+            renderer.render_intensity(pts), whole.render_intensity(pts), rtol=0, atol=0
+        )
+
+
+def test_large_cloud_default_plan_bounds_the_candidates():
+    """By default a 40k-point cloud is split into passes (same images as one pass); a differentiable call
+    is not split and gets the one-pass gradient."""
+    big = random_clouds(1, 40_000, seed=22)
+    renderer, whole = DepthRenderer(), DepthRenderer(point_chunk_size=10**9)
+    chunk, step, _ = renderer._plan(big, 10)
+    assert chunk == 1 and step * 10 * 25 <= 2**21 < 40_000 * 10 * 25
+    torch.testing.assert_close(renderer.render(big), whole.render(big), rtol=0, atol=0)
+    small = random_clouds(1, 300, seed=23).requires_grad_(True)
+    split = DepthRenderer(image_size=32, point_chunk_size=7)
+    assert split._plan(small, 10)[1] == 300
+    (grad,) = torch.autograd.grad(split.render(small).sum(), small)
+    (ref,) = torch.autograd.grad(DepthRenderer(image_size=32).render(small).sum(), small)
+    torch.testing.assert_close(grad, ref, rtol=0, atol=0)
 
 
 @pytest.mark.gpu

@@ -186,3 +186,31 @@ def test_core_package_does_not_import_gradio():
     code = "import sys, clip2point_hf, clip2point_hf.cli, clip2point_hf.web; print('gradio' in sys.modules)"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert run.stdout.strip() == "False", run.stderr
+
+
+def test_search_tab_finds_a_shape_itself_first(model_dir, tmp_path):
+    """The search tab's callback over a real index (skipped where `clip2point_hf.retrieval` is absent)."""
+    retrieval = pytest.importorskip("clip2point_hf.retrieval")
+    from clip2point_hf.web import search_index
+
+    folder = tmp_path / "shapes"
+    folder.mkdir()
+    for name in ("chair", "cone", "lamp", "bowl"):
+        write_ascii_ply(folder / f"{name}.ply", make_sample_point_cloud(name, 800, seed=0))
+    shapes = retrieval.ShapeIndex.build(
+        folder, str(model_dir), tmp_path / "index", faiss=None, progress=False
+    )
+    table = search_index(
+        shapes, "a chair", str(folder / "cone.ply"), 3, tmp_path / "hits.png"
+    )  # the file wins
+    rows = [line.split("|")[2:4] for line in table.splitlines()[2:]]
+    assert (
+        len(rows) == 3 and rows[0][0].strip() == "cone" and float(rows[0][1]) == pytest.approx(1.0, abs=1e-4)
+    )
+    assert Image.open(tmp_path / "hits.png").size[0] > 0
+    table = search_index(shapes, "a chair", None, 4, tmp_path / "text.png")
+    scores = [float(line.split("|")[3]) for line in table.splitlines()[2:]]
+    names = sorted(line.split("|")[2].strip() for line in table.splitlines()[2:])
+    assert names == ["bowl", "chair", "cone", "lamp"] and scores == sorted(scores, reverse=True)
+    with pytest.raises(ValueError, match="type a description or upload a shape"):
+        search_index(shapes, "  ", None, 3, tmp_path / "none.png")

@@ -312,7 +312,7 @@ def build_demo(
         choose_weights(DEFAULT_MODEL, workdir) if model is None else DemoWeights(model, f"weights: {model}")
     )
     backend = PageBackend(weights.model, device=device, workdir=workdir)
-    shapes = _load_index(index) if index else None
+    shapes = _retrieval().ShapeIndex.load(index) if index else None
 
     def on_classify(file, sample, labels, up_axis, views):
         try:
@@ -344,7 +344,9 @@ def build_demo(
                         label="or a sample object (used when no file is uploaded; y-up)",
                         elem_id="sample",
                     )
-                    labels = gr.Textbox(value=DEFAULT_LABELS, label="candidate labels (comma-separated)")
+                    labels = gr.Textbox(
+                        value=DEFAULT_LABELS, label="candidate labels (comma-separated)", elem_id="labels"
+                    )
                     with gr.Row():
                         up_axis = gr.Radio(
                             ["y", "z"],
@@ -360,9 +362,8 @@ def build_demo(
                         height=320,
                         elem_id="preview",
                     )
-            views_image = gr.Image(
-                label="depth views the model sees", type="filepath", format="png", elem_id="views"
-            )
+            gr.Markdown("**The depth views the model sees** (near is dark; elevation e, azimuth a)")
+            views_image = gr.Image(show_label=False, type="filepath", format="png", elem_id="views")
             with gr.Row():
                 chart = gr.BarPlot(
                     x="label", y="score", sort="-y", y_lim=[0, 1], label="scores", elem_id="chart"
@@ -378,48 +379,54 @@ def build_demo(
     return demo
 
 
-def _load_index(path: str):
-    """The shape index of `clip2point embed` (retrieval is a separate module; the page needs it only
-    when an index is given)."""
+def _retrieval():
+    """`clip2point_hf.retrieval` (the index of `clip2point embed`); the page needs it only with an index."""
     try:
-        from .retrieval import ShapeIndex
+        from . import retrieval
     except ImportError as error:
         raise RuntimeError(f"a shape index needs clip2point_hf.retrieval, missing here ({error})") from None
-    return ShapeIndex.load(path)
+    return retrieval
+
+
+def search_index(shapes, text: str | None, like: str | None, k: int, picture: str | os.PathLike) -> str:
+    """Search `shapes` (a `ShapeIndex`) by a shape file `like`, else by `text`; write the hits' front views to
+    `picture` and return them as a Markdown table. Raises ValueError with one line for the user."""
+    if like:
+        hits = shapes.search_shape(like, k=int(k))
+    elif text and text.strip():
+        hits = shapes.search_text(text.strip(), k=int(k))
+    else:
+        raise ValueError("type a description or upload a shape to search with")
+    query = f"shapes like {Path(like).name}" if like else f"'{text.strip()}'"
+    _retrieval().save_hits_image(hits, picture, up_axis=shapes.config.get("up_axis") or "y", title=query)
+    rows = "\n".join(f"| {i} | {hit.name} | {hit.score:.4f} |" for i, hit in enumerate(hits, 1))
+    return f"| rank | shape | cosine |\n|---:|---|---:|\n{rows}"
 
 
 def _search_tab(gr, shapes, backend: PageBackend) -> None:
-    """Text-to-shape and shape-to-shape search over the index: each hit's front view, name and score."""
-    front = [(0.0, 0.0, 1.0)]
-
-    def hit_gallery(hits) -> list[tuple[str, str]]:
-        gallery = []
-        for rank, hit in enumerate(hits, 1):
-            picture = backend.new_file(f"hit{rank}.png")
-            backend.base.processor.save_views_image(read_point_cloud(hit.path), picture, views=front)
-            gallery.append((str(picture), f"{rank}. {hit.name} ({hit.score:.3f})"))
-        return gallery
+    """Text-to-shape and shape-to-shape search over the index: the hits' front views, names and scores."""
 
     def on_search(text, like, k):
+        picture = backend.new_file("hits.png")
         try:
-            if like:
-                hits = shapes.search_shape(like, k=int(k))
-            elif text and text.strip():
-                hits = shapes.search_text(text.strip(), k=int(k))
-            else:
-                raise ValueError("type a description or upload a shape to search with")
-            return hit_gallery(hits)
+            table = search_index(shapes, text, like, k, picture)
         except ValueError as error:
             raise gr.Error(str(error).strip().splitlines()[0]) from None
+        return str(picture), table
 
     with gr.Tab("Search"):
+        gr.Markdown(f"Index: {len(shapes)} shapes, embedded with {shapes.config.get('model')}")
         with gr.Row():
-            text = gr.Textbox(label="describe a shape", placeholder="a chair with armrests")
-            like = gr.File(label="or find shapes like this file", file_types=list(POINT_FILE_TYPES))
+            text = gr.Textbox(label="describe a shape", placeholder="a chair with armrests", elem_id="query")
+            like = gr.File(
+                label="or find shapes like this file", file_types=list(POINT_FILE_TYPES), elem_id="like"
+            )
             k = gr.Slider(1, 32, value=8, step=1, label="results")
-        go = gr.Button("Search", variant="primary")
-        hits = gr.Gallery(label="nearest shapes (front view, name, score)", columns=4)
-        go.click(on_search, inputs=[text, like, k], outputs=[hits])
+        go = gr.Button("Search", variant="primary", elem_id="search")
+        with gr.Row():
+            hits = gr.Image(show_label=False, type="filepath", format="png", elem_id="hits")
+            table = gr.Markdown(elem_id="hit-table")
+        go.click(on_search, inputs=[text, like, k], outputs=[hits, table])
 
 
 __all__ = [
@@ -430,6 +437,7 @@ __all__ = [
     "build_demo",
     "choose_weights",
     "hub_answers",
+    "search_index",
     "untrained_model",
     "write_preview_glb",
 ]

@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test test-all demo lint format clean
+.PHONY: install test test-all test-web demo lint format clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,16 +24,25 @@ test: install
 test-all: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests
 
+# The web page driven by headless Chromium from Debian's packages (never a downloaded browser):
+#   apt-get install -y chromium chromium-driver
+# Installs the `demo` and `web-test` extras; the screenshot lands in web_test_output/web_page.png.
+test-web: install
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+		echo "make test-web needs Debian's chromium and chromedriver: apt-get install -y chromium chromium-driver"; exit 2; }
+	$(PY) -m pip install -q -e ".[dev,demo,web-test]" "$(TORCH_SPEC)"
+	CLIP2POINT_SCREENSHOT_DIR=web_test_output HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests/test_web.py tests/test_web_browser.py
+
 demo: install
 	$(PY) examples/demo.py --output_dir demo_output
 
 lint: install
-	$(VENV)/bin/ruff check src tests examples hub benchmarks
-	$(VENV)/bin/ruff format --check src tests examples hub benchmarks
+	$(VENV)/bin/ruff check src tests examples hub benchmarks app.py
+	$(VENV)/bin/ruff format --check src tests examples hub benchmarks app.py
 
 format: install
-	$(VENV)/bin/ruff format src tests examples hub benchmarks
-	$(VENV)/bin/ruff check --fix src tests examples hub benchmarks
+	$(VENV)/bin/ruff format src tests examples hub benchmarks app.py
+	$(VENV)/bin/ruff check --fix src tests examples hub benchmarks app.py
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache web_test_output

@@ -1,4 +1,4 @@
-"""`clip2point`: classify, render, evaluate, convert and publish from the command line.
+"""`clip2point`: classify, render, evaluate, convert, publish and serve a web page from the command line.
 
 User errors (a bad file, an unknown option value, a model folder missing files, an unreachable Hub) end
 in one line on stderr and exit code 2, with no traceback.
@@ -178,6 +178,21 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    try:
+        import gradio  # noqa: F401  (an optional extra: only this command needs it)
+    except ImportError:
+        raise CommandError("the web page needs Gradio: pip install 'clip2point-hf[demo]'") from None
+    from .web import build_demo
+
+    if args.model is not None and not (Path(args.model).is_dir() or "/" in args.model):
+        raise CommandError(f"--model: {args.model!r} is neither a folder nor a Hub id (org/name)")
+    if args.index is not None and not Path(args.index).exists():
+        raise CommandError(f"--index: {args.index}: not found")
+    demo = build_demo(model=args.model, index=args.index, device=args.device)
+    demo.launch(server_name=args.host, server_port=args.port)
+
+
 # --------------------------------------------------------------------------------------------------------- parser
 
 
@@ -249,6 +264,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--private", action="store_true")
     p.add_argument("--dry-run", action="store_true", help="write and verify the folder, upload nothing")
     p.set_defaults(func=cmd_push)
+
+    p = commands.add_parser("serve", help="a local web page: upload a 3D file, see its views and scores")
+    p.add_argument(
+        "--model", help="a model folder or Hub id (default: the published weights, else untrained)"
+    )
+    p.add_argument("--index", help="a shape index from `clip2point embed` (adds a search tab)")
+    p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ...")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

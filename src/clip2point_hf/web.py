@@ -1,0 +1,443 @@
+"""The web page (`clip2point serve`, the repository's `app.py`): drop a 3D file, see what the model sees.
+
+The page shows a 3D preview of the object, the depth views the model renders from it, and the zero-shot
+scores of the labels typed in; with a shape index it also searches. Gradio is an optional extra
+(`pip install clip2point-hf[demo]`) imported only inside :func:`build_demo`; everything the page computes
+lives in :class:`PageBackend`, which needs no Gradio, so it is tested without a browser.
+
+The choice of weights is shared with `examples/demo.py`: a folder or Hub id when given, else the project's
+published weights, else (the Hub unreachable) a small random model that the page labels as untrained.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from .data.mesh_io import read_mesh
+from .data.point_files import MESH_FILES, POINT_FILE_TYPES, read_point_cloud
+from .pipeline_clip2point import ZeroShotPointCloudClassificationPipeline, _check_labels
+from .processing_clip2point import CLIP2PointProcessor
+from .rendering_clip2point import VIEW_PRESETS, convert_up_axis
+from .samples import SAMPLE_OBJECTS, make_sample_point_cloud
+
+if TYPE_CHECKING:
+    import gradio
+    import pandas
+
+# Where the project publishes its converted ViT-B/32 weights.
+DEFAULT_MODEL = "clip2point-hf/clip2point-vit-b-32"
+DEFAULT_LABELS = "airplane, bottle, bowl, chair, cone, cup, lamp, table"
+TASK = "zero-shot-point-cloud-classification"
+# The preview is for the eye: a few thousand points or a mesh of at most this many faces.
+PREVIEW_POINTS = 2048
+PREVIEW_MAX_FACES = 200_000
+SAMPLE_POINTS = 4096
+
+
+# --------------------------------------------------------------------------------------------------- weights
+
+
+@dataclass(frozen=True)
+class DemoWeights:
+    """What to load (`model`: a folder or Hub id) and how the page and the demo describe it."""
+
+    model: str
+    description: str
+    untrained: bool = False
+
+
+def hub_answers(model_id: str, timeout: float = 5.0) -> str | None:
+    """None if the Hub serves `model_id`, else the reason it cannot be used (one line)."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return "HF_HUB_OFFLINE is set"
+    from huggingface_hub import model_info
+
+    try:
+        model_info(model_id, timeout=timeout)
+    except Exception as error:  # no network, DNS failure, 404, auth: all mean "not usable here"
+        return f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+    return None
+
+
+def untrained_model(folder: Path) -> Path:
+    """A small random CLIP2Point model at the real rendering settings (10 views, 224 x 224), saved with its
+    processor so that the demo exercises the same loading path as a real checkpoint."""
+    from .modeling_clip2point import CLIP2PointModel
+    from .testing_utils import make_tiny_config, make_tiny_tokenizer
+
+    torch.manual_seed(0)
+    vision = {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "image_size": 224,
+        "patch_size": 32,
+    }
+    model = CLIP2PointModel(make_tiny_config(num_views=10, vision_config=vision))
+    model.save_pretrained(folder)
+    CLIP2PointProcessor(tokenizer=make_tiny_tokenizer()).save_pretrained(folder)
+    return folder
+
+
+def choose_weights(model: str, workdir: str | os.PathLike) -> DemoWeights:
+    """`model` itself when it is a folder or the Hub serves it; else an untrained model in `workdir`."""
+    if Path(model).is_dir():
+        return DemoWeights(model, f"weights: {model} (local folder)")
+    reason = hub_answers(model)
+    if reason is None:
+        return DemoWeights(model, f"weights: {model} (Hugging Face Hub)")
+    folder = untrained_model(Path(workdir) / "untrained-model")
+    return DemoWeights(
+        str(folder),
+        f"weights: a small UNTRAINED random model ({model} cannot be reached: {reason}); scores are meaningless",
+        untrained=True,
+    )
+
+
+# --------------------------------------------------------------------------------------------------- backend
+
+
+@dataclass
+class PageResult:
+    """Everything one click of "Classify" shows."""
+
+    preview: str  # a .glb file for the 3D viewer
+    views_image: str  # a .png grid of the depth views
+    scores: list[dict]  # the pipeline's ranked [{"label", "score"}, ...]
+
+
+class PageBackend:
+    """The page's callbacks without the page: one loaded model, one pipeline per (up axis, views).
+
+    Each pipeline shares the model and differs from the loaded one only in its processor's up axis and
+    views, so its scores are the zero-shot pipeline's for a model folder saved with those settings.
+    """
+
+    def __init__(self, model: str, device: str | None = None, workdir: str | os.PathLike | None = None):
+        from transformers import pipeline  # the task is registered by importing this package
+
+        self.base = pipeline(TASK, model=model, device=device)
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="clip2point-web-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._pipelines: dict[tuple[str, str], ZeroShotPointCloudClassificationPipeline] = {}
+        self._count = 0
+
+    def new_file(self, suffix: str) -> Path:
+        """A fresh path in the work folder (Gradio serves files from the system's temp folder)."""
+        self._count += 1
+        return self.workdir / f"{self._count}-{suffix}"
+
+    @property
+    def view_choices(self) -> list[str]:
+        """The view presets this model can score (all of them unless its config fixes per-view weights)."""
+        weights = self.base.model.config.view_weights
+        return [name for name, views in VIEW_PRESETS.items() if not weights or len(views) == len(weights)]
+
+    @property
+    def default_views(self) -> str:
+        views = self.base.processor.views
+        return views if isinstance(views, str) and views in self.view_choices else self.view_choices[0]
+
+    def pipeline_for(self, up_axis: str, views: str) -> ZeroShotPointCloudClassificationPipeline:
+        key = (up_axis, views)
+        if key not in self._pipelines:
+            processor = self.base.processor
+            accepted = inspect.signature(CLIP2PointProcessor.__init__).parameters
+            settings = {k: v for k, v in processor.to_dict().items() if k in accepted and k != "tokenizer"}
+            settings.update(up_axis=up_axis, views=views)
+            self._pipelines[key] = ZeroShotPointCloudClassificationPipeline(
+                model=self.base.model,
+                processor=CLIP2PointProcessor(tokenizer=processor.tokenizer, **settings),
+                device=self.base.device,
+            )
+        return self._pipelines[key]
+
+    def classify(
+        self, file: str | None, sample: str | None, labels: str, up_axis: str, views: str
+    ) -> PageResult:
+        """Score `labels` for the uploaded `file` (or else the bundled `sample`); raises ValueError with one
+        line for the user on bad input."""
+        candidate_labels = _check_labels(labels)
+        if up_axis not in ("y", "z"):
+            raise ValueError(f"up axis must be y or z, got {up_axis!r}")
+        if views not in self.view_choices:
+            raise ValueError(f"views must be one of {self.view_choices}, got {views!r}")
+        if file:
+            cloud = read_point_cloud(file)  # the pipeline's own reading of a path
+            mesh = _preview_mesh(Path(file))
+        elif sample:
+            cloud = make_sample_point_cloud(sample, num_points=SAMPLE_POINTS, seed=0)
+            mesh = None
+        else:
+            raise ValueError("upload a 3D file or pick a sample object")
+        classifier = self.pipeline_for(up_axis, views)
+        scores = classifier(cloud, candidate_labels=list(candidate_labels))
+        picture, preview = self.new_file("views.png"), self.new_file("preview.glb")
+        classifier.processor.save_views_image(cloud, picture)
+        write_preview_glb(preview, cloud, mesh, up_axis)
+        return PageResult(str(preview), str(picture), scores)
+
+
+def scores_frame(scores: list[dict]) -> pandas.DataFrame:
+    import pandas
+
+    return pandas.DataFrame({"label": [s["label"] for s in scores], "score": [s["score"] for s in scores]})
+
+
+def scores_markdown(scores: list[dict]) -> str:
+    rows = "\n".join(f"| {i} | {s['label']} | {s['score']:.4f} |" for i, s in enumerate(scores, 1))
+    return f"| rank | label | score |\n|---:|---|---:|\n{rows}"
+
+
+# --------------------------------------------------------------------------------------------------- preview
+
+
+def _preview_mesh(path: Path):
+    """The file's mesh when it is one of a size a browser shows at once, else None (show the points)."""
+    ext = path.suffix.lower()
+    if ext not in MESH_FILES and ext != ".ply":
+        return None
+    try:
+        mesh = read_mesh(path)
+    except ValueError:  # a .ply without faces is a point cloud
+        return None
+    return mesh if 0 < len(mesh.faces) <= PREVIEW_MAX_FACES else None
+
+
+def write_preview_glb(path: str | os.PathLike, cloud: np.ndarray, mesh=None, up_axis: str = "y") -> None:
+    """A binary glTF of the object, centred, in the unit sphere and turned y-up as the model sees it: the
+    mesh with flat normals, or (for point data) up to PREVIEW_POINTS points as small tetrahedra coloured
+    by height. glTF is y-up, so the viewer shows it upright."""
+    source = mesh.vertices if mesh is not None else cloud
+    source = torch.as_tensor(np.asarray(source, dtype=np.float64))
+    centre = source.mean(dim=0)
+    scale = float((source - centre).norm(dim=1).max()) or 1.0
+
+    def place(points: np.ndarray) -> np.ndarray:
+        moved = (torch.as_tensor(np.asarray(points, dtype=np.float64)) - centre) / scale
+        return convert_up_axis(moved, up_axis).numpy().astype(np.float32)
+
+    if mesh is not None:
+        corners = place(mesh.vertices)[np.asarray(mesh.faces)]  # (F, 3, 3)
+        normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+        normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
+        positions = corners.reshape(-1, 3)
+        attributes = {"NORMAL": np.repeat(normals, 3, axis=0).astype(np.float32)}
+        unlit = False
+    else:
+        rng = np.random.default_rng(0)
+        points = np.asarray(cloud)
+        if len(points) > PREVIEW_POINTS:
+            points = points[rng.choice(len(points), PREVIEW_POINTS, replace=False)]
+        centres = place(points)
+        size = 0.015
+        tetra = size * np.array([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]], dtype=np.float32)
+        faces = np.array([[0, 1, 2], [0, 3, 1], [0, 2, 3], [1, 3, 2]])
+        positions = (centres[:, None, None, :] + tetra[faces][None]).reshape(-1, 3)
+        height = (centres[:, 1] + 1) / 2  # 0 at the bottom of the unit sphere, 1 at the top
+        colour = np.stack([0.15 + 0.8 * height, 0.35 + 0.3 * height, 0.9 - 0.75 * height], axis=1)
+        attributes = {"COLOR_0": np.repeat(colour.clip(0, 1), 12, axis=0).astype(np.float32)}
+        unlit = True
+    _write_glb(Path(path), positions.astype(np.float32), attributes, unlit)
+
+
+def _write_glb(path: Path, positions: np.ndarray, attributes: dict[str, np.ndarray], unlit: bool) -> None:
+    """Write one triangle list (non-indexed) as a GLB file (glTF 2.0 binary container)."""
+    arrays = {"POSITION": positions, **attributes}
+    blob, views, accessors = b"", [], []
+    for index, (name, array) in enumerate(arrays.items()):
+        data = np.ascontiguousarray(array, dtype="<f4").tobytes()
+        views.append({"buffer": 0, "byteOffset": len(blob), "byteLength": len(data), "target": 34962})
+        accessor = {"bufferView": index, "componentType": 5126, "count": len(array), "type": "VEC3"}
+        if name == "POSITION":  # required by the spec for positions
+            accessor.update(min=array.min(axis=0).tolist(), max=array.max(axis=0).tolist())
+        accessors.append(accessor)
+        blob += data  # float32 data keeps every view 4-byte aligned
+    material: dict[str, Any] = {
+        "pbrMetallicRoughness": {"baseColorFactor": [0.75, 0.78, 0.85, 1.0], "metallicFactor": 0.0},
+        "doubleSided": True,
+    }
+    document: dict[str, Any] = {
+        "asset": {"version": "2.0", "generator": "clip2point_hf.web"},
+        "scene": 0,
+        "scenes": [{"nodes": [0]}],
+        "nodes": [{"mesh": 0}],
+        "meshes": [{"primitives": [{"attributes": {n: i for i, n in enumerate(arrays)}, "material": 0}]}],
+        "materials": [material],
+        "buffers": [{"byteLength": len(blob)}],
+        "bufferViews": views,
+        "accessors": accessors,
+    }
+    if unlit:
+        material["pbrMetallicRoughness"]["baseColorFactor"] = [1.0, 1.0, 1.0, 1.0]
+        material["extensions"] = {"KHR_materials_unlit": {}}
+        document["extensionsUsed"] = ["KHR_materials_unlit"]
+    text = json.dumps(document, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 4)
+    blob += b"\0" * (-len(blob) % 4)
+    chunks = [(text, b"JSON"), (blob, b"BIN\0")]
+    total = 12 + sum(8 + len(data) for data, _ in chunks)
+    with open(path, "wb") as out:
+        out.write(b"glTF" + (2).to_bytes(4, "little") + total.to_bytes(4, "little"))
+        for data, kind in chunks:
+            out.write(len(data).to_bytes(4, "little") + kind + data)
+
+
+# --------------------------------------------------------------------------------------------------- page
+
+
+def build_demo(
+    model: str | None = None,
+    index: str | None = None,
+    device: str | None = None,
+    workdir: str | os.PathLike | None = None,
+) -> gradio.Blocks:
+    """The Gradio page. `model`: a folder or Hub id (None: the published weights, or the labelled untrained
+    fallback when the Hub is unreachable). `index`: a shape index saved by `clip2point embed` (adds the
+    search tab)."""
+    import gradio as gr
+
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="clip2point-web-"))
+    weights = (
+        choose_weights(DEFAULT_MODEL, workdir) if model is None else DemoWeights(model, f"weights: {model}")
+    )
+    backend = PageBackend(weights.model, device=device, workdir=workdir)
+    shapes = _retrieval().ShapeIndex.load(index) if index else None
+
+    def on_classify(file, sample, labels, up_axis, views):
+        try:
+            result = backend.classify(file, sample, labels, up_axis, views)
+        except ValueError as error:
+            raise gr.Error(str(error).strip().splitlines()[0]) from None
+        return result.preview, result.views_image, scores_frame(result.scores), scores_markdown(result.scores)
+
+    notice = f"**{weights.description}**" if not weights.untrained else f"⚠️ **{weights.description}**"
+    with gr.Blocks(title="CLIP2Point", analytics_enabled=False) as demo:
+        gr.Markdown(
+            "# CLIP2Point: zero-shot 3D classification\n"
+            "Upload a mesh or point file, or pick a sample; type labels; the model renders depth views of the "
+            f"object and scores each label.\n\n{notice}",
+            elem_id="weights",
+        )
+        with gr.Tab("Classify"):
+            with gr.Row():
+                with gr.Column(scale=1):
+                    file = gr.File(
+                        label=f"3D file ({' '.join(POINT_FILE_TYPES)})",
+                        file_types=list(POINT_FILE_TYPES),
+                        type="filepath",
+                        elem_id="upload",
+                    )
+                    sample = gr.Dropdown(
+                        choices=list(SAMPLE_OBJECTS),
+                        value="chair",
+                        label="or a sample object (used when no file is uploaded; y-up)",
+                        elem_id="sample",
+                    )
+                    labels = gr.Textbox(
+                        value=DEFAULT_LABELS, label="candidate labels (comma-separated)", elem_id="labels"
+                    )
+                    with gr.Row():
+                        up_axis = gr.Radio(
+                            ["y", "z"],
+                            value=backend.base.processor.up_axis,
+                            label="up axis (z for ModelNet-style files)",
+                        )
+                        views = gr.Dropdown(backend.view_choices, value=backend.default_views, label="views")
+                    button = gr.Button("Classify", variant="primary", elem_id="classify")
+                with gr.Column(scale=1):
+                    preview = gr.Model3D(
+                        label="3D preview (as the model sees it: centred, y-up)",
+                        clear_color=(0.97, 0.97, 0.97, 1.0),
+                        height=320,
+                        elem_id="preview",
+                    )
+            gr.Markdown("**The depth views the model sees** (near is dark; elevation e, azimuth a)")
+            views_image = gr.Image(show_label=False, type="filepath", format="png", elem_id="views")
+            with gr.Row():
+                chart = gr.BarPlot(
+                    x="label", y="score", sort="-y", y_lim=[0, 1], label="scores", elem_id="chart"
+                )
+                table = gr.Markdown(elem_id="scores")
+            button.click(
+                on_classify,
+                inputs=[file, sample, labels, up_axis, views],
+                outputs=[preview, views_image, chart, table],
+            )
+        if shapes is not None:
+            _search_tab(gr, shapes, backend)
+    return demo
+
+
+def _retrieval():
+    """`clip2point_hf.retrieval` (the index of `clip2point embed`); the page needs it only with an index."""
+    try:
+        from . import retrieval
+    except ImportError as error:
+        raise RuntimeError(f"a shape index needs clip2point_hf.retrieval, missing here ({error})") from None
+    return retrieval
+
+
+def search_index(shapes, text: str | None, like: str | None, k: int, picture: str | os.PathLike) -> str:
+    """Search `shapes` (a `ShapeIndex`) by a shape file `like`, else by `text`; write the hits' front views to
+    `picture` and return them as a Markdown table. Raises ValueError with one line for the user."""
+    if like:
+        hits = shapes.search_shape(like, k=int(k))
+    elif text and text.strip():
+        hits = shapes.search_text(text.strip(), k=int(k))
+    else:
+        raise ValueError("type a description or upload a shape to search with")
+    query = f"shapes like {Path(like).name}" if like else f"'{text.strip()}'"
+    _retrieval().save_hits_image(hits, picture, up_axis=shapes.config.get("up_axis") or "y", title=query)
+    rows = "\n".join(f"| {i} | {hit.name} | {hit.score:.4f} |" for i, hit in enumerate(hits, 1))
+    return f"| rank | shape | cosine |\n|---:|---|---:|\n{rows}"
+
+
+def _search_tab(gr, shapes, backend: PageBackend) -> None:
+    """Text-to-shape and shape-to-shape search over the index: the hits' front views, names and scores."""
+
+    def on_search(text, like, k):
+        picture = backend.new_file("hits.png")
+        try:
+            table = search_index(shapes, text, like, k, picture)
+        except ValueError as error:
+            raise gr.Error(str(error).strip().splitlines()[0]) from None
+        return str(picture), table
+
+    with gr.Tab("Search"):
+        gr.Markdown(f"Index: {len(shapes)} shapes, embedded with {shapes.config.get('model')}")
+        with gr.Row():
+            text = gr.Textbox(label="describe a shape", placeholder="a chair with armrests", elem_id="query")
+            like = gr.File(
+                label="or find shapes like this file", file_types=list(POINT_FILE_TYPES), elem_id="like"
+            )
+            k = gr.Slider(1, 32, value=8, step=1, label="results")
+        go = gr.Button("Search", variant="primary", elem_id="search")
+        with gr.Row():
+            hits = gr.Image(show_label=False, type="filepath", format="png", elem_id="hits")
+            table = gr.Markdown(elem_id="hit-table")
+        go.click(on_search, inputs=[text, like, k], outputs=[hits, table])
+
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "DemoWeights",
+    "PageBackend",
+    "PageResult",
+    "build_demo",
+    "choose_weights",
+    "hub_answers",
+    "search_index",
+    "untrained_model",
+    "write_preview_glb",
+]

@@ -23,7 +23,7 @@ from PIL import Image
 from transformers import pipeline
 
 import clip2point_hf  # noqa: F401  (registers the task)
-from clip2point_hf.data.point_files import read_point_cloud
+from clip2point_hf.point_files import read_point_cloud
 from clip2point_hf.samples import make_sample_point_cloud
 from clip2point_hf.web import PageBackend, untrained_model
 

@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .data.mesh_io import read_mesh
-from .data.point_files import MESH_FILES, POINT_FILE_TYPES, read_point_cloud
+from .mesh_io import read_mesh
 from .pipeline_clip2point import ZeroShotPointCloudClassificationPipeline, _check_labels
+from .point_files import MESH_FILES, POINT_FILE_TYPES, read_point_cloud
 from .processing_clip2point import CLIP2PointProcessor
 from .rendering_clip2point import VIEW_PRESETS, convert_up_axis
 from .samples import SAMPLE_OBJECTS, make_sample_point_cloud

@@ -168,8 +168,13 @@ def cmd_push(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from .evaluation import main as run_zero_shot
 
-    views = {"10": "reference10", "6": "reference6"}.get(args.views, args.views)
-    argv = ["--model", args.model, "--dataset", args.dataset, "--views", views, "--prompts", *args.prompts]
+    argv = ["--model", args.model, "--dataset", args.dataset, "--protocol", args.protocol]
+    if args.views is not None:
+        argv += ["--views", {"10": "reference10", "6": "reference6"}.get(args.views, args.views)]
+    if args.prompts is not None:
+        argv += ["--prompts", *args.prompts]
+    if args.prompt_naming is not None:
+        argv += ["--prompt_naming", args.prompt_naming]
     argv += ["--output_dir", args.output_dir, "--batch_size", str(args.batch_size), "--split", args.split]
     if args.on_missing_skip:
         argv += ["--on_missing", "skip"]
@@ -219,11 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, help="a dataset folder (ModelNet, ScanObjectNN, mesh folder)")
     p.add_argument("--model", required=True, help="a CLIP2Point folder or Hub id")
     p.add_argument(
-        "--views", default="6", help="6, 10, a preset name, or a JSON list of [elev, azim(, dist)]"
+        "--protocol",
+        choices=("default", "reference"),
+        default="default",
+        help="reference: the authors' zero-shot protocol (README, Evaluation); explicit flags override it",
     )
-    p.add_argument(
-        "--prompts", nargs="+", default=["reference"], help="reference, ensemble, or templates with {}"
-    )
+    p.add_argument("--views", help="6 (default), 10, a preset name, or a JSON list of [elev, azim(, dist)]")
+    p.add_argument("--prompts", nargs="+", help="reference (default), ensemble, or templates with {}")
+    p.add_argument("--prompt-naming", choices=("ours", "reference"), help="class spellings (default: ours)")
     p.add_argument("--split", default="test")
     p.add_argument("--output_dir", default="zero_shot_output")
     p.add_argument("--batch-size", type=int, default=32)

@@ -96,6 +96,14 @@ class PretrainDataArguments:
     prompts: str = field(
         default="reference", metadata={"help": "reference, ensemble, or a template with {}."}
     )
+    prompt_naming: str = field(
+        default="reference",
+        metadata={
+            "help": "Class spellings of the validation prompts: reference (the authors': ashcan, cellular "
+            "telephone, ...; their pretraining.py selects on these) or ours (trash bin, cellphone, ...).",
+            "choices": ["reference", "ours"],
+        },
+    )
     point_radius: float = field(default=0.02, metadata={"help": "Renderer point radius (NDC units)."})
     depth_mode: str = field(
         default="parity", metadata={"help": "parity or minmax.", "choices": ["parity", "minmax"]}
@@ -178,7 +186,7 @@ def main(argv=None) -> dict:
         )
     meta = dataset_metadata(pairs)
     class_names = pairs["train"].features["label"].names
-    prompts = prompt_names(class_names, distinct=True)
+    prompts = prompt_names(class_names, distinct=True, naming=data_args.prompt_naming)
     from datasets import Image, List
 
     train_full = pairs["train"].cast_column("images", List(Image(decode=False)))

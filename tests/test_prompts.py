@@ -43,3 +43,85 @@ def test_resolve_templates():
     assert resolve_templates("a {} shape") == ["a {} shape"]
     with pytest.raises(ValueError, match="must contain"):
         resolve_templates(["no placeholder"])
+
+
+def test_reference_naming_spells_shapenet55_as_the_authors_pretraining_script():
+    from clip2point_hf.data.names import MODELNET40_CLASSES, SCANOBJECTNN_CLASSES, SHAPENET55_SYNSETS
+
+    shapenet = list(SHAPENET55_SYNSETS.values())
+    # The validation prompts of the authors' pretraining.py, in synset order (transcribed from their code).
+    theirs = [
+        "airplane",
+        "ashcan",
+        "bag",
+        "basket",
+        "bathtub",
+        "bed",
+        "bench",
+        "birdhouse",
+        "bookshelf",
+        "bottle",
+        "bowl",
+        "bus",
+        "cabinet",
+        "camera",
+        "can",
+        "cap",
+        "car",
+        "cellular_telephone",
+        "chair",
+        "clock",
+        "computer_keyboard",
+        "dishwasher",
+        "display",
+        "earphone",
+        "faucet",
+        "file",
+        "guitar",
+        "helmet",
+        "jar",
+        "knife",
+        "lamp",
+        "laptop",
+        "loudspeaker",
+        "mailbox",
+        "microphone",
+        "microwave",
+        "motorcycle",
+        "mug",
+        "piano",
+        "pillow",
+        "pistol",
+        "pot",
+        "printer",
+        "remote_control",
+        "rifle",
+        "rocket",
+        "skateboard",
+        "sofa",
+        "stove",
+        "table",
+        "telephone",
+        "tower",
+        "train",
+        "vessel",
+        "washer",
+    ]
+    assert prompt_names(shapenet, naming="reference") == [n.replace("_", " ") for n in theirs]
+    ours = prompt_names(shapenet)
+    changed = {a: b for a, b in zip(ours, prompt_names(shapenet, naming="reference")) if a != b}
+    assert changed == {
+        "trash bin": "ashcan",
+        "cellphone": "cellular telephone",
+        "keyboard": "computer keyboard",
+        "file cabinet": "file",
+        "motorbike": "motorcycle",
+        "flowerpot": "pot",
+        "watercraft": "vessel",
+    }
+    # Their zeroshot.py spells ModelNet40 and ScanObjectNN as we do (ModelNet40's keyboard stays keyboard).
+    for classes in (MODELNET40_CLASSES, SCANOBJECTNN_CLASSES):
+        assert prompt_names(classes, naming="reference") == prompt_names(classes)
+    assert prompt_names(shapenet, naming="reference", overrides={"trash_bin": "bin"})[1] == "bin"
+    with pytest.raises(ValueError, match="prompt naming"):
+        prompt_names(shapenet, naming="wordnet")

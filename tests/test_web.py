@@ -22,7 +22,7 @@ from clip2point_hf import CLIP2PointModel, CLIP2PointProcessor
 from clip2point_hf.mesh_io import read_mesh
 from clip2point_hf.rendering_clip2point import convert_up_axis
 from clip2point_hf.samples import make_sample_point_cloud
-from clip2point_hf.web import PageBackend, choose_weights, write_preview_glb
+from clip2point_hf.web import PageBackend, write_preview_glb
 from conftest import make_tiny_config, make_tiny_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,7 +51,8 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def backend(model_dir, tmp_path_factory):
-    return PageBackend(str(model_dir), workdir=tmp_path_factory.mktemp("web-work"))
+    classifier = pipeline("zero-shot-point-cloud-classification", model=str(model_dir))
+    return PageBackend(classifier, workdir=tmp_path_factory.mktemp("web-work"))
 
 
 def read_glb(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
@@ -152,13 +153,6 @@ def test_preview_of_a_mesh_keeps_its_triangles_with_outward_normals(backend, tmp
     # Each face's normal is perpendicular to its edges and points away from the solid's centre.
     np.testing.assert_allclose(np.einsum("fd,fd->f", normals, corners[:, 1] - corners[:, 0]), 0, atol=1e-6)
     assert (np.einsum("fd,fd->f", normals, corners.mean(axis=1) - centre) > 0).all()
-
-
-def test_choose_weights_falls_back_to_a_labelled_untrained_model(tmp_path, monkeypatch, model_dir):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    weights = choose_weights("org/not-here", tmp_path)
-    assert weights.untrained and "UNTRAINED" in weights.description and Path(weights.model).is_dir()
-    assert not choose_weights(str(model_dir), tmp_path).untrained
 
 
 def test_requirements_txt_is_install_requires_plus_the_demo_extra():

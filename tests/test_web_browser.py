@@ -20,12 +20,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from transformers import pipeline
 
 import clip2point_hf  # noqa: F401  (registers the task)
 from clip2point_hf.point_files import read_point_cloud
 from clip2point_hf.samples import make_sample_point_cloud
-from clip2point_hf.web import PageBackend, untrained_model
+from clip2point_hf.weights import UNTRAINED_LABEL, Weights, build_classifier
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -64,13 +63,19 @@ def write_binary_ply(path: Path, points: np.ndarray) -> Path:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """(url, model folder): the page of a bare `clip2point serve` while the Hub is unreachable, so it runs
-    the labelled untrained fallback; the folder holds the same (seeded) model for the expected scores."""
+    """(url, classifier): the page of a bare `clip2point serve` while nothing can be reached, so it runs
+    the labelled untrained fallback; the classifier is the same (seeded) model, for the expected scores."""
     work = tmp_path_factory.mktemp("web-browser")
-    model = untrained_model(work / "model")
+    model = build_classifier(Weights("untrained", "", None, UNTRAINED_LABEL))
     port = free_port()
     log = open(work / "serve.log", "w")  # noqa: SIM115  (closed below)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_CACHE": str(work / "empty-hub-cache"),
+        "CLIP2POINT_MODEL": str(work / "no-converted-model"),
+        "GRADIO_ANALYTICS_ENABLED": "False",
+    }
     command = [sys.executable, "-m", "clip2point_hf.cli", "serve", "--port", str(port)]
     server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
@@ -139,16 +144,14 @@ def test_upload_classify_and_read_back_the_page(served, browser, tmp_path):
         return rows if len(rows) == len(LABELS) else False
 
     rows = [[cell.text for cell in row.find_elements(By.TAG_NAME, "td")] for row in wait.until(table_rows)]
-    expected = pipeline("zero-shot-point-cloud-classification", model=str(model))(
-        str(upload), candidate_labels=LABELS
-    )
+    expected = model(str(upload), candidate_labels=LABELS)
     assert [row[1] for row in rows] == [e["label"] for e in expected]
     np.testing.assert_allclose([float(row[2]) for row in rows], [e["score"] for e in expected], atol=6e-5)
 
     # The views picture the page shows is the processor's picture of the uploaded cloud, pixel for pixel.
     source = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#views img").get_attribute("src"))
     shown = Image.open(io.BytesIO(urllib.request.urlopen(source, timeout=30).read()))
-    processor = PageBackend(str(model), workdir=tmp_path).base.processor
+    processor = model.processor
     reference = processor.save_views_image(read_point_cloud(upload), tmp_path / "reference.png")
     assert shown.size == reference.size
     assert np.array_equal(np.asarray(shown.convert("L")), np.asarray(reference))

@@ -47,17 +47,20 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0]
 
 
-def _load_pipeline(model: str, device: str | None):
-    from transformers import pipeline
+def _load_pipeline(model: str | None, device: str | None):
+    """The pipeline on ``--model``, or without it on the best weights reachable (`clip2point_hf.weights`); one
+    line on stderr names the weights used."""
+    from .weights import WeightsUnavailable, build_classifier, resolve_weights
 
-    import clip2point_hf  # noqa: F401  (registers the task)
-
-    if not (Path(model).is_dir() or "/" in model):
-        raise CommandError(f"--model: {model!r} is neither a folder nor a Hub id (org/name)")
     try:
-        return pipeline("zero-shot-point-cloud-classification", model=model, device=device)
+        weights = resolve_weights(model)
+    except WeightsUnavailable as error:
+        raise CommandError(f"--model: {error}") from None
+    print(weights.describe(), file=sys.stderr, flush=True)
+    try:
+        return build_classifier(weights, device)
     except (OSError, ValueError) as error:
-        raise CommandError(f"cannot load the model {model!r}: {_first_line(error)}") from None
+        raise CommandError(f"cannot load the model {weights.source!r}: {_first_line(error)}") from None
 
 
 # --------------------------------------------------------------------------------------------------------- commands
@@ -165,8 +168,13 @@ def cmd_push(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from .evaluation import main as run_zero_shot
 
-    views = {"10": "reference10", "6": "reference6"}.get(args.views, args.views)
-    argv = ["--model", args.model, "--dataset", args.dataset, "--views", views, "--prompts", *args.prompts]
+    argv = ["--model", args.model, "--dataset", args.dataset, "--protocol", args.protocol]
+    if args.views is not None:
+        argv += ["--views", {"10": "reference10", "6": "reference6"}.get(args.views, args.views)]
+    if args.prompts is not None:
+        argv += ["--prompts", *args.prompts]
+    if args.prompt_naming is not None:
+        argv += ["--prompt_naming", args.prompt_naming]
     argv += ["--output_dir", args.output_dir, "--batch_size", str(args.batch_size), "--split", args.split]
     if args.on_missing_skip:
         argv += ["--on_missing", "skip"]
@@ -203,7 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("classify", help="zero-shot classify point-cloud files")
     p.add_argument("files", nargs="+", help=".ply .obj .off .stl .npy .npz .txt .xyz files")
     p.add_argument("--labels", required=True, help="comma-separated candidate labels")
-    p.add_argument("--model", required=True, help="a model folder or Hub id")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="a CLIP2Point or CLIP folder or Hub id (default: the best weights reachable; see README)",
+    )
     p.add_argument("--template", help="prompt template with {} (default: the model's)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ...")
     p.add_argument("--batch-size", type=int, default=16)
@@ -227,11 +239,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, help="a dataset folder (ModelNet, ScanObjectNN, mesh folder)")
     p.add_argument("--model", required=True, help="a CLIP2Point folder or Hub id")
     p.add_argument(
-        "--views", default="6", help="6, 10, a preset name, or a JSON list of [elev, azim(, dist)]"
+        "--protocol",
+        choices=("default", "reference"),
+        default="default",
+        help="reference: the authors' zero-shot protocol (README, Evaluation); explicit flags override it",
     )
-    p.add_argument(
-        "--prompts", nargs="+", default=["reference"], help="reference, ensemble, or templates with {}"
-    )
+    p.add_argument("--views", help="6 (default), 10, a preset name, or a JSON list of [elev, azim(, dist)]")
+    p.add_argument("--prompts", nargs="+", help="reference (default), ensemble, or templates with {}")
+    p.add_argument("--prompt-naming", choices=("ours", "reference"), help="class spellings (default: ours)")
     p.add_argument("--split", default="test")
     p.add_argument("--output_dir", default="zero_shot_output")
     p.add_argument("--batch-size", type=int, default=32)

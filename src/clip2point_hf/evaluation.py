@@ -34,7 +34,7 @@ import torch
 
 from .data import PointCloudBatchTransform, random_subset
 from .modeling_clip2point import CLIP2PointModel
-from .prompts import encode_class_prompts, prompt_names, resolve_templates
+from .prompts import PROMPT_NAMINGS, encode_class_prompts, prompt_names, resolve_templates
 from .rendering_clip2point import VIEW_PRESETS, resolve_views
 from .training import (
     BackboneArguments,
@@ -52,6 +52,30 @@ from .training import (
     write_json,
 )
 
+#: The authors' zero-shot protocol (their ``zeroshot.py`` and ``datasets/``), what ``--protocol reference`` sets
+#: wherever a flag is not given: 6 views, "image of a {}", their class spellings, their depth-to-intensity
+#: mapping, 1024 points at radius 0.02, ScanObjectNN's main split with background (``test_objectdataset.h5``,
+#: farthest-point sampled to 1024, the loader's default sampling).
+REFERENCE_PROTOCOL: dict[str, Any] = {
+    "views": "reference6",
+    "prompts": ["reference"],
+    "prompt_naming": "reference",
+    "depth_mode": "parity",
+    "num_points": 1024,
+    "point_radius": 0.02,
+    "scanobjectnn_variant": "OBJ_BG",
+}
+#: The reference's up axis per dataset format: ModelNet is always rotated (x, y, z) -> (-y, z, -x) (``rot=True``,
+#: i.e. z-up), ScanObjectNN never; other folders keep their loader's metadata.
+REFERENCE_UP_AXIS = {"modelnet": "z", "scanobjectnn": "y"}
+#: This package's defaults, for the settings a protocol may set.
+DEFAULT_PROTOCOL: dict[str, Any] = {
+    **REFERENCE_PROTOCOL,
+    "prompt_naming": "ours",
+    "scanobjectnn_variant": "PB_T50_RS",
+}
+PROTOCOLS = {"default": DEFAULT_PROTOCOL, "reference": REFERENCE_PROTOCOL}
+
 
 @dataclass
 class ZeroShotArguments(PointCloudDataArguments):
@@ -62,22 +86,48 @@ class ZeroShotArguments(PointCloudDataArguments):
             "(Hub id, folder, OpenAI .pt) for the untrained baseline. Or --clip_config for a random one."
         },
     )
+    protocol: str = field(
+        default="default",
+        metadata={
+            "help": "default, or reference: the authors' zero-shot protocol (6 views, 'image of a {}', their "
+            "class spellings, parity depth, 1024 points, ModelNet rotated z-up, ScanObjectNN OBJ_BG). "
+            "Flags given explicitly override it.",
+            "choices": list(PROTOCOLS),
+        },
+    )
     split: str = field(default="test", metadata={"help": "Split to score."})
-    views: str = field(
-        default="reference6",
+    views: str | None = field(
+        default=None,
         metadata={
             "help": "A preset (reference6, reference10, upper10), a count (6 or 10), or a JSON list of "
-            "[elevation, azimuth(, distance)]."
+            "[elevation, azimuth(, distance)]. Default: reference6."
         },
     )
     view_weights: list[float] | None = field(default=None, metadata={"help": "Optional weight per view."})
-    prompts: list[str] = field(
-        default_factory=lambda: ["reference"],
-        metadata={"help": 'reference ("image of a {}"), ensemble, or one or more templates containing {}.'},
+    prompts: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": 'reference ("image of a {}", the default), ensemble, or one or more templates containing {}.'
+        },
     )
-    point_radius: float = field(default=0.02, metadata={"help": "Renderer point radius (NDC units)."})
-    depth_mode: str = field(
-        default="parity", metadata={"help": "parity or minmax.", "choices": ["parity", "minmax"]}
+    prompt_naming: str | None = field(
+        default=None,
+        metadata={
+            "help": "Class spellings: ours (default: trash bin, cellphone, ...) or reference (the authors': "
+            "ashcan, cellular telephone, ...).",
+            "choices": list(PROMPT_NAMINGS),
+        },
+    )
+    point_radius: float | None = field(
+        default=None, metadata={"help": "Renderer point radius (NDC units). Default: 0.02."}
+    )
+    depth_mode: str | None = field(
+        default=None, metadata={"help": "parity (default) or minmax.", "choices": ["parity", "minmax"]}
+    )
+    num_points: int | None = field(default=None, metadata={"help": "Points per cloud. Default: 1024."})
+    scanobjectnn_variant: str | None = field(
+        default=None,
+        metadata={"help": "OBJ_BG, OBJ_ONLY or PB_T50_RS. Default: PB_T50_RS (reference protocol: OBJ_BG)."},
     )
     batch_size: int = field(default=64, metadata={"help": "Clouds per process and batch."})
     max_eval_samples: int | None = field(
@@ -98,6 +148,24 @@ class ZeroShotArguments(PointCloudDataArguments):
     )
     hub_model_id: str | None = field(default=None, metadata={"help": "Hub repo id."})
     hub_token: str | None = field(default=None, metadata={"help": "Hub token."})
+
+
+def apply_protocol(args: ZeroShotArguments) -> dict[str, Any]:
+    """Fill every setting not given explicitly from ``args.protocol`` (in place); returns the settings used.
+
+    The reference protocol also sets the up axis from the dataset's format (:data:`REFERENCE_UP_AXIS`) unless
+    ``--up_axis`` is given.
+    """
+    preset = PROTOCOLS[args.protocol]
+    for name, value in preset.items():
+        if getattr(args, name) is None:
+            setattr(args, name, list(value) if isinstance(value, list) else value)
+    if args.protocol == "reference" and args.up_axis is None and args.dataset:
+        from .data.formats import detect_dataset_format
+
+        fmt = args.dataset_format if args.dataset_format != "auto" else detect_dataset_format(args.dataset)
+        args.up_axis = REFERENCE_UP_AXIS.get(fmt)
+    return {name: getattr(args, name) for name in [*preset, "up_axis"]}
 
 
 def parse_views(spec: str):
@@ -225,6 +293,7 @@ def main(argv=None) -> dict:
     args, backbone = parse_args((ZeroShotArguments, BackboneArguments), argv)
     if not args.dataset:
         raise ValueError("--dataset is required")
+    apply_protocol(args)
     views = parse_views(args.views)
     templates = resolve_templates(args.prompts)
     output_dir = Path(args.output_dir)
@@ -237,7 +306,7 @@ def main(argv=None) -> dict:
     dataset, meta, up_axis = args.load(args.seed, accelerator, [args.split])
     data = dataset[args.split]
     class_names = data.features["label"].names
-    prompts = prompt_names(class_names, distinct=True)
+    prompts = prompt_names(class_names, distinct=True, naming=args.prompt_naming)
     indices = list(range(len(data)))
     indices = random_subset(indices, args.max_eval_samples, args.seed, "zero-shot subset")
     data = data.select(indices)
@@ -288,6 +357,9 @@ def main(argv=None) -> dict:
         "views": views,
         "view_weights": args.view_weights,
         "templates": templates,
+        "protocol": args.protocol,
+        "prompt_naming": args.prompt_naming,
+        "depth_mode": args.depth_mode,
         "model": args.model or f"random CLIP ({backbone.clip_config})",
         "up_axis": up_axis,
         "num_points": args.num_points,

@@ -347,9 +347,11 @@ class CLIP2PointProcessor(ProcessorMixin):
         views: str | Sequence | None = None,
         columns: int | None = None,
         labels: bool = True,
+        title: str | None = None,
     ):
         """Write a PNG grid of the cloud's depth views (grey images before mean/std: near = dark,
-        background = white), each labelled with its (elevation, azimuth). Returns the PIL image."""
+        background = white), each labelled with its (elevation, azimuth), under an optional ``title`` line
+        (the demo names the answer and the weights there). Returns the PIL image."""
         from PIL import Image, ImageDraw
 
         points = self.prepare_point_clouds([point_cloud] if not _is_batch(point_cloud) else point_cloud)
@@ -361,13 +363,16 @@ class CLIP2PointProcessor(ProcessorMixin):
         rows = -(-v // cols)
         label_h = 14 if labels else 0
         pad = 4
-        sheet = Image.new("L", (cols * (s + pad) + pad, rows * (s + pad + label_h) + pad), color=160)
+        top = 16 if title else 0
+        sheet = Image.new("L", (cols * (s + pad) + pad, top + rows * (s + pad + label_h) + pad), color=160)
         draw = ImageDraw.Draw(sheet)
+        if title:
+            draw.text((pad, 2), title, fill=0)
         cells = (grey.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
         for idx in range(v):
             r, c = divmod(idx, cols)
             x0 = pad + c * (s + pad)
-            y0 = pad + r * (s + pad + label_h)
+            y0 = top + pad + r * (s + pad + label_h)
             sheet.paste(Image.fromarray(cells[idx]), (x0, y0 + label_h))
             if labels:
                 e, a, d = view_list[idx]

@@ -28,80 +28,17 @@ from .point_files import MESH_FILES, POINT_FILE_TYPES, read_point_cloud
 from .processing_clip2point import CLIP2PointProcessor
 from .rendering_clip2point import VIEW_PRESETS, convert_up_axis
 from .samples import SAMPLE_OBJECTS, make_sample_point_cloud
+from .weights import build_classifier, resolve_weights
 
 if TYPE_CHECKING:
     import gradio
     import pandas
 
-# Where the project publishes its converted ViT-B/32 weights.
-DEFAULT_MODEL = "clip2point-hf/clip2point-vit-b-32"
 DEFAULT_LABELS = "airplane, bottle, bowl, chair, cone, cup, lamp, table"
-TASK = "zero-shot-point-cloud-classification"
 # The preview is for the eye: a few thousand points or a mesh of at most this many faces.
 PREVIEW_POINTS = 2048
 PREVIEW_MAX_FACES = 200_000
 SAMPLE_POINTS = 4096
-
-
-# --------------------------------------------------------------------------------------------------- weights
-
-
-@dataclass(frozen=True)
-class DemoWeights:
-    """What to load (`model`: a folder or Hub id) and how the page and the demo describe it."""
-
-    model: str
-    description: str
-    untrained: bool = False
-
-
-def hub_answers(model_id: str, timeout: float = 5.0) -> str | None:
-    """None if the Hub serves `model_id`, else the reason it cannot be used (one line)."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return "HF_HUB_OFFLINE is set"
-    from huggingface_hub import model_info
-
-    try:
-        model_info(model_id, timeout=timeout)
-    except Exception as error:  # no network, DNS failure, 404, auth: all mean "not usable here"
-        return f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
-    return None
-
-
-def untrained_model(folder: Path) -> Path:
-    """A small random CLIP2Point model at the real rendering settings (10 views, 224 x 224), saved with its
-    processor so that the demo exercises the same loading path as a real checkpoint."""
-    from .modeling_clip2point import CLIP2PointModel
-    from .testing_utils import make_tiny_config, make_tiny_tokenizer
-
-    torch.manual_seed(0)
-    vision = {
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "image_size": 224,
-        "patch_size": 32,
-    }
-    model = CLIP2PointModel(make_tiny_config(num_views=10, vision_config=vision))
-    model.save_pretrained(folder)
-    CLIP2PointProcessor(tokenizer=make_tiny_tokenizer()).save_pretrained(folder)
-    return folder
-
-
-def choose_weights(model: str, workdir: str | os.PathLike) -> DemoWeights:
-    """`model` itself when it is a folder or the Hub serves it; else an untrained model in `workdir`."""
-    if Path(model).is_dir():
-        return DemoWeights(model, f"weights: {model} (local folder)")
-    reason = hub_answers(model)
-    if reason is None:
-        return DemoWeights(model, f"weights: {model} (Hugging Face Hub)")
-    folder = untrained_model(Path(workdir) / "untrained-model")
-    return DemoWeights(
-        str(folder),
-        f"weights: a small UNTRAINED random model ({model} cannot be reached: {reason}); scores are meaningless",
-        untrained=True,
-    )
 
 
 # --------------------------------------------------------------------------------------------------- backend
@@ -123,10 +60,10 @@ class PageBackend:
     views, so its scores are the zero-shot pipeline's for a model folder saved with those settings.
     """
 
-    def __init__(self, model: str, device: str | None = None, workdir: str | os.PathLike | None = None):
-        from transformers import pipeline  # the task is registered by importing this package
-
-        self.base = pipeline(TASK, model=model, device=device)
+    def __init__(
+        self, classifier: ZeroShotPointCloudClassificationPipeline, workdir: str | os.PathLike | None = None
+    ):
+        self.base = classifier
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="clip2point-web-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._pipelines: dict[tuple[str, str], ZeroShotPointCloudClassificationPipeline] = {}
@@ -302,16 +239,14 @@ def build_demo(
     device: str | None = None,
     workdir: str | os.PathLike | None = None,
 ) -> gradio.Blocks:
-    """The Gradio page. `model`: a folder or Hub id (None: the published weights, or the labelled untrained
-    fallback when the Hub is unreachable). `index`: a shape index saved by `clip2point embed` (adds the
+    """The Gradio page. `model`: a folder or Hub id (None: the best weights that can be reached,
+    `weights.resolve_weights`, down to the labelled untrained model). `index`: a shape index saved by `clip2point embed` (adds the
     search tab)."""
     import gradio as gr
 
     workdir = Path(workdir or tempfile.mkdtemp(prefix="clip2point-web-"))
-    weights = (
-        choose_weights(DEFAULT_MODEL, workdir) if model is None else DemoWeights(model, f"weights: {model}")
-    )
-    backend = PageBackend(weights.model, device=device, workdir=workdir)
+    weights = resolve_weights(model)
+    backend = PageBackend(build_classifier(weights, device=device), workdir=workdir)
     shapes = _retrieval().ShapeIndex.load(index) if index else None
 
     def on_classify(file, sample, labels, up_axis, views):
@@ -321,7 +256,7 @@ def build_demo(
             raise gr.Error(str(error).strip().splitlines()[0]) from None
         return result.preview, result.views_image, scores_frame(result.scores), scores_markdown(result.scores)
 
-    notice = f"**{weights.description}**" if not weights.untrained else f"⚠️ **{weights.description}**"
+    notice = f"**{weights.describe()}**" if not weights.untrained else f"⚠️ **{weights.describe()}**"
     with gr.Blocks(title="CLIP2Point", analytics_enabled=False) as demo:
         gr.Markdown(
             "# CLIP2Point: zero-shot 3D classification\n"
@@ -430,14 +365,9 @@ def _search_tab(gr, shapes, backend: PageBackend) -> None:
 
 
 __all__ = [
-    "DEFAULT_MODEL",
-    "DemoWeights",
     "PageBackend",
     "PageResult",
     "build_demo",
-    "choose_weights",
-    "hub_answers",
     "search_index",
-    "untrained_model",
     "write_preview_glb",
 ]

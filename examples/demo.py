@@ -20,6 +20,7 @@ import clip2point_hf  # noqa: F401  (registers the pipeline task)
 from clip2point_hf import CLIP2PointModel, CLIP2PointProcessor
 from clip2point_hf.samples import SAMPLE_OBJECTS, make_sample_point_cloud
 from clip2point_hf.testing_utils import make_tiny_config, make_tiny_tokenizer
+from clip2point_hf.training import configure_console
 
 # Where the project publishes its converted ViT-B/32 weights.
 DEFAULT_MODEL = "clip2point-hf/clip2point-vit-b-32"
@@ -62,7 +63,9 @@ def main() -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help="a model folder or Hub id")
     parser.add_argument("--output_dir", default="demo_output")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--verbose", action="store_true", help="show the libraries' progress bars")
     args = parser.parse_args()
+    configure_console(args.verbose)
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
 
@@ -83,7 +86,10 @@ def main() -> None:
         cloud = make_sample_point_cloud(name, num_points=4096, seed=0)
         ranked = classifier(cloud, candidate_labels=LABELS)
         picture = output / f"{name}_views.png"
-        processor.save_views_image(cloud, picture)
+        answer = f"{name} -> {ranked[0]['label']} {ranked[0]['score']:.2f}" + (
+            " (untrained)" if untrained else ""
+        )
+        processor.save_views_image(cloud, picture, title=answer)
         top = ", ".join(f"{r['label']} {r['score']:.2f}" for r in ranked[:3])
         print(f"{name:>9} -> {top}{tag}   (views: {picture})")
     print(f"Pictures of the rendered views are in {output}/")

@@ -18,7 +18,7 @@ from .arguments import TrainingArguments
 from .checkpointing import TrainingProgress, resume_from_checkpoint, save_checkpoint, save_folder_atomically
 from .optimization import build_lr_scheduler
 from .sampling import seed_step
-from .tracking import JsonLogger, resolve_trackers, start_trackers, write_json
+from .tracking import JsonLogger, configure_console, resolve_trackers, start_trackers, write_json
 
 __all__ = [
     "TrainingRun",
@@ -248,6 +248,7 @@ class TrainingRun:
 
     def __init__(self, args: TrainingArguments):
         self.args = args
+        configure_console(args.verbose)
         self.output_dir = Path(args.output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.accelerator = setup_accelerator(args)

@@ -32,6 +32,7 @@ from .checkpointing import (
 )
 from .loop import (
     TrainingRun,
+    best_metric_line,
     finish_with_hub,
     predict,
     pretraining_inputs,
@@ -55,6 +56,7 @@ __all__ = [
     "TrainingProgress",
     "TrainingRun",
     "args_to_dict",
+    "best_metric_line",
     "build_clip",
     "build_lr_scheduler",
     "build_optimizer",

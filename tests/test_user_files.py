@@ -18,7 +18,7 @@ from clip2point_hf import CLIP2PointModel, CLIP2PointProcessor
 from clip2point_hf.data import detect_dataset_format
 from clip2point_hf.errors import DatasetFormatError
 from clip2point_hf.mesh_io import read_off
-from clip2point_hf.rendering_clip2point import camera_basis, convert_up_axis, view_name
+from clip2point_hf.rendering_clip2point import camera_basis, convert_up_axis
 from conftest import make_tiny_config, make_tiny_tokenizer
 
 BOX_FACES = [(0, 1, 2), (0, 2, 3), (4, 6, 5), (4, 7, 6), (0, 4, 5), (0, 5, 1)]
@@ -338,6 +338,8 @@ def test_long_builds_show_progress_on_the_main_process(monkeypatch):
 
 
 def test_view_titles_name_where_the_camera_stands():
+    from clip2point_hf.rendering_clip2point import view_name
+
     names = {(0, 0): "front", (90, 0): "top", (180, 0): "back", (270, 0): "bottom", (0, 90): "right"}
     names |= {(0, -90): "left", (-90, 180): "bottom", (225, -45): "bottom-back-right"}
     for (e, a), name in names.items():

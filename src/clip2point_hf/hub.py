@@ -219,7 +219,7 @@ def build_model_card(
         views = len(views) if isinstance(views, list) else views
         rows.append(
             f"| {found['label']} | {found['split']} | {found['num_examples']} | "
-            f"{found['classes_present']} of {found['num_classes']} | {views} | {result.get('up_axis', '?')} | "
+            f"{found['classes_present']} of {found['num_classes']} | {views} | {result.get('up_axis', 'not recorded')} | "
             f"{100 * float(result['overall_accuracy']):.2f} | {100 * float(result['mean_class_accuracy']):.2f} |"
         )
     name = repo_id or "clip2point"

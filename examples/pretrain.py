@@ -296,7 +296,9 @@ def main(argv=None) -> dict:
         "saved": "best" if args.load_best_model_at_end else "last",
         "num_classes": len(class_names),
         "dataset": meta.get("dataset"),
-        "up_axis": meta.get("up_axis", "y"),  # the pairs' clouds are stored y-up (build_render_pairs turns them)
+        "up_axis": meta.get(
+            "up_axis", "y"
+        ),  # the pairs' clouds are stored y-up (build_render_pairs turns them)
     }
     if accelerator.is_main_process:
         final.save_pretrained(output_dir)

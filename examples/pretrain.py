@@ -296,9 +296,8 @@ def main(argv=None) -> dict:
         "saved": "best" if args.load_best_model_at_end else "last",
         "num_classes": len(class_names),
         "dataset": meta.get("dataset"),
-        "up_axis": meta.get(
-            "up_axis", "y"
-        ),  # the pairs' clouds are stored y-up (build_render_pairs turns them)
+        # The pairs' clouds are stored y-up (build_render_pairs turns them), matching their RGB views.
+        "up_axis": meta.get("up_axis", "y"),
     }
     if accelerator.is_main_process:
         final.save_pretrained(output_dir)

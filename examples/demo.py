@@ -14,6 +14,7 @@ import argparse
 from pathlib import Path
 
 from clip2point_hf.samples import SAMPLE_OBJECTS, make_sample_point_cloud
+from clip2point_hf.training import configure_console
 from clip2point_hf.weights import build_classifier, resolve_weights
 
 LABELS = ["airplane", "bottle", "bowl", "chair", "cone", "cup", "lamp", "table"]
@@ -26,7 +27,9 @@ def main() -> None:
     )
     parser.add_argument("--output_dir", default="demo_output")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--verbose", action="store_true", help="show the libraries' progress bars")
     args = parser.parse_args()
+    configure_console(args.verbose)
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
 

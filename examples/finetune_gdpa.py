@@ -36,6 +36,7 @@ from clip2point_hf.training import (
     TrainingArguments,
     TrainingRun,
     args_to_dict,
+    best_metric_line,
     build_clip,
     build_optimizer,
     load_tokenizer,
@@ -321,6 +322,7 @@ def main(argv=None) -> dict:
         "num_train_examples": len(train_set),
         "num_test_examples": test["num_examples"],
         "chance": 1.0 / len(class_names),
+        "up_axis": up_axis,
     }
     run.log(
         {"test/accuracy": test["overall_accuracy"], "test/mean_class_accuracy": test["mean_class_accuracy"]},
@@ -341,7 +343,15 @@ def main(argv=None) -> dict:
             f"test accuracy {100 * results['test_accuracy']:.2f}% "
             f"(mean class {100 * results['test_mean_class_accuracy']:.2f}%)"
         )
-    run.finish()
+    run.finish(
+        [
+            best_metric_line("accuracy", progress),
+            f"test accuracy of the saved model: {100 * results['test_accuracy']:.2f}% "
+            f"(mean class {100 * results['test_mean_class_accuracy']:.2f}%, {results['num_test_examples']} objects)",
+            f"model ({results['saved']}) and processor saved in {output_dir} (numbers: all_results.json)",
+            f"use it: CLIP2PointForPointCloudClassification.from_pretrained({str(output_dir)!r})",
+        ]
+    )
     return results
 
 

@@ -50,6 +50,7 @@ from clip2point_hf.training import (
     TrainingArguments,
     TrainingRun,
     args_to_dict,
+    best_metric_line,
     build_clip,
     build_optimizer,
     load_tokenizer,
@@ -303,12 +304,21 @@ def main(argv=None) -> dict:
         "saved": "best" if args.load_best_model_at_end else "last",
         "num_classes": len(class_names),
         "dataset": meta.get("dataset"),
+        # The pairs' clouds are stored y-up (build_render_pairs turns them), matching their RGB views.
+        "up_axis": meta.get("up_axis", "y"),
     }
     if accelerator.is_main_process:
         final.save_pretrained(output_dir)
         processor.save_pretrained(output_dir)
         write_json(output_dir / "all_results.json", results)
-    run.finish()
+    run.finish(
+        [
+            best_metric_line("zero-shot accuracy", progress),
+            f"model ({results['saved']}) and processor saved in {output_dir} (numbers: all_results.json)",
+            f"use it: clip2point classify FILE --labels chair,table --model {output_dir}",
+            f"        clip2point evaluate --dataset DATASET_FOLDER --model {output_dir}",
+        ]
+    )
     return results
 
 

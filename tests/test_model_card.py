@@ -112,6 +112,7 @@ def test_model_index_names_each_dataset_as_found(tiny, tmp_path):
         result("ModelNet40", "train", spread(9843, 40), 0.55, 0.5),
         result("meshes", "test", spread(4, 2), 0.75, 0.75, class_names=["tetra", "flat"]),
     ]
+    results[1]["up_axis"] = "z"  # the card states the up axis each evaluation used
     for i, r in enumerate(results):
         (tmp_path / f"r{i}.json").write_text(json.dumps(r))
     read = read_results([tmp_path / f"r{i}.json" for i in range(len(results))])
@@ -145,8 +146,8 @@ def test_model_index_names_each_dataset_as_found(tiny, tmp_path):
         assert dataset["args"] == {"objects_scored": scored, "classes_present": present, "classes": classes}
         assert metrics == {"accuracy": acc, "mean_class_accuracy": macc}
     assert metadata["datasets"] == ["ModelNet40", "modelnet40"]  # only whole splits name a dataset
-    assert f"| {partial} | test | 120 | 12 of 40 | reference6 | 61.00 | 60.00 |" in text
-    assert "| ModelNet40 | train | 9843 | 40 of 40 | reference6 | 55.00 | 50.00 |" in text
+    assert f"| {partial} | test | 120 | 12 of 40 | reference6 | z | 61.00 | 60.00 |" in text
+    assert "| ModelNet40 | train | 9843 | 40 of 40 | reference6 | not recorded | 55.00 | 50.00 |" in text
 
 
 def test_result_files_that_do_not_say_what_was_scored_are_refused(tmp_path):

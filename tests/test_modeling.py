@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import pytest
 import torch
@@ -367,8 +368,10 @@ def _distributed_worker(rank, world, port, depth1, depth2, image, result_path):
     d1 = depth1[mine].clone().requires_grad_(True)
     d2 = depth2[mine].clone().requires_grad_(True)
     w = torch.tensor(1.3, requires_grad=True)
-    loss, _, _ = pretraining_loss(d1, d2, image[mine], w, 0.07)
-    loss.backward()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loss, _, _ = pretraining_loss(d1, d2, image[mine], w, 0.07)
+        loss.backward()
     # DDP averages parameter gradients over processes; do the same for the inputs' gradients.
     grads = torch.cat([d1.grad, d2.grad]) / world
     gathered = [torch.zeros_like(grads) for _ in range(world)]
@@ -376,7 +379,15 @@ def _distributed_worker(rank, world, port, depth1, depth2, image, result_path):
     w_grad = w.grad / world
     dist.all_reduce(w_grad)
     if rank == 0:
-        torch.save({"loss": loss.detach(), "grads": gathered, "w_grad": w_grad}, result_path)
+        torch.save(
+            {
+                "loss": loss.detach(),
+                "grads": gathered,
+                "w_grad": w_grad,
+                "warnings": [str(c.message) for c in caught],
+            },
+            result_path,
+        )
     dist.destroy_process_group()
 
 
@@ -404,6 +415,7 @@ def test_distributed_loss_equals_single_process_loss_on_the_global_batch(tmp_pat
     torch.testing.assert_close(torch.cat([rank0[:4], rank1[:4]]), d1.grad)
     torch.testing.assert_close(torch.cat([rank0[4:], rank1[4:]]), d2.grad)
     torch.testing.assert_close(result["w_grad"], w.grad)
+    assert result["warnings"] == []  # no deprecated collective (torch.distributed.nn.functional.all_gather)
 
 
 # --------------------------------------------------------------------------------------------------------- GDPA

@@ -236,11 +236,15 @@ def test_finetune_kshot_end_to_end(pretrained, meshes, workdir, env):
             }
         )
     )
-    run_script(
+    finished = run_script(
         "finetune_gdpa.py",
         [config, *FINETUNE, "--per_device_train_batch_size", "4", "--checkpointing_steps", "epoch"],
         env,
     )
+    summary = finished.stdout.split("Summary\n", 1)[1]  # what a person reads at the end
+    assert "best validation accuracy: " in summary and "test accuracy of the saved model: " in summary
+    assert f"saved in {out}" in summary and "from_pretrained(" in summary
+    assert "Loading weights" not in finished.stdout + finished.stderr  # transformers' bars are off
     splits = json.loads((out / "data_splits.json").read_text())
     train, val = splits["train"], splits["validation"]
     assert len(train) == 6 and sorted(e["label"] for e in train) == [0, 0, 1, 1, 2, 2]  # 2 shots x 3 classes

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .data.formats import DATASET_FORMATS
 from .rendering_clip2point import UP_AXES
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, OSError, KeyError, RuntimeError)
@@ -52,6 +53,7 @@ def _load_pipeline(model: str | None, device: str | None):
     line on stderr names the weights used."""
     from .weights import WeightsUnavailable, build_classifier, resolve_weights
 
+    _check_device(device)
     try:
         weights = resolve_weights(model)
     except WeightsUnavailable as error:
@@ -61,6 +63,24 @@ def _load_pipeline(model: str | None, device: str | None):
         return build_classifier(weights, device)
     except (OSError, ValueError) as error:
         raise CommandError(f"cannot load the model {weights.source!r}: {_first_line(error)}") from None
+
+
+def _check_device(device: str | None) -> None:
+    import torch
+
+    if device and device.startswith("cuda") and not torch.cuda.is_available():
+        raise CommandError(
+            f"--device {device}: this torch build sees no CUDA device (torch {torch.__version__}); "
+            "use --device cpu, or install a CUDA build of torch"
+        )
+
+
+def _up_axis_note(up_axis: str | None, default: str, source: str) -> str:
+    return (
+        f"up axis: {up_axis} (--up_axis)"
+        if up_axis
+        else f"up axis: {default} ({source}; --up_axis to change)"
+    )
 
 
 # --------------------------------------------------------------------------------------------------------- commands
@@ -75,6 +95,10 @@ def cmd_classify(args: argparse.Namespace) -> None:
     kwargs = {"candidate_labels": labels, "batch_size": args.batch_size}
     if args.template:
         kwargs["hypothesis_template"] = args.template
+    if args.up_axis:
+        kwargs["up_axis"] = args.up_axis
+    note = _up_axis_note(args.up_axis, classifier.processor.up_axis, "the model's processor")
+    print(note, file=sys.stderr if args.json else sys.stdout)
     results = classifier(list(args.files), **kwargs)
     if args.json:
         print(json.dumps(dict(zip(args.files, results, strict=True)), indent=2))
@@ -93,7 +117,7 @@ def cmd_render(args: argparse.Namespace) -> None:
         num_points=args.num_points, up_axis=args.up_axis, views=_views(args.views), depth_mode=args.depth_mode
     )
     processor.save_views_image(points, args.output)
-    print(f"wrote {args.output} ({processor.num_views} views of {args.file})")
+    print(f"wrote {args.output} ({processor.num_views} views of {args.file}; up axis {args.up_axis})")
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
@@ -176,10 +200,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.prompt_naming is not None:
         argv += ["--prompt_naming", args.prompt_naming]
     argv += ["--output_dir", args.output_dir, "--batch_size", str(args.batch_size), "--split", args.split]
-    if args.on_missing_skip:
-        argv += ["--on_missing", "skip"]
-    if args.tokenizer:
-        argv += ["--tokenizer", args.tokenizer]
+    argv += ["--on_missing", args.on_missing, "--dataset_format", args.dataset_format]
+    for flag in ("tokenizer", "up_axis"):
+        if getattr(args, flag):
+            argv += [f"--{flag}", getattr(args, flag)]
+    argv += ["--overwrite_output_dir"] * args.overwrite_output_dir + ["--verbose"] * args.verbose
     run_zero_shot(argv)
     print(
         f"results: {Path(args.output_dir) / 'zero_shot_results.json'}, {Path(args.output_dir) / 'confusion_matrix.png'}"
@@ -204,101 +229,145 @@ def cmd_serve(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------------------------------------- parser
 
 
+UP_AXIS_HELP = (
+    "the files' up axis: z for ModelNet OFF; y for modelnet40_normal_resampled .txt, ShapeNet-55, "
+    "ScanObjectNN and glTF/GLB (README, 'Up axis')"
+)
+
+
+class _Options:
+    """Adds each option as `--name_with_underscores` (the spelling of the scripts' HfArgumentParser options,
+    shown in --help) and accepts `--name-with-dashes` for it too."""
+
+    def __init__(self, parser: argparse.ArgumentParser):
+        self.parser = parser
+
+    def __call__(self, *names: str, **kwargs) -> None:
+        action = self.parser.add_argument(*names, **kwargs)
+        aliases = [name.replace("_", "-") for name in names if name.startswith("--") and "_" in name]
+        if aliases:
+            hidden = {**kwargs, "dest": action.dest, "default": argparse.SUPPRESS, "help": argparse.SUPPRESS}
+            self.parser.add_argument(*aliases, **hidden)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="clip2point", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="clip2point",
+        description=__doc__.splitlines()[0],
+        epilog="Options are spelled --like_this (as the example scripts'); --like-this is accepted too.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("classify", help="zero-shot classify point-cloud files")
-    p.add_argument("files", nargs="+", help=".ply .obj .off .stl .npy .npz .txt .xyz files")
-    p.add_argument("--labels", required=True, help="comma-separated candidate labels")
-    p.add_argument(
+    o = _Options(p)
+    o("files", nargs="+", help=f"point-cloud or mesh files ({' '.join(_file_types())})")
+    o("--labels", required=True, help="comma-separated candidate labels")
+    o(
         "--model",
         default=None,
         help="a CLIP2Point or CLIP folder or Hub id (default: the best weights reachable; see README)",
     )
-    p.add_argument("--template", help="prompt template with {} (default: the model's)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--top-k", type=int, default=3)
-    p.add_argument("--json", action="store_true", help="print all scores as JSON")
+    o("--up_axis", choices=UP_AXES, default=None, help=UP_AXIS_HELP + "; default: the model's processor's")
+    o("--template", help="prompt template with {} (default: the model's)")
+    o("--device", default=None, help="cpu, cuda, cuda:1, ...")
+    o("--batch_size", type=int, default=16)
+    o("--top_k", type=int, default=3)
+    o("--json", action="store_true", help="print all scores as JSON")
     p.set_defaults(func=cmd_classify)
 
     p = commands.add_parser("render", help="write a picture of a cloud's depth views")
-    p.add_argument("file")
-    p.add_argument("-o", "--output", default="views.png")
-    p.add_argument("--views", default="10", help="10, 6, upper10 or 'elev,azim[,dist];...'")
-    p.add_argument(
-        "--up-axis", choices=UP_AXES, default="y", help="the file's up axis (z for ModelNet-style files)"
-    )
-    p.add_argument("--num-points", type=int, default=1024)
-    p.add_argument("--depth-mode", choices=("parity", "minmax"), default="parity")
-    p.add_argument("--seed", type=int, default=0)
+    o = _Options(p)
+    o("file")
+    o("-o", "--output", default="views.png")
+    o("--views", default="10", help="10, 6, upper10 or 'elev,azim[,dist];...'")
+    o("--up_axis", choices=UP_AXES, default="y", help=UP_AXIS_HELP + "; default: y")
+    o("--num_points", type=int, default=1024)
+    o("--depth_mode", choices=("parity", "minmax"), default="parity")
+    o("--seed", type=int, default=0)
     p.set_defaults(func=cmd_render)
 
     p = commands.add_parser("evaluate", help="zero-shot accuracy on a dataset (clip2point_hf.evaluation)")
-    p.add_argument("--dataset", required=True, help="a dataset folder (ModelNet, ScanObjectNN, mesh folder)")
-    p.add_argument("--model", required=True, help="a CLIP2Point folder or Hub id")
-    p.add_argument(
+    o = _Options(p)
+    o("--dataset", required=True, help="a dataset folder (ModelNet, ScanObjectNN, mesh folder)")
+    o("--dataset_format", choices=DATASET_FORMATS, default="auto", help="which loader (default: detected)")
+    o("--model", required=True, help="a CLIP2Point folder or Hub id")
+    o("--up_axis", choices=UP_AXES, default=None, help=UP_AXIS_HELP + "; default: the dataset loader's")
+    o(
         "--protocol",
         choices=("default", "reference"),
         default="default",
         help="reference: the authors' zero-shot protocol (README, Evaluation); explicit flags override it",
     )
-    p.add_argument("--views", help="6 (default), 10, a preset name, or a JSON list of [elev, azim(, dist)]")
-    p.add_argument("--prompts", nargs="+", help="reference (default), ensemble, or templates with {}")
-    p.add_argument("--prompt-naming", choices=("ours", "reference"), help="class spellings (default: ours)")
-    p.add_argument("--split", default="test")
-    p.add_argument("--output_dir", default="zero_shot_output")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--tokenizer", help="CLIP tokenizer, if the model folder has none")
-    p.add_argument(
-        "--on-missing-skip", action="store_true", help="skip files a split list names but are absent"
+    o("--views", help="6 (default), 10, a preset name, or a JSON list of [elev, azim(, dist)]")
+    o("--prompts", nargs="+", help="reference (default), ensemble, or templates with {}")
+    o("--prompt_naming", choices=("ours", "reference"), help="class spellings (default: ours)")
+    o("--split", default="test")
+    o("--output_dir", default="zero_shot_output")
+    o("--overwrite_output_dir", action="store_true", help="replace results already in --output_dir")
+    o("--batch_size", type=int, default=32)
+    o("--tokenizer", help="CLIP tokenizer, if the model folder has none")
+    o(
+        "--on_missing",
+        choices=("error", "skip"),
+        default="error",
+        help="files a split list names but are absent: error, or skip them",
     )
     p.set_defaults(func=cmd_evaluate)
 
     p = commands.add_parser("convert", help="convert an original checkpoint into a model folder")
-    p.add_argument("checkpoint", help="the authors' best_eval/best_val/best_test.pth, or an OpenAI CLIP .pt")
-    p.add_argument("-o", "--output", required=True)
-    p.add_argument(
+    o = _Options(p)
+    o("checkpoint", help="the authors' best_eval/best_val/best_test.pth, or an OpenAI CLIP .pt")
+    o("-o", "--output", required=True)
+    o(
         "--layout",
         choices=("auto", "clip", "pretraining", "dpa"),
         default="auto",
         help="checkpoint layout (default: detected from the keys; file names do not tell)",
     )
-    p.add_argument("--clip", help="CLIP for the text tower: Hub id, folder or OpenAI .pt")
-    p.add_argument("--tokenizer", help="CLIP tokenizer folder or Hub id (saved with the model)")
-    p.add_argument("--class-names", default="modelnet40", help="DPA classes: modelnet40, a file, or a,b,c")
+    o("--clip", help="CLIP for the text tower: Hub id, folder or OpenAI .pt")
+    o("--tokenizer", help="CLIP tokenizer folder or Hub id (saved with the model)")
+    o("--class_names", default="modelnet40", help="DPA classes: modelnet40, a file, or a,b,c")
     p.set_defaults(func=cmd_convert)
 
     p = commands.add_parser("push", help="export, verify and upload a model folder to the Hub")
-    p.add_argument("model_dir")
-    p.add_argument("--repo", required=True, help="Hub repo id, org/name")
-    p.add_argument("--results", nargs="*", default=[], help="zero-shot result JSON files for the card")
-    p.add_argument("--output", help="where to write the upload folder (default: MODEL_DIR/hub_export)")
-    p.add_argument("--base-model", help="the CLIP it was initialised from, for the card")
-    p.add_argument("--private", action="store_true")
-    p.add_argument("--dry-run", action="store_true", help="write and verify the folder, upload nothing")
+    o = _Options(p)
+    o("model_dir")
+    o("--repo", required=True, help="Hub repo id, org/name")
+    o("--results", nargs="*", default=[], help="zero-shot result JSON files for the card")
+    o("--output", help="where to write the upload folder (default: MODEL_DIR/hub_export)")
+    o("--base_model", help="the CLIP it was initialised from, for the card")
+    o("--private", action="store_true")
+    o("--dry_run", action="store_true", help="write and verify the folder, upload nothing")
     p.set_defaults(func=cmd_push)
 
     p = commands.add_parser("serve", help="a local web page: upload a 3D file, see its views and scores")
-    p.add_argument(
-        "--model", help="a model folder or Hub id (default: the published weights, else untrained)"
-    )
-    p.add_argument("--index", help="a shape index from `clip2point embed` (adds a search tab)")
-    p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
-    p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ...")
+    o = _Options(p)
+    o("--model", help="a model folder or Hub id (default: the best weights reachable; see README)")
+    o("--index", help="a shape index from `clip2point embed` (adds a search tab)")
+    o("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
+    o("--port", type=int, default=7860)
+    o("--device", default=None, help="cpu, cuda, cuda:1, ...")
     p.set_defaults(func=cmd_serve)
+    for command in commands.choices.values():
+        command.add_argument(
+            "--verbose",
+            action="store_true",
+            help="show the libraries' progress bars (loading, saving, datasets)",
+        )
     return parser
+
+
+def _file_types() -> tuple[str, ...]:
+    from .point_files import POINT_FILE_TYPES
+
+    return POINT_FILE_TYPES
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from huggingface_hub.utils import disable_progress_bars
-    from transformers.utils import logging
+    from .training.tracking import configure_console
 
-    disable_progress_bars()
-    logging.disable_progress_bar()
+    configure_console(args.verbose)
     try:
         args.func(args)
     except CommandError as error:

@@ -42,6 +42,7 @@ from .training import (
     PointCloudDataArguments,
     args_to_dict,
     build_clip,
+    configure_console,
     load_tokenizer,
     make_processor,
     parse_args,
@@ -134,6 +135,9 @@ class ZeroShotArguments(PointCloudDataArguments):
         default=None, metadata={"help": "Score at most N clouds (seeded subset)."}
     )
     output_dir: str = field(default="zero_shot_output", metadata={"help": "Where results go."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Replace the results already in --output_dir (else an error)."}
+    )
     seed: int = field(default=0, metadata={"help": "Seed of the dataset sampling and of the subset."})
     mixed_precision: str | None = field(
         default=None,
@@ -148,6 +152,10 @@ class ZeroShotArguments(PointCloudDataArguments):
     )
     hub_model_id: str | None = field(default=None, metadata={"help": "Hub repo id."})
     hub_token: str | None = field(default=None, metadata={"help": "Hub token."})
+    verbose: bool = field(
+        default=False,
+        metadata={"help": "Show the libraries' progress bars (loading, saving, dataset casts)."},
+    )
 
 
 def apply_protocol(args: ZeroShotArguments) -> dict[str, Any]:
@@ -168,7 +176,8 @@ def apply_protocol(args: ZeroShotArguments) -> dict[str, Any]:
     return {name: getattr(args, name) for name in [*preset, "up_axis"]}
 
 
-def parse_views(spec: str):
+def parse_views(spec: str | int):
+    spec = str(spec)
     if spec in VIEW_PRESETS:
         return spec
     if spec.isdigit():
@@ -291,12 +300,18 @@ def main(argv=None) -> dict:
     from accelerate import Accelerator
 
     args, backbone = parse_args((ZeroShotArguments, BackboneArguments), argv)
+    configure_console(args.verbose)
     if not args.dataset:
         raise ValueError("--dataset is required")
     apply_protocol(args)
     views = parse_views(args.views)
     templates = resolve_templates(args.prompts)
     output_dir = Path(args.output_dir)
+    if (output_dir / "zero_shot_results.json").exists() and not args.overwrite_output_dir:
+        raise ValueError(
+            f"--output_dir {output_dir} already holds zero_shot_results.json: choose another folder, "
+            "or pass --overwrite_output_dir to replace it"
+        )
     output_dir.mkdir(parents=True, exist_ok=True)
     kwargs = {} if args.mixed_precision is None else {"mixed_precision": args.mixed_precision}
     accelerator = Accelerator(
@@ -306,6 +321,15 @@ def main(argv=None) -> dict:
     dataset, meta, up_axis = args.load(args.seed, accelerator, [args.split])
     data = dataset[args.split]
     class_names = data.features["label"].names
+    accelerator.print(
+        f"up axis: {up_axis} ("
+        + (
+            "--up_axis"
+            if args.up_axis
+            else f"the {meta.get('dataset', 'dataset')} loader's default; --up_axis to change"
+        )
+        + ")"
+    )
     prompts = prompt_names(class_names, distinct=True, naming=args.prompt_naming)
     indices = list(range(len(data)))
     indices = random_subset(indices, args.max_eval_samples, args.seed, "zero-shot subset")

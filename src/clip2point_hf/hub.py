@@ -219,7 +219,7 @@ def build_model_card(
         views = len(views) if isinstance(views, list) else views
         rows.append(
             f"| {found['label']} | {found['split']} | {found['num_examples']} | "
-            f"{found['classes_present']} of {found['num_classes']} | {views} | "
+            f"{found['classes_present']} of {found['num_classes']} | {views} | {result.get('up_axis', 'not recorded')} | "
             f"{100 * float(result['overall_accuracy']):.2f} | {100 * float(result['mean_class_accuracy']):.2f} |"
         )
     name = repo_id or "clip2point"
@@ -235,8 +235,8 @@ def build_model_card(
     settings = processor.to_dict() if hasattr(processor, "to_dict") else {}
     render = {k: v for k, v in settings.items() if k not in ("tokenizer", "processor_class", "auto_map")}
     table = (
-        "| dataset (as scored) | split | objects | classes present | views | overall acc. (%) | "
-        "mean class acc. (%) |\n|---|---|---|---|---|---|---|\n" + "\n".join(rows)
+        "| dataset (as scored) | split | objects | classes present | views | up axis | overall acc. (%) | "
+        "mean class acc. (%) |\n|---|---|---|---|---|---|---|---|\n" + "\n".join(rows)
         if results
         else "No evaluation was run for this checkpoint."
     )

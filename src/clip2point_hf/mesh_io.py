@@ -151,11 +151,51 @@ def read_off(path: str | Path) -> Mesh:
         raise DatasetFormatError(path, f"bad OFF counts line {rest[:40]!r} (expected 'nv nf ne')") from None
     if nv < 0 or nf < 0:
         raise DatasetFormatError(path, f"negative OFF counts ({nv} vertices, {nf} faces)")
-    if len(lines) - pos < nv + nf:
+    try:
+        vertices, faces = _off_records(path, lines[pos:], nv, nf)
+    except DatasetFormatError as by_lines:
+        # Records may wrap over several lines (tokens are whitespace-separated): read the tokens as a stream.
+        try:
+            vertices, faces = _off_tokens(path, " ".join(lines[pos:]).split(), nv, nf, m.group(0))
+        except DatasetFormatError:
+            raise by_lines from None
+    return _finish(path, vertices, faces, "OFF")
+
+
+def _off_tokens(path: Path, tokens: list[str], nv: int, nf: int, header: str):
+    """OFF data as a token stream: ``nv`` vertices (3 coordinates, plus normals for ``NOFF`` and texture
+    coordinates for ``STOFF``; colours, of uncertain width, are not supported here), then ``nf`` faces
+    ``n i1 ... in`` with no colour."""
+    if "C" in header:
+        raise DatasetFormatError(path, "wrapped COFF records (colour widths are ambiguous)")
+    stride = 3 + 3 * ("N" in header) + 2 * header.startswith("ST")
+    try:
+        values = np.array(tokens[: nv * stride], dtype=np.float64)
+        if len(values) < nv * stride:
+            raise ValueError("too few vertex values")
+        vertices = values.reshape(nv, stride)[:, :3]
+        rest, polys, k = tokens[nv * stride :], [], 0
+        for _ in range(nf):
+            n = int(rest[k])
+            polys.append([int(t) for t in rest[k + 1 : k + 1 + n]])
+            if len(polys[-1]) < n:
+                raise ValueError("too few face indices")
+            k += 1 + n
+    except (ValueError, IndexError) as error:
+        raise DatasetFormatError(path, f"corrupt OFF data ({error})") from None
+    if k != len(rest):
+        raise DatasetFormatError(path, f"{len(rest) - k} values after the {nf} declared faces")
+    return vertices, _fan([p for p in polys if len(p) >= 3])
+
+
+def _off_records(path: Path, lines: list[str], nv: int, nf: int):
+    """OFF data one record per line (the common case, and the only one with face colours)."""
+    pos = 0
+    if len(lines) < nv + nf:
         raise DatasetFormatError(
             path,
             f"truncated OFF file: the header declares {nv} vertices and {nf} faces "
-            f"but only {len(lines) - pos} data lines follow",
+            f"but only {len(lines)} data lines follow",
         )
     vrows = [ln.split()[:3] for ln in lines[pos : pos + nv]]
     try:
@@ -185,7 +225,7 @@ def read_off(path: str | Path) -> Mesh:
             if n >= 3:
                 polys.append(idx)
         faces = _fan(polys)
-    return _finish(path, vertices, faces, "OFF")
+    return vertices, faces
 
 
 def read_obj(path: str | Path) -> Mesh:

@@ -132,9 +132,11 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return tensor
-    from torch.distributed.nn.functional import all_gather
+    # torch's replacement for the deprecated `torch.distributed.nn.functional.all_gather` (its own warning
+    # names it): differentiable, the backward is the reduce-scatter of the gradient.
+    from torch.distributed._functional_collectives import all_gather_single
 
-    return torch.cat(all_gather(tensor.contiguous()), dim=0)
+    return all_gather_single(tensor.contiguous(), 0, dist.group.WORLD)
 
 
 def nt_xent_loss(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:

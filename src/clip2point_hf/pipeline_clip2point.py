@@ -15,6 +15,7 @@ from transformers import Pipeline
 
 from .point_files import read_point_cloud
 from .prompts import encode_class_prompts
+from .rendering_clip2point import UP_AXES
 
 
 class ZeroShotPointCloudClassificationPipeline(Pipeline):
@@ -26,6 +27,9 @@ class ZeroShotPointCloudClassificationPipeline(Pipeline):
     Example:
         >>> clf = pipeline("zero-shot-point-cloud-classification", model="org/clip2point")
         >>> clf("chair.ply", candidate_labels=["chair", "table", "lamp"])
+        >>> clf("chair.off", candidate_labels=["chair", "table"], up_axis="z")  # a z-up file (ModelNet OFF)
+
+    `up_axis` (one of x, -x, y, -y, z, -z) is the input's up axis; the default is the saved processor's.
     """
 
     _load_processor = True
@@ -37,8 +41,14 @@ class ZeroShotPointCloudClassificationPipeline(Pipeline):
         super().__init__(*args, **kwargs)
         self._text_cache: dict[tuple, torch.Tensor] = {}
 
-    def _sanitize_parameters(self, candidate_labels=None, hypothesis_template=None, seed=None, **kwargs):
+    def _sanitize_parameters(
+        self, candidate_labels=None, hypothesis_template=None, seed=None, up_axis=None, **kwargs
+    ):
         preprocess = {} if seed is None else {"seed": seed}
+        if up_axis is not None:
+            if up_axis not in UP_AXES:
+                raise ValueError(f"`up_axis` must be one of {list(UP_AXES)}, got {up_axis!r}")
+            preprocess["up_axis"] = up_axis
         forward, postprocess = {}, {}
         if candidate_labels is not None:
             forward["candidate_labels"] = postprocess["candidate_labels"] = _check_labels(candidate_labels)
@@ -53,10 +63,12 @@ class ZeroShotPointCloudClassificationPipeline(Pipeline):
             raise ValueError("`candidate_labels` is required, e.g. candidate_labels=['chair', 'table']")
         return super().__call__(inputs, **kwargs)
 
-    def preprocess(self, inputs: str | os.PathLike | np.ndarray | torch.Tensor, seed: int = 0) -> dict:
+    def preprocess(
+        self, inputs: str | os.PathLike | np.ndarray | torch.Tensor, seed: int = 0, up_axis: str | None = None
+    ) -> dict:
         points = read_point_cloud(inputs, seed=seed) if isinstance(inputs, str | os.PathLike) else inputs
         # Sampling and normalisation here (CPU, possibly in loader workers); rendering in `_forward`.
-        return {"points": self.processor.prepare_point_clouds([points])}
+        return {"points": self.processor.prepare_point_clouds([points], up_axis=up_axis)}
 
     def _text_embeddings(self, labels: tuple[str, ...], template: str) -> torch.Tensor:
         key = (labels, template)

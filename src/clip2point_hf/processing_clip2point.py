@@ -31,6 +31,7 @@ from .rendering_clip2point import (
     normalize_point_cloud,
     random_point_sample,
     resolve_views,
+    view_name,
 )
 
 __all__ = ["CLIP2PointProcessor"]
@@ -238,14 +239,21 @@ class CLIP2PointProcessor(ProcessorMixin):
         self,
         point_clouds: Any,
         generator: torch.Generator | None = None,
+        up_axis: str | None = None,
     ) -> torch.Tensor:
         """Sample, normalise and orient clouds: returns ``(B, num_points, 3)`` float32 (input's device).
 
         ``point_clouds``: a ``(B, N, C)`` array/tensor, a single ``(N, C)`` cloud (then ``B = 1``), or a
         list of ``(N_i, C)`` clouds of different sizes. ``C >= 3``; columns after x, y, z (normals,
-        colours) are ignored. float16/32/64 are accepted; integer dtypes are rejected.
+        colours) are ignored. float16/32/64 are accepted; integer dtypes are rejected. ``up_axis``
+        overrides the processor's for these clouds.
         """
-        generator = self._generator(generator)
+        up_axis = self.up_axis if up_axis is None else up_axis
+        if up_axis not in UP_AXES:
+            raise ValueError(f"`up_axis` must be one of {list(UP_AXES)}, got {up_axis!r}")
+        return convert_up_axis(self._sample_clouds(point_clouds, self._generator(generator)), up_axis)
+
+    def _sample_clouds(self, point_clouds: Any, generator: torch.Generator | None) -> torch.Tensor:
         if isinstance(point_clouds, (np.ndarray, torch.Tensor)):
             t = (
                 torch.from_numpy(np.ascontiguousarray(point_clouds))
@@ -269,8 +277,7 @@ class CLIP2PointProcessor(ProcessorMixin):
             raise TypeError(
                 f"`point_clouds` must be an array, a tensor or a list of clouds, got {type(point_clouds).__name__}"
             )
-        out = torch.stack([self._sample_one(c, generator) for c in clouds])
-        return convert_up_axis(out, self.up_axis)
+        return torch.stack([self._sample_one(c, generator) for c in clouds])
 
     def _sample_batch(self, t: torch.Tensor, generator) -> torch.Tensor:
         b, n, _ = t.shape
@@ -282,8 +289,8 @@ class CLIP2PointProcessor(ProcessorMixin):
             idx = torch.stack([random_point_sample(n, k, generator=generator) for _ in range(b)]).to(t.device)
             t = torch.gather(t, 1, idx[..., None].expand(b, k, 3))
         elif n != k:
-            return convert_up_axis(torch.stack([self._sample_one(c, generator) for c in t]), self.up_axis)
-        return convert_up_axis(normalize_point_cloud(t)[0].float(), self.up_axis)
+            return torch.stack([self._sample_one(c, generator) for c in t])
+        return normalize_point_cloud(t)[0].float()
 
     # -- main entry point ---------------------------------------------------------------------------
 
@@ -350,8 +357,8 @@ class CLIP2PointProcessor(ProcessorMixin):
         title: str | None = None,
     ):
         """Write a PNG grid of the cloud's depth views (grey images before mean/std: near = dark,
-        background = white), each labelled with its (elevation, azimuth), under an optional ``title`` line
-        (the demo names the answer and the weights there). Returns the PIL image."""
+        background = white), each titled with where its camera stands ("front", "top", ...: `view_name`). Returns
+        the PIL image. ``title`` (e.g. the object and the answer) is written above the grid."""
         from PIL import Image, ImageDraw
 
         points = self.prepare_point_clouds([point_cloud] if not _is_batch(point_cloud) else point_cloud)
@@ -367,7 +374,7 @@ class CLIP2PointProcessor(ProcessorMixin):
         sheet = Image.new("L", (cols * (s + pad) + pad, top + rows * (s + pad + label_h) + pad), color=160)
         draw = ImageDraw.Draw(sheet)
         if title:
-            draw.text((pad, 2), title, fill=0)
+            draw.text((pad + 2, 3), title, fill=0)
         cells = (grey.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
         for idx in range(v):
             r, c = divmod(idx, cols)
@@ -375,8 +382,7 @@ class CLIP2PointProcessor(ProcessorMixin):
             y0 = top + pad + r * (s + pad + label_h)
             sheet.paste(Image.fromarray(cells[idx]), (x0, y0 + label_h))
             if labels:
-                e, a, d = view_list[idx]
-                text = f"e={e:g} a={a:g}" + (f" d={d:g}" if d != 1 else "")
+                text = view_name(*view_list[idx])
                 draw.text((x0 + 2, y0 + 1), text, fill=0)
         sheet.save(os.fspath(path))
         return sheet

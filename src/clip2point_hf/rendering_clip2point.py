@@ -49,6 +49,7 @@ __all__ = [
     "normalize_point_cloud",
     "random_point_sample",
     "resolve_views",
+    "view_name",
 ]
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -322,6 +323,21 @@ class CameraBasis(NamedTuple):
 
 def _normalize(v: torch.Tensor) -> torch.Tensor:
     return v / v.norm(dim=-1, keepdim=True).clamp(min=1e-30)
+
+
+def view_name(elevation: float, azimuth: float, distance: float = 1.0) -> str:
+    """Where the camera of a view stands, in words, for picture titles: ``"front"`` (+z), ``"back"``, ``"top"``
+    (+y, the up axis after :func:`convert_up_axis`), ``"bottom"``, ``"right"`` (+x), ``"left"``, or a
+    combination such as ``"bottom-back-right"``; ``" x1.2"`` when the view zooms out (distance != 1)."""
+    e, a = math.radians(elevation), math.radians(azimuth)
+    centre = (math.cos(e) * math.sin(a), math.sin(e), math.cos(e) * math.cos(a))
+    words = [("top", "bottom"), ("front", "back"), ("right", "left")]
+    parts = [
+        pos if value > 0 else neg
+        for value, (pos, neg) in zip((centre[1], centre[2], centre[0]), words, strict=True)
+        if abs(value) > 0.3
+    ]
+    return "-".join(parts) + (f" x{distance:g}" if distance != 1 else "")
 
 
 def camera_basis(

@@ -123,9 +123,28 @@ def _as_examples(out):
     return [out] if isinstance(out, dict) else out
 
 
-def run_tasks(worker, tasks, num_proc: int):
+#: Builds of at least this many tasks show a progress bar (on a terminal).
+PROGRESS_MIN_TASKS = 20
+
+
+def run_tasks(worker, tasks, num_proc: int, desc: str = "reading files", unit: str = "file"):
     """``worker(task)`` for every task, results in task order; a process pool when ``num_proc > 1``
-    (forked workers with one torch thread each). A worker's exception reaches the caller as raised."""
+    (forked workers with one torch thread each). A worker's exception reaches the caller as raised.
+
+    Long builds show a tqdm bar in the calling (main) process; ``disable=None`` keeps it off logs and pipes.
+    """
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=len(tasks), desc=desc, unit=unit, disable=None if len(tasks) >= PROGRESS_MIN_TASKS else True
+    )
+    with bar:
+        for out in _run_tasks(worker, tasks, num_proc):
+            bar.update()
+            yield out
+
+
+def _run_tasks(worker, tasks, num_proc: int):
     if num_proc <= 1:
         for task in tasks:
             yield worker(task)

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections import Counter
 from pathlib import Path
 
+from ..errors import DatasetFormatError
+from ..mesh_io import MESH_EXTENSIONS
 from .cache import dataset_metadata
 from .mesh_folder import load_mesh_folder
 from .modelnet import detect_modelnet_format, load_modelnet
@@ -20,20 +23,52 @@ DATASET_FORMATS = ("auto", "modelnet", "scanobjectnn", "mesh_folder", "shapenet_
 
 
 def detect_dataset_format(path: str | os.PathLike) -> str:
-    """Which loader of :mod:`clip2point_hf.data` reads ``path``."""
+    """Which loader of :mod:`clip2point_hf.data` reads ``path``, judged from all of its files.
+
+    OFF files beside other mesh types are a mesh folder (its loader reads them all; ModelNet's reads only
+    the OFF files). A folder that fits several loaders (e.g. h5 files beside meshes) is refused with the
+    choices, rather than read partly by one of them.
+    """
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"dataset folder {root} does not exist")
+    found = _format_evidence(root)
+    if len(found) == 1:
+        return next(iter(found))
+    if not found:
+        return "mesh_folder"  # its loader says what it expected
+    choices = "; ".join(f"--dataset_format {fmt} ({why})" for fmt, why in found.items())
+    raise DatasetFormatError(root, f"the folder fits several dataset formats; choose one: {choices}")
+
+
+def _format_evidence(root: Path) -> dict[str, str]:
+    """``{format: what in the folder points to it}`` for every loader the folder could be meant for."""
+    found: dict[str, str] = {}
     if (root / PAIRS_META_FILE).is_file() or (root / "shapenet_pc").is_dir():
-        return "shapenet_pairs"
-    names = {p.name.lower() for p in root.rglob("*.h5")} if any(root.rglob("*.h5")) else set()
-    if any("objectdataset" in n for n in names):
-        return "scanobjectnn"
-    with contextlib.suppress(Exception):
-        detect_modelnet_format(root)
-        if names or any(root.glob("*/*.txt")) or any(root.glob("*/*/*.off")):
-            return "modelnet"
-    return "mesh_folder"
+        found["shapenet_pairs"] = f"{PAIRS_META_FILE} or shapenet_pc/"
+    h5 = [p.name.lower() for p in root.rglob("*.h5")]
+    if any("objectdataset" in n for n in h5):
+        found["scanobjectnn"] = "*objectdataset*.h5 files"
+    meshes = Counter(
+        p.suffix.lower() for p in root.glob("*/*/*") if p.suffix.lower() in MESH_EXTENSIONS and p.is_file()
+    )
+    meshes.update(p.suffix.lower() for p in root.glob("*/*") if p.suffix.lower() in MESH_EXTENSIONS)
+    with contextlib.suppress(DatasetFormatError):
+        kind = detect_modelnet_format(root)
+        if kind == "hdf5" and any("objectdataset" not in n for n in h5):
+            found["modelnet"] = "ModelNet *.h5 files"
+        elif kind == "normal_resampled":
+            found["modelnet"] = "modelnet*_shape_names.txt"
+        elif kind == "off":
+            found["modelnet"] = f"{meshes['.off']} <class>/<split>/*.off files (ModelNet reads only .off)"
+    if set(meshes) - {".off"}:
+        # Other mesh types beside OFF: not ModelNet; the mesh-folder loader reads every file, OFF included.
+        if found.get("modelnet", "").endswith("(ModelNet reads only .off)"):
+            del found["modelnet"]
+        found["mesh_folder"] = "mesh files: " + ", ".join(f"{n} {ext}" for ext, n in sorted(meshes.items()))
+    elif meshes and "modelnet" not in found:
+        found["mesh_folder"] = f"{meshes['.off']} .off files"
+    return found
 
 
 def load_point_cloud_dataset(

@@ -298,7 +298,7 @@ def build_render_pairs(
             for i in range(0, len(jobs), batch_size)
         ]
         nproc = min(resolve_num_proc(num_proc, len(jobs)), len(tasks))
-        for written, skipped in run_tasks(_render_batch, tasks, nproc):
+        for written, skipped in run_tasks(_render_batch, tasks, nproc, "rendering pairs", "batch"):
             for split, name in written:
                 lists[split].append(name)
             failed.extend(skipped)

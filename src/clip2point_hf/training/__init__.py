@@ -32,6 +32,7 @@ from .checkpointing import (
 )
 from .loop import (
     TrainingRun,
+    best_metric_line,
     finish_with_hub,
     predict,
     pretraining_inputs,
@@ -41,7 +42,7 @@ from .loop import (
 )
 from .optimization import build_lr_scheduler, build_optimizer, lr_multiplier
 from .sampling import EpochSampler, KeyedDataset, keyed_generator, keyed_seed, seed_step
-from .tracking import JsonLogger, resolve_trackers, start_trackers, write_json
+from .tracking import JsonLogger, configure_console, resolve_trackers, start_trackers, write_json
 
 __all__ = [
     "CLIP_CONFIG_PRESETS",
@@ -55,9 +56,11 @@ __all__ = [
     "TrainingProgress",
     "TrainingRun",
     "args_to_dict",
+    "best_metric_line",
     "build_clip",
     "build_lr_scheduler",
     "build_optimizer",
+    "configure_console",
     "find_checkpoints",
     "finish_with_hub",
     "keyed_generator",

@@ -7,8 +7,10 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
+from typing import get_args, get_type_hints
 
 from ..data.formats import DATASET_FORMATS
+from ..rendering_clip2point import UP_AXES
 
 __all__ = ["BackboneArguments", "PointCloudDataArguments", "TrainingArguments", "args_to_dict", "parse_args"]
 
@@ -123,6 +125,10 @@ class TrainingArguments:
     )
     hub_token: OptionalStr = field(default=None, metadata={"help": "Hub token (default: the stored login)."})
     hub_private_repo: bool = field(default=False, metadata={"help": "Create the Hub repo as private."})
+    verbose: bool = field(
+        default=False,
+        metadata={"help": "Show the libraries' progress bars (loading, saving, dataset casts)."},
+    )
 
     def validate(self) -> None:
         if not self.output_dir:
@@ -174,7 +180,12 @@ class PointCloudDataArguments:
     )
     num_points: int = field(default=1024, metadata={"help": "Points per cloud."})
     up_axis: OptionalStr = field(
-        default=None, metadata={"help": "Up axis of the data (default: the loader's metadata)."}
+        default=None,
+        metadata={
+            "help": "Up axis of the files (default: the loader's: z for ModelNet OFF, y for the rest; see the "
+            "README's table of conventions).",
+            "choices": list(UP_AXES),
+        },
     )
     cache_dir: OptionalStr = field(default=None, metadata={"help": "Dataset cache folder."})
 
@@ -182,20 +193,34 @@ class PointCloudDataArguments:
         """``(DatasetDict, metadata, up_axis)``: the main process builds the dataset first, the others then read
         its cache; every split named in ``splits`` must exist; ``up_axis`` is ``--up_axis`` or the loader's."""
         from ..data.formats import load_point_cloud_dataset
+        from ..errors import MissingFilesError
 
         with accelerator.main_process_first():
-            dataset, meta = load_point_cloud_dataset(
-                self.dataset,
-                self.dataset_format,
-                self.num_points,
-                seed,
-                variant=self.scanobjectnn_variant,
-                cache_dir=self.cache_dir,
-                on_missing=self.on_missing,
-            )
+            try:
+                dataset, meta = load_point_cloud_dataset(
+                    self.dataset,
+                    self.dataset_format,
+                    self.num_points,
+                    seed,
+                    variant=self.scanobjectnn_variant,
+                    cache_dir=self.cache_dir,
+                    on_missing=self.on_missing,
+                )
+            except MissingFilesError as error:  # the library's hint names its keyword, not this option
+                hint = "pass --on_missing skip to build from the files that are present"
+                raise MissingFilesError(error.path, error.missing, error.listed, hint) from None
         for split in splits:
-            if split is not None and split not in dataset:
+            if split is None:
+                continue
+            if split not in dataset:
                 raise ValueError(f"{self.dataset} has no split {split!r} (it has {sorted(dataset)})")
+            if len(dataset[split]) == 0:
+                why = (
+                    "--on_missing skip dropped every file its list names"
+                    if self.on_missing == "skip"
+                    else "no object of it was found"
+                )
+                raise ValueError(f"{self.dataset}: the {split!r} split is empty ({why}); nothing to score")
         return dataset, meta, self.up_axis or meta.get("up_axis", "y")
 
 
@@ -226,6 +251,17 @@ def parse_args(types: Sequence[type], argv: Sequence[str] | None = None) -> tupl
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"{path}: unknown arguments {unknown}")
+        # A number where a field takes text (`"views": 6`, `"shots": 16`) means its digits, as on the command line.
+        text_fields = {
+            name
+            for t in types
+            for name, hint in get_type_hints(t).items()
+            if hint is str or str in get_args(hint)
+        }
+        values = {
+            k: str(v) if k in text_fields and isinstance(v, int | float) and not isinstance(v, bool) else v
+            for k, v in values.items()
+        }
         parser.set_defaults(**values)
         argv = argv[1:]
     return parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +18,11 @@ from .arguments import TrainingArguments
 from .checkpointing import TrainingProgress, resume_from_checkpoint, save_checkpoint, save_folder_atomically
 from .optimization import build_lr_scheduler
 from .sampling import seed_step
-from .tracking import JsonLogger, resolve_trackers, start_trackers, write_json
+from .tracking import JsonLogger, configure_console, resolve_trackers, start_trackers, write_json
 
 __all__ = [
     "TrainingRun",
+    "best_metric_line",
     "finish_with_hub",
     "predict",
     "pretraining_inputs",
@@ -248,6 +249,7 @@ class TrainingRun:
 
     def __init__(self, args: TrainingArguments):
         self.args = args
+        configure_console(args.verbose)
         self.output_dir = Path(args.output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.accelerator = setup_accelerator(args)
@@ -324,7 +326,20 @@ class TrainingRun:
             on_best=on_best,
         )
 
-    def finish(self) -> None:
-        """End the trackers and, with ``--push_to_hub``, upload the output folder (saved by then)."""
+    def finish(self, summary: Sequence[str] = ()) -> None:
+        """End the trackers and, with ``--push_to_hub``, upload the output folder (saved by then); then print
+        ``summary`` (what a person reads at the end: best and test metrics, where the model is, how to use it)."""
         self.accelerator.end_training()
         finish_with_hub(self.accelerator, self.args, self.output_dir)
+        if summary and self.accelerator.is_main_process:
+            print("\n".join(["", "Summary", *(f"  {line}" for line in summary)]), flush=True)
+
+
+def best_metric_line(name: str, progress: TrainingProgress) -> str:
+    """``best validation <name>: 71.25% at step 300 (of 400)``, or why there is none."""
+    if progress.best_metric is None:
+        return f"best validation {name}: none (no validation ran)"
+    return (
+        f"best validation {name}: {100 * progress.best_metric:.2f}% at step {progress.best_step} "
+        f"(of {progress.completed_steps})"
+    )

@@ -41,6 +41,7 @@ from clip2point_hf.data import (
     stratified_split,
 )
 from clip2point_hf.data.shapenet import PAIRS_META_FILE
+from clip2point_hf.errors import run_script
 from clip2point_hf.evaluation import classification_metrics
 from clip2point_hf.prompts import encode_class_prompts, prompt_names, resolve_templates
 from clip2point_hf.rendering_clip2point import VIEW_PRESETS
@@ -305,4 +306,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_script(main, sys.argv[1:])

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .errors import first_line
 from .rendering_clip2point import UP_AXES
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, OSError, KeyError, RuntimeError)
@@ -42,22 +43,20 @@ def _views(text: str):
         raise CommandError(f"--views: cannot parse {text!r} as 'elev,azim[,dist];...' ({error})") from None
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]
-
-
 def _load_pipeline(model: str, device: str | None):
     from transformers import pipeline
 
     import clip2point_hf  # noqa: F401  (registers the task)
 
-    if not (Path(model).is_dir() or "/" in model):
+    from .loading import resolve_model
+
+    if not (Path(model).exists() or "/" in model):
         raise CommandError(f"--model: {model!r} is neither a folder nor a Hub id (org/name)")
+    source = resolve_model(model)  # one line for a bad folder, a damaged file, offline mode, no Hub
     try:
-        return pipeline("zero-shot-point-cloud-classification", model=model, device=device)
+        return pipeline("zero-shot-point-cloud-classification", model=source, device=device)
     except (OSError, ValueError) as error:
-        raise CommandError(f"cannot load the model {model!r}: {_first_line(error)}") from None
+        raise CommandError(f"cannot load the model {model!r}: {first_line(error)}") from None
 
 
 # --------------------------------------------------------------------------------------------------------- commands
@@ -131,7 +130,7 @@ def _tokenizer(spec: str | None):
     try:
         return AutoTokenizer.from_pretrained(spec)
     except (OSError, ValueError) as error:
-        raise CommandError(f"--tokenizer: cannot load {spec!r}: {_first_line(error)}") from None
+        raise CommandError(f"--tokenizer: cannot load {spec!r}: {first_line(error)}") from None
 
 
 def _class_names(spec: str) -> list[str]:
@@ -267,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as error:
         if os.environ.get("CLIP2POINT_DEBUG"):
             raise
-        print(f"clip2point {args.command}: error: {_first_line(error)}", file=sys.stderr)
+        print(f"clip2point {args.command}: error: {first_line(error)}", file=sys.stderr)
         return 2
     return 0
 

@@ -242,7 +242,9 @@ def load_clip(clip: str | os.PathLike | CLIPModel) -> CLIPModel:
         return clip
     if os.path.isfile(clip):
         return load_openai_clip(clip)
-    return CLIPModel.from_pretrained(clip)
+    from .loading import load_pretrained
+
+    return load_pretrained(CLIPModel, clip, "CLIP")
 
 
 # ---------------------------------------------------------------------------------------------------------

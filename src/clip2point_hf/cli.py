@@ -65,6 +65,8 @@ def _load_pipeline(model: str, device: str | None):
 def cmd_classify(args: argparse.Namespace) -> None:
     labels = _labels(args.labels)
     for path in args.files:
+        if Path(path).is_dir():
+            raise CommandError(f"{path}: is a folder, not a point-cloud or mesh file")
         if not Path(path).is_file():
             raise CommandError(f"{path}: file not found")
     classifier = _load_pipeline(args.model, args.device)

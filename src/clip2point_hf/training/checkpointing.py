@@ -145,7 +145,10 @@ def check_checkpoint_folder(folder: str | os.PathLike) -> Path:
         raise ValueError(
             f"--resume_from_checkpoint {path}: not a complete checkpoint of these scripts (no {PROGRESS_FILE})"
         )
-    check_safetensors_files(path)
+    try:
+        check_safetensors_files(path)
+    except OSError as error:
+        raise ValueError(f"--resume_from_checkpoint {error}") from None
     return path
 
 

@@ -756,11 +756,15 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 def _complete_checkpoints(folder: Path) -> list[str]:
     return sorted(
-        p.name for p in (folder / "checkpoints").glob("checkpoint_*") if (p / "clip2point_progress.json").is_file()
+        p.name
+        for p in (folder / "checkpoints").glob("checkpoint_*")
+        if (p / "clip2point_progress.json").is_file()
     )
 
 
-def test_sigkill_at_any_point_of_a_save_keeps_the_last_checkpoint_and_resumes_bit_exactly(pairs, workdir, env):
+def test_sigkill_at_any_point_of_a_save_keeps_the_last_checkpoint_and_resumes_bit_exactly(
+    pairs, workdir, env
+):
     args = [
         "--pairs_dir",
         pairs,
@@ -796,7 +800,14 @@ def test_sigkill_at_any_point_of_a_save_keeps_the_last_checkpoint_and_resumes_bi
     for point, kept in survivors.items():
         out = workdir / f"kill_{point}"
         killed = subprocess.run(
-            [sys.executable, str(driver), str(EXAMPLES / "pretrain.py"), *map(str, args), "--output_dir", str(out)],
+            [
+                sys.executable,
+                str(driver),
+                str(EXAMPLES / "pretrain.py"),
+                *map(str, args),
+                "--output_dir",
+                str(out),
+            ],
             env={**env, "KILL_POINT": point, "KILL_AT_SAVE": "2"},
             capture_output=True,
             text=True,

@@ -129,8 +129,10 @@ def _tokenizer(spec: str | None):
         return None
     from transformers import AutoTokenizer
 
+    from .loading import resolve_model
+
     try:
-        return AutoTokenizer.from_pretrained(spec)
+        return AutoTokenizer.from_pretrained(resolve_model(spec, "tokenizer", required_file=None))
     except (OSError, ValueError) as error:
         raise CommandError(f"--tokenizer: cannot load {spec!r}: {first_line(error)}") from None
 

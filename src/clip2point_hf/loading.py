@@ -96,21 +96,24 @@ def _offline() -> bool:
     }
 
 
-def resolve_model(name_or_path: str | os.PathLike, what: str = "model") -> str:
+def resolve_model(
+    name_or_path: str | os.PathLike, what: str = "model", required_file: str | None = "config.json"
+) -> str:
     """The folder to load, or the Hub id when the Hub will be asked; a :class:`ModelLoadError` otherwise.
 
     A folder must hold ``config.json`` and readable ``.safetensors`` files. A Hub id already in the local cache
     resolves to its cached snapshot folder when the Hub cannot be asked (offline mode, or unreachable), so
-    nothing waits on the network; one that is not cached fails at once, saying why.
+    nothing waits on the network; one that is not cached fails at once, saying why. ``required_file=None``
+    (a tokenizer folder) drops the ``config.json`` requirement.
     """
     source = str(name_or_path)
     path = Path(source).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise ModelLoadError(path, f"is a file, not a {what} folder (a folder holding config.json)")
-        if not (path / "config.json").is_file():
+            raise ModelLoadError(path, f"is a file, not a {what} folder")
+        if required_file and not (path / required_file).is_file():
             raise ModelLoadError(
-                path, f"no config.json: not a saved {what} folder (save_pretrained writes one)"
+                path, f"no {required_file}: not a saved {what} folder (save_pretrained writes one)"
             )
         check_safetensors_files(path)
         return str(path)
@@ -123,7 +126,7 @@ def resolve_model(name_or_path: str | os.PathLike, what: str = "model") -> str:
         if reachable:
             return source
         reason = why
-    cached = _cached_snapshot(source)
+    cached = _cached_snapshot(source, required_file)
     if cached is not None:
         return cached
     raise ModelLoadError(
@@ -132,14 +135,14 @@ def resolve_model(name_or_path: str | os.PathLike, what: str = "model") -> str:
     )
 
 
-def _cached_snapshot(repo_id: str) -> str | None:
+def _cached_snapshot(repo_id: str, required_file: str | None) -> str | None:
     from huggingface_hub import snapshot_download
 
     try:
         folder = snapshot_download(repo_id, local_files_only=True)
     except Exception:  # not cached (LocalEntryNotFoundError) or an unusable cache entry
         return None
-    return folder if (Path(folder) / "config.json").is_file() else None
+    return folder if not required_file or (Path(folder) / required_file).is_file() else None
 
 
 def load_pretrained(cls, name_or_path: str | os.PathLike, what: str = "model", **kwargs):

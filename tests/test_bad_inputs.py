@@ -722,3 +722,19 @@ def test_convert_reader_refuses_without_advising_to_unpickle(tmp_path):
 def test_safetensors_state_dict_with_a_scalar_is_read(tmp_path):
     save_file({"weights": torch.tensor(1.0)}, str(tmp_path / "s.safetensors"))
     assert set(load_state_dict_file(tmp_path / "s.safetensors")) == {"weights"}
+
+
+@pytest.mark.parametrize("resume", ["latest", "folder"])
+def test_resuming_a_damaged_checkpoint_names_it(tmp_path, resume):
+    from accelerate import Accelerator
+
+    from clip2point_hf.training.checkpointing import TrainingProgress, resume_from_checkpoint
+
+    root = tmp_path / "checkpoints"
+    folder = _checkpoint(root, "checkpoint_0")
+    (folder / "custom_checkpoint_0.pkl").write_bytes(b"\x80\x04 truncated")
+    accelerator, progress = Accelerator(cpu=True), TrainingProgress()
+    accelerator.register_for_checkpointing(progress)
+    with pytest.raises(ValueError) as error:
+        resume_from_checkpoint(accelerator, "latest" if resume == "latest" else str(folder), root, progress)
+    assert_one_line(error.value, "--resume_from_checkpoint", str(folder), "cannot be loaded")

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from ..errors import first_line
 
 __all__ = [
     "PROGRESS_FILE",
@@ -167,10 +170,12 @@ def resume_from_checkpoint(
         if path is None:
             accelerator.print(f"No complete checkpoint in {checkpoint_root}: starting from scratch.")
             return None
-    else:
-        path = check_checkpoint_folder(resume)
+    path = check_checkpoint_folder(path if resume == "latest" else resume)
     expected = (progress.batches_per_epoch, progress.num_processes, progress.total_batch_size)
-    accelerator.load_state(str(path))
+    try:
+        accelerator.load_state(str(path))
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as error:  # damaged files, another model
+        raise ValueError(f"--resume_from_checkpoint {path}: cannot be loaded ({first_line(error)})") from None
     found = (progress.batches_per_epoch, progress.num_processes, progress.total_batch_size)
     if found != expected:
         raise ValueError(

@@ -26,7 +26,9 @@ import torch
 
 from clip2point_hf import CLIP2PointForPointCloudClassification
 from clip2point_hf.data import PointCloudBatchTransform, random_subset, sample_k_shot, stratified_split
+from clip2point_hf.errors import run_script
 from clip2point_hf.evaluation import classification_metrics, save_confusion_matrix_image
+from clip2point_hf.loading import resolve_model
 from clip2point_hf.prompts import prompt_names, resolve_templates
 from clip2point_hf.rendering_clip2point import resolve_views
 from clip2point_hf.training import (
@@ -209,7 +211,12 @@ def main(argv=None) -> dict:
     torch.manual_seed(args.seed)
     if gdpa.clip2point is not None:
         model = CLIP2PointForPointCloudClassification.from_pretrained_models(
-            gdpa.clip2point, clip, prompts, tokenizer, prompt_template=templates, **config_kwargs
+            resolve_model(gdpa.clip2point, "CLIP2Point"),
+            clip,
+            prompts,
+            tokenizer,
+            prompt_template=templates,
+            **config_kwargs,
         )
     else:
         model = CLIP2PointForPointCloudClassification.from_clip(clip, **config_kwargs)
@@ -356,4 +363,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_script(main, sys.argv[1:])

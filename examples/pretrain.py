@@ -41,6 +41,7 @@ from clip2point_hf.data import (
     stratified_split,
 )
 from clip2point_hf.data.shapenet import PAIRS_META_FILE
+from clip2point_hf.errors import run_script
 from clip2point_hf.evaluation import classification_metrics
 from clip2point_hf.prompts import encode_class_prompts, prompt_names, resolve_templates
 from clip2point_hf.rendering_clip2point import VIEW_PRESETS
@@ -129,7 +130,13 @@ class PretrainDataArguments:
 
 @dataclass
 class PretrainTrainingArguments(TrainingArguments):
-    per_device_train_batch_size: int = field(default=32, metadata={"help": "Objects per process and step."})
+    per_device_train_batch_size: int = field(
+        default=32,
+        metadata={
+            "help": "Objects per process and step. The global batch (x processes) must be at least 2: each "
+            "object's negatives are the others."
+        },
+    )
     learning_rate: float = field(default=5e-5, metadata={"help": "Peak AdamW learning rate."})
     min_learning_rate: float = field(default=1e-6, metadata={"help": "Floor of the warm-restart cosine."})
     weight_decay: float = field(default=1e-4, metadata={"help": "Weight decay."})
@@ -162,6 +169,11 @@ def main(argv=None) -> dict:
     data_args.validate()
     run = TrainingRun(args)  # output folder, accelerator, trackers, JSON log
     accelerator, output_dir = run.accelerator, run.output_dir
+    if args.per_device_train_batch_size * accelerator.num_processes < 2:
+        raise ValueError(
+            f"--per_device_train_batch_size {args.per_device_train_batch_size} x {accelerator.num_processes} "
+            "process(es): the global batch must be at least 2 (each object's negatives are the others)"
+        )
 
     # ---- backbone and model (every process builds the same seeded model)
     tokenizer = load_tokenizer(backbone)
@@ -323,4 +335,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_script(main, sys.argv[1:])

@@ -10,7 +10,8 @@ arguments, and a JSON/YAML file of them is accepted in their place.
 
 import sys
 
+from clip2point_hf.errors import run_script
 from clip2point_hf.evaluation import main
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_script(main, sys.argv[1:])

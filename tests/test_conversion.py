@@ -275,8 +275,11 @@ def test_wrong_shapes_and_unreadable_files_name_the_file(openai_state, tmp_path)
     clip = load_openai_clip(openai_state)
     point = random_visual("point_model.", 7)
     point["point_model.proj"] = torch.zeros(VISION_WIDTH, EMBED + 1)
-    with pytest.raises(CheckpointConversionError, match="do not fit"):
+    with pytest.raises(CheckpointConversionError, match="do not fit") as error:
         convert_pretraining_checkpoint({**point, "weights": torch.tensor(1.0)}, clip)
+    # each misfit key with both shapes, on one line (not torch's multi-line "Error(s) in loading state_dict")
+    assert f"checkpoint ({EMBED + 1}, {VISION_WIDTH}) vs model ({EMBED}, {VISION_WIDTH})" in str(error.value)
+    assert "\n" not in str(error.value)
 
     truncated = tmp_path / "truncated.pth"
     torch.save(random_visual("point_model.", 7), truncated)
@@ -296,5 +299,12 @@ def test_pickled_code_is_refused(tmp_path):
 
     path = tmp_path / "evil.pth"
     torch.save({"weights": Payload()}, path)
-    with pytest.raises(CheckpointConversionError, match=r"evil\.pth"):
+    with pytest.raises(CheckpointConversionError, match=r"evil\.pth") as error:
         load_state_dict_file(path)
+    assert "never unpickled" in str(error.value)
+    assert "weights_only" not in str(error.value)  # never advise unpickling an untrusted file
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(CheckpointConversionError, match=r"garbage\.pth") as error:
+        load_state_dict_file(garbage)
+    assert "weights_only" not in str(error.value)

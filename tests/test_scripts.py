@@ -711,3 +711,155 @@ def test_trackers_are_optional():
         assert resolve_trackers("tensorboard") == ["tensorboard"]
     with pytest.raises(ValueError, match="unknown tracker"):
         resolve_trackers("nope")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A kill at any point of a checkpoint save keeps the last complete checkpoint (issue 12)
+
+#: Runs a script's main with a real SIGKILL at one point of its KILL_AT_SAVE-th checkpoint save.
+_KILL_DRIVER = """
+import os, runpy, shutil, signal, sys, torch
+import clip2point_hf.training.checkpointing as ck
+import clip2point_hf.training.loop as loop
+
+point, nth, saves = os.environ["KILL_POINT"], int(os.environ["KILL_AT_SAVE"]), [0]
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def armed():
+    return saves[0] == nth
+
+def save_checkpoint(*args, **kwargs):
+    saves[0] += 1
+    return ck.save_checkpoint(*args, **kwargs)
+
+def wrap(name, when):
+    original = getattr(ck, name)
+    def wrapper(*args, **kwargs):
+        if armed() and when == "before":
+            die()
+        return original(*args, **kwargs)
+    setattr(ck, name, wrapper)
+
+loop.save_checkpoint = save_checkpoint
+if point == "mid_state":  # the model's weights are written, the optimizer's are not
+    torch_save = torch.save
+    torch.save = lambda *a, **k: die() if armed() else torch_save(*a, **k)
+elif point == "before_publish":  # complete and marked, not yet renamed
+    wrap("_publish_checkpoint", "before")
+elif point == "before_prune":  # renamed: two complete checkpoints on disk
+    wrap("_prune_checkpoints", "before")
+elif point == "mid_prune":  # the old checkpoint renamed away, not yet deleted
+    rmtree = shutil.rmtree
+    shutil.rmtree = lambda path, *a, **k: die() if armed() and str(path).endswith(".deleting") else rmtree(path, *a, **k)
+sys.argv = [sys.argv[1], *sys.argv[2:]]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def _complete_checkpoints(folder: Path) -> list[str]:
+    return sorted(
+        p.name
+        for p in (folder / "checkpoints").glob("checkpoint_*")
+        if (p / "clip2point_progress.json").is_file()
+    )
+
+
+def test_sigkill_at_any_point_of_a_save_keeps_the_last_checkpoint_and_resumes_bit_exactly(
+    pairs, workdir, env
+):
+    args = [
+        "--pairs_dir",
+        pairs,
+        *PRETRAIN,
+        "--per_device_train_batch_size",
+        "2",
+        "--max_train_steps",
+        "4",
+        "--checkpointing_steps",
+        "1",
+        "--checkpoints_total_limit",
+        "1",
+        "--eval_before_training",
+        "false",
+        "--eval_steps",
+        "100",
+        "--load_best_model_at_end",
+        "false",
+    ]
+    reference = workdir / "kill_ref"
+    run_script("pretrain.py", [*args, "--output_dir", reference], env)
+    assert _complete_checkpoints(reference) == ["checkpoint_3"]  # the limit holds
+    expected = load_weights(reference)
+    driver = workdir / "kill_driver.py"
+    driver.write_text(_KILL_DRIVER)
+    # at the 2nd save: checkpoint_0 is complete and, with the limit 1, due to be pruned
+    survivors = {
+        "mid_state": ["checkpoint_0"],
+        "before_publish": ["checkpoint_0"],
+        "before_prune": ["checkpoint_0", "checkpoint_1"],
+        "mid_prune": ["checkpoint_1"],
+    }
+    for point, kept in survivors.items():
+        out = workdir / f"kill_{point}"
+        killed = subprocess.run(
+            [
+                sys.executable,
+                str(driver),
+                str(EXAMPLES / "pretrain.py"),
+                *map(str, args),
+                "--output_dir",
+                str(out),
+            ],
+            env={**env, "KILL_POINT": point, "KILL_AT_SAVE": "2"},
+            capture_output=True,
+            text=True,
+            timeout=180,
+            cwd=ROOT,
+        )
+        assert killed.returncode == -signal.SIGKILL, (point, killed.stderr[-2000:])
+        assert _complete_checkpoints(out) == kept, point
+        assert not (out / "model.safetensors").exists()
+        result = run_script("pretrain.py", [*args, "--output_dir", out, "--resume_from_checkpoint"], env)
+        resumed_from = re.search(r"Resumed from \S*(checkpoint_\d+)", result.stdout + result.stderr)
+        assert resumed_from and resumed_from.group(1) == kept[-1], (point, result.stdout[-1500:])
+        leftovers = [p.name for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]
+        assert leftovers == [], (point, leftovers)  # partial and half-pruned folders were cleaned
+        assert len(_complete_checkpoints(out)) == 1
+        weights = load_weights(out)
+        assert weights.keys() == expected.keys()
+        for key in expected:
+            assert torch.equal(weights[key], expected[key]), (point, key)
+
+
+def test_non_empty_output_dir_is_refused_and_left_untouched(pretrained, pairs, env):
+    before = {p: p.read_bytes() for p in pretrained.glob("*.json")}
+    for extra in ([], ["--resume_from_checkpoint", str(pretrained / "no_such_checkpoint")]):
+        result = run_script(
+            "pretrain.py",
+            ["--pairs_dir", pairs, *PRETRAIN, "--output_dir", pretrained, "--seed", "9", *extra],
+            env,
+            check=False,
+        )
+        assert result.returncode == 2, result.stderr[-2000:]
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        culprit = "--output_dir" if not extra else "no_such_checkpoint"
+        assert culprit in lines[0] and str(pretrained) in lines[0]
+    assert {p: p.read_bytes() for p in pretrained.glob("*.json")} == before  # data_splits.json untouched
+
+
+def test_pretrain_refuses_a_global_batch_of_one(pairs, workdir, env):
+    out = workdir / "batch_one"
+    result = run_script(
+        "pretrain.py",
+        ["--pairs_dir", pairs, *PRETRAIN, "--output_dir", out, "--per_device_train_batch_size", "1"],
+        env,
+        check=False,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--per_device_train_batch_size" in result.stderr and "at least 2" in result.stderr
+    assert not out.exists()  # nothing written
+    help_text = run_script("pretrain.py", ["--help"], env).stdout
+    assert "at least 2" in " ".join(help_text.split())

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .data.formats import DATASET_FORMATS
+from .errors import first_line
 from .rendering_clip2point import UP_AXES
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, OSError, KeyError, RuntimeError)
@@ -43,11 +44,6 @@ def _views(text: str):
         raise CommandError(f"--views: cannot parse {text!r} as 'elev,azim[,dist];...' ({error})") from None
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]
-
-
 def _load_pipeline(model: str | None, device: str | None):
     """The pipeline on ``--model``, or without it on the best weights reachable (`clip2point_hf.weights`); one
     line on stderr names the weights used."""
@@ -62,7 +58,7 @@ def _load_pipeline(model: str | None, device: str | None):
     try:
         return build_classifier(weights, device)
     except (OSError, ValueError) as error:
-        raise CommandError(f"cannot load the model {weights.source!r}: {_first_line(error)}") from None
+        raise CommandError(f"cannot load the model {weights.source!r}: {first_line(error)}") from None
 
 
 def _check_device(device: str | None) -> None:
@@ -89,6 +85,8 @@ def _up_axis_note(up_axis: str | None, default: str, source: str) -> str:
 def cmd_classify(args: argparse.Namespace) -> None:
     labels = _labels(args.labels)
     for path in args.files:
+        if Path(path).is_dir():
+            raise CommandError(f"{path}: is a folder, not a point-cloud or mesh file")
         if not Path(path).is_file():
             raise CommandError(f"{path}: file not found")
     classifier = _load_pipeline(args.model, args.device)
@@ -155,10 +153,12 @@ def _tokenizer(spec: str | None):
         return None
     from transformers import AutoTokenizer
 
+    from .loading import resolve_model
+
     try:
-        return AutoTokenizer.from_pretrained(spec)
+        return AutoTokenizer.from_pretrained(resolve_model(spec, "tokenizer", required_file=None))
     except (OSError, ValueError) as error:
-        raise CommandError(f"--tokenizer: cannot load {spec!r}: {_first_line(error)}") from None
+        raise CommandError(f"--tokenizer: cannot load {spec!r}: {first_line(error)}") from None
 
 
 def _class_names(spec: str) -> list[str]:
@@ -376,7 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as error:
         if os.environ.get("CLIP2POINT_DEBUG"):
             raise
-        print(f"clip2point {args.command}: error: {_first_line(error)}", file=sys.stderr)
+        print(f"clip2point {args.command}: error: {first_line(error)}", file=sys.stderr)
         return 2
     return 0
 

@@ -61,7 +61,7 @@ def load_state_dict_file(path: str | os.PathLike) -> StateDict:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for corrupt, truncated or foreign files
-        raise CheckpointConversionError(f"{path}: cannot be read as a checkpoint ({error})") from error
+        raise CheckpointConversionError(f"{path}: {_unreadable_reason(error)}") from None
     for wrapper in ("state_dict", "model"):
         if isinstance(state, Mapping) and wrapper in state and isinstance(state[wrapper], Mapping):
             state = state[wrapper]
@@ -205,11 +205,39 @@ def _convert_text(reader: _KeyReader, num_layers: int) -> tuple[StateDict, State
     return tower, {"weight": reader.pop("text_projection").T.contiguous()}
 
 
+def _unreadable_reason(error: BaseException) -> str:
+    """Why a file could not be read, without torch's advice to retry with ``weights_only=False``: unpickling an
+    untrusted file runs its code, so this package never does it and never suggests it."""
+    text = str(error)
+    if "Weights only load failed" in text:
+        culprit = next((line.strip() for line in text.splitlines() if "Unsupported" in line), "")
+        return (
+            "holds pickled Python objects besides tensors"
+            + (f" ({culprit})" if culprit else "")
+            + "; such files are never unpickled here (they could run code): only state dicts of tensors are "
+            "read. Re-save the tensors (e.g. as .safetensors) where the file was made, if you trust it"
+        )
+    lines = [line.strip() for line in text.splitlines() if line.strip() and "weights_only" not in line]
+    return f"cannot be read as a checkpoint (corrupt, truncated or not a PyTorch file: {lines[0] if lines else type(error).__name__})"
+
+
 def _load_module(module: torch.nn.Module, state: StateDict, source: str) -> None:
+    expected = module.state_dict()
+    wrong = [
+        f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(expected[key].shape)}"
+        for key, value in state.items()
+        if key in expected and tuple(value.shape) != tuple(expected[key].shape)
+    ]
+    if wrong:
+        raise CheckpointConversionError(
+            f"{source}: {len(wrong)} tensors do not fit the model (shape): {'; '.join(wrong)}"
+        )
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as error:
-        raise CheckpointConversionError(f"{source}: tensors do not fit the model ({error})") from error
+        raise CheckpointConversionError(
+            f"{source}: tensors do not fit the model ({' '.join(str(error).split())})"
+        ) from None
 
 
 def load_openai_clip(checkpoint: str | os.PathLike | StateDict) -> CLIPModel:
@@ -242,7 +270,9 @@ def load_clip(clip: str | os.PathLike | CLIPModel) -> CLIPModel:
         return clip
     if os.path.isfile(clip):
         return load_openai_clip(clip)
-    return CLIPModel.from_pretrained(clip)
+    from .loading import load_pretrained
+
+    return load_pretrained(CLIPModel, clip, "CLIP")
 
 
 # ---------------------------------------------------------------------------------------------------------

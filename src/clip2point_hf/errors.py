@@ -1,11 +1,37 @@
-"""Errors raised by the dataset loaders: every message names the file (or folder) and the problem."""
+"""Errors naming the culprit (every message names the file, folder or argument and the problem), and how the
+scripts print them: a user's mistake is one line and exit code 2, a bug keeps its traceback."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["DatasetFormatError", "MissingFilesError"]
+__all__ = ["SCRIPT_USER_ERRORS", "DatasetFormatError", "MissingFilesError", "first_line", "run_script"]
+
+#: What a script treats as the user's mistake (a bad path, option value, file or checkpoint): the checks of this
+#: package raise ``ValueError`` (``DatasetFormatError``...) or ``OSError`` (``ModelLoadError``, missing files).
+SCRIPT_USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of ``str(error)`` (the type's name when empty)."""
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
+
+
+def run_script(main: Callable, argv: Sequence[str] | None = None, prog: str | None = None) -> None:
+    """Run a script's ``main(argv)``: a user error ends in ``<prog>: error: <one line>`` on stderr and exit code 2
+    (``CLIP2POINT_DEBUG=1`` re-raises it with its traceback); any other exception (a bug) keeps its traceback."""
+    prog = prog or Path(sys.argv[0]).name
+    try:
+        main(list(sys.argv[1:] if argv is None else argv))
+    except SCRIPT_USER_ERRORS as error:
+        if os.environ.get("CLIP2POINT_DEBUG"):
+            raise
+        print(f"{prog}: error: {first_line(error)}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
 
 class DatasetFormatError(ValueError):

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from .data import PointCloudBatchTransform, random_subset
+from .loading import resolve_model
 from .modeling_clip2point import CLIP2PointModel
 from .prompts import PROMPT_NAMINGS, encode_class_prompts, prompt_names, resolve_templates
 from .rendering_clip2point import VIEW_PRESETS, resolve_views
@@ -276,6 +277,7 @@ def load_model(model_spec: str | None, backbone: BackboneArguments, seed: int):
         return CLIP2PointModel.from_clip(build_clip(backbone, tokenizer, seed)), tokenizer
     is_clip2point = False
     if not Path(model_spec).is_file():
+        model_spec = resolve_model(model_spec)
         try:
             is_clip2point = AutoConfig.from_pretrained(model_spec).model_type == "clip2point"
         except (OSError, ValueError):

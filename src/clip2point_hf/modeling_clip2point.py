@@ -231,10 +231,65 @@ class CLIP2PointFusion(nn.Module):
 # Models
 
 
-def _check_views(pixel_values: torch.Tensor) -> None:
-    if pixel_values.ndim != 5:
+# Input checks at the model's door. Shape and dtype checks are static (free, torch.compile-safe); the few that
+# read values (token ids, labels) need one host sync and are skipped while compiling.
+
+
+def _check_images(
+    pixel_values: torch.Tensor, config: CLIP2PointConfig, name: str, views: int | None = None
+) -> None:
+    """``pixel_values`` (B, V, 3, S, S) -- or (B, 3, S, S) when ``views`` is 0 -- with S the vision tower's
+    image size and, when ``views`` is given, exactly that many views."""
+    ndim, layout = (
+        (4, "(batch, channels, height, width)")
+        if views == 0
+        else (5, "(batch, views, channels, height, width)")
+    )
+    shape = tuple(pixel_values.shape)
+    if pixel_values.ndim != ndim:
+        raise ValueError(f"`{name}` must be {layout}, got shape {shape}")
+    if views and shape[1] != views:
         raise ValueError(
-            f"`pixel_values` must be (batch, views, channels, height, width), got shape {tuple(pixel_values.shape)}"
+            f"`{name}` has {shape[1]} views but the model was configured for {views} (config.num_views)"
+        )
+    if shape[-3] != 3:
+        raise ValueError(
+            f"`{name}` must have 3 channels (depth replicated as RGB), got {shape[-3]} in shape {shape}"
+        )
+    size = config.vision_config.image_size
+    if shape[-2:] != (size, size):
+        raise ValueError(
+            f"`{name}` must be {size}x{size} pixels (the vision tower's image_size), got {shape[-2]}x{shape[-1]}"
+        )
+    if not pixel_values.is_floating_point():
+        raise ValueError(f"`{name}` must be a floating-point tensor, got {pixel_values.dtype}")
+
+
+def _check_input_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
+    if input_ids.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"`input_ids` must be an integer tensor, got {input_ids.dtype}")
+    if (
+        not torch.compiler.is_compiling()
+        and input_ids.numel()
+        and (input_ids.min() < 0 or input_ids.max() >= vocab_size)
+    ):
+        raise ValueError(
+            f"`input_ids` must be token ids in [0, {vocab_size}) (the text tower's vocab_size), got values in "
+            f"[{int(input_ids.min())}, {int(input_ids.max())}]: was it tokenized with another tokenizer?"
+        )
+
+
+def _check_labels(labels: torch.Tensor, batch: int, num_classes: int) -> None:
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(f"`labels` must be integer class indices, got {labels.dtype}")
+    if tuple(labels.shape) != (batch,):
+        raise ValueError(
+            f"`labels` must have shape ({batch},) (one per point cloud of `pixel_values`), got {tuple(labels.shape)}"
+        )
+    if not torch.compiler.is_compiling() and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(
+            f"`labels` must be in [0, {num_classes}) (the classifier's classes), got values in "
+            f"[{int(labels.min())}, {int(labels.max())}]"
         )
 
 
@@ -389,7 +444,7 @@ class CLIP2PointModel(CLIP2PointPreTrainedModel):
 
         The tower's hidden states cover the B * V views flattened, view `v` of cloud `b` at `b * V + v`.
         """
-        _check_views(pixel_values)
+        _check_images(pixel_values, self.config, "pixel_values")
         batch, views = pixel_values.shape[:2]
         outputs = self.get_depth_features(pixel_values.flatten(0, 1), return_dict=True, **kwargs)
         outputs.pooler_output = F.normalize(outputs.pooler_output, dim=-1).view(batch, views, -1)
@@ -432,6 +487,7 @@ class CLIP2PointModel(CLIP2PointPreTrainedModel):
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPooling:
         """Tokenised prompts -> `pooler_output` (num_texts, projection_dim) unnormalised text embeddings."""
+        _check_input_ids(input_ids, self.config.text_config.vocab_size)
         outputs = self.text_model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -455,7 +511,7 @@ class CLIP2PointModel(CLIP2PointPreTrainedModel):
         """`pixel_values`: (B, V, 3, H, W) depth views; `input_ids` / `attention_mask`: tokenised prompts."""
         depth_outputs = text_outputs = view_embeds = point_cloud_embeds = text_embeds = logits = None
         if pixel_values is not None:
-            _check_views(pixel_values)
+            _check_images(pixel_values, self.config, "pixel_values")
             batch, views = pixel_values.shape[:2]
             depth_outputs = self.get_depth_features(pixel_values.flatten(0, 1), return_dict=True, **kwargs)
             view_embeds = F.normalize(depth_outputs.pooler_output, dim=-1).view(batch, views, -1)
@@ -521,17 +577,19 @@ class CLIP2PointForPreTraining(CLIP2PointPreTrainedModel):
     ) -> CLIP2PointPreTrainingOutput:
         """`pixel_values`: (B, 3, H, W) RGB renderings; `depth_pixel_values`: (B, 2, 3, H, W), the two
         depth maps rendered from the RGB image's view at two distances."""
-        if depth_pixel_values.ndim != 5 or depth_pixel_values.shape[1] != 2:
-            raise ValueError(
-                "`depth_pixel_values` must be (batch, 2, channels, height, width), "
-                f"got shape {tuple(depth_pixel_values.shape)}"
-            )
-        if pixel_values.ndim != 4 or pixel_values.shape[0] != depth_pixel_values.shape[0]:
-            raise ValueError(
-                f"`pixel_values` must be (batch, channels, height, width) with the batch of `depth_pixel_values` "
-                f"({depth_pixel_values.shape[0]}), got shape {tuple(pixel_values.shape)}"
-            )
+        _check_images(depth_pixel_values, self.config, "depth_pixel_values", views=2)
+        _check_images(pixel_values, self.config, "pixel_values", views=0)
         batch = depth_pixel_values.shape[0]
+        if pixel_values.shape[0] != batch:
+            raise ValueError(
+                f"`pixel_values` has {pixel_values.shape[0]} images but `depth_pixel_values` {batch} objects"
+            )
+        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        if batch * world < 2:
+            raise ValueError(
+                f"pre-training needs a global batch of at least 2 objects (the others are each one's negatives), "
+                f"got {batch} x {world} process(es)"
+            )
         depth_outputs = self.clip2point.get_depth_features(
             depth_pixel_values.flatten(0, 1), return_dict=True, **kwargs
         )
@@ -658,8 +716,15 @@ class CLIP2PointForPointCloudClassification(CLIP2PointPreTrainedModel):
         **kwargs: Unpack[TransformersKwargs],
     ) -> CLIP2PointClassifierOutput:
         """`pixel_values`: (B, V, 3, H, W) depth views; `labels`: (B,) class indices for the loss."""
-        _check_views(pixel_values)
+        _check_images(pixel_values, self.config, "pixel_values", views=self.config.num_views)
         batch, views = pixel_values.shape[:2]
+        if self.training and batch < 2:
+            raise ValueError(
+                "a batch of 1 point cloud in training mode: the adapters' BatchNorm needs at least 2 "
+                "(call model.eval() to predict one cloud)"
+            )
+        if labels is not None:
+            _check_labels(labels, batch, self.class_embeddings.shape[0])
         flat = pixel_values.flatten(0, 1)
         depth_outputs = self.clip2point.get_depth_features(flat, return_dict=True, **kwargs)
         clip_outputs = self.clip_model(pixel_values=flat, return_dict=True, **kwargs)
@@ -671,12 +736,6 @@ class CLIP2PointForPointCloudClassification(CLIP2PointPreTrainedModel):
         logits = self.classifier_logit_scale.exp() * embeds @ self.class_embeddings.T
         loss = None
         if labels is not None:
-            # A data-dependent check: skipped under torch.compile (cross-entropy still rejects bad labels).
-            if not torch.compiler.is_compiling() and (labels.min() < 0 or labels.max() >= logits.shape[-1]):
-                raise ValueError(
-                    f"`labels` must be in [0, {logits.shape[-1]}), got values in "
-                    f"[{int(labels.min())}, {int(labels.max())}]"
-                )
             loss = F.cross_entropy(logits.float(), labels.to(logits.device))
         return CLIP2PointClassifierOutput(
             loss=loss,

@@ -99,8 +99,8 @@ class ZeroShotPointCloudClassificationPipeline(Pipeline):
 
 def _check_labels(labels: str | Sequence[str]) -> tuple[str, ...]:
     labels = [label.strip() for label in labels.split(",")] if isinstance(labels, str) else list(labels)
-    if not labels or any(not isinstance(label, str) or not label for label in labels):
-        raise ValueError(f"`candidate_labels` must be a non-empty list of non-empty strings, got {labels!r}")
+    if not labels or any(not isinstance(label, str) or not label.strip() for label in labels):
+        raise ValueError(f"`candidate_labels` must be a non-empty list of non-blank strings, got {labels!r}")
     duplicates = sorted({label for label in labels if labels.count(label) > 1})
     if duplicates:
         raise ValueError(f"`candidate_labels` has duplicates: {duplicates}")

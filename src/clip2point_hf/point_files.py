@@ -29,6 +29,8 @@ def read_point_cloud(path: str | os.PathLike, num_points: int = 8192, seed: int 
         raise DatasetFormatError(
             path, f"unsupported file type {ext or '(none)'!r}; expected one of {POINT_FILE_TYPES}"
         )
+    if path.is_dir():
+        raise DatasetFormatError(path, "is a folder, not a point-cloud or mesh file")
     if not path.is_file():
         raise DatasetFormatError(path, "file not found")
     if ext in MESH_FILES:

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
+    "MAX_IMAGE_SIZE",
     "UP_AXES",
     "VIEW_PRESETS",
     "CameraBasis",
@@ -262,12 +263,18 @@ def normalize_point_cloud(points: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     _check_points(points)
     orig_dtype = points.dtype
     pts = points.float() if orig_dtype in (torch.float16, torch.bfloat16) else points
+    # Work on the cloud divided by a power of two near its largest coordinate: exact (every operation below
+    # commutes with it), and squaring a 1e20 coordinate can no longer overflow.
+    magnitude = pts.abs().amax(dim=(-2, -1)).unsqueeze(-1)  # (..., 1)
+    tiny = torch.finfo(pts.dtype).tiny
+    unit = torch.where(
+        magnitude > tiny, torch.exp2(torch.floor(torch.log2(magnitude))), torch.ones_like(magnitude)
+    )
+    pts = pts / unit.unsqueeze(-1)
     centroid = pts.mean(dim=-2, keepdim=True)
     centred = pts - centroid
     scale = centred.norm(dim=-1).amax(dim=-1, keepdim=True)  # (..., 1)
-    magnitude = pts.abs().amax(dim=(-2, -1)).unsqueeze(-1)
-    tiny = torch.finfo(pts.dtype).tiny
-    degenerate = scale <= 16 * torch.finfo(pts.dtype).eps * magnitude + tiny
+    degenerate = scale <= 16 * torch.finfo(pts.dtype).eps * (magnitude / unit) + tiny
     scale = torch.where(degenerate, torch.zeros_like(scale), scale)
     safe = torch.where(degenerate, torch.ones_like(scale), scale)
     normalized = torch.where(
@@ -275,8 +282,8 @@ def normalize_point_cloud(points: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     )
     return (
         normalized.to(orig_dtype),
-        centroid.squeeze(-2).to(orig_dtype),
-        scale.squeeze(-1).to(orig_dtype),
+        (centroid * unit.unsqueeze(-1)).squeeze(-2).to(orig_dtype),
+        (scale * unit).squeeze(-1).to(orig_dtype),
     )
 
 
@@ -470,6 +477,11 @@ class RasterOutput(NamedTuple):
     point_index: torch.Tensor
 
 
+#: Largest view side the renderer accepts: 4096^2 float32 pixels are 64 MiB per view; a typo such as 100000 would
+#: ask for tens of GB at the first call, so it is refused when the renderer (and the processor) is built.
+MAX_IMAGE_SIZE = 4096
+
+
 class DepthRenderer:
     """Batched orthographic point-cloud depth renderer (SPEC section 1), CPU or CUDA, no PyTorch3D.
 
@@ -517,8 +529,14 @@ class DepthRenderer:
         chunk_size: int | None = None,
         point_chunk_size: int | None = None,
     ) -> None:
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-            raise ValueError(f"`image_size` must be a positive int, got {image_size!r}")
+        if (
+            isinstance(image_size, bool)
+            or not isinstance(image_size, int)
+            or not 1 <= image_size <= MAX_IMAGE_SIZE
+        ):
+            raise ValueError(
+                f"`image_size` must be an int in [1, {MAX_IMAGE_SIZE}] (pixels per side of a view), got {image_size!r}"
+            )
         if not (
             isinstance(point_radius, (int, float)) and math.isfinite(point_radius) and 0 < point_radius <= 1
         ):

@@ -20,6 +20,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from .errors import first_line
+from .loading import ModelLoadError, check_safetensors_files, is_offline
+
 __all__ = [
     "CONVERTED_MODEL_ENV",
     "DEFAULT_CLIP_ID",
@@ -81,18 +84,6 @@ def converted_model_dir() -> Path:
     return Path(os.environ.get(CONVERTED_MODEL_ENV) or DEFAULT_CONVERTED_DIR).expanduser()
 
 
-def _offline() -> bool:
-    from huggingface_hub import constants
-
-    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
-    return constants.HF_HUB_OFFLINE or value.strip().upper() in ("1", "ON", "YES", "TRUE")
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
-
-
 def _usable(folder: Path) -> bool:
     weights = any(folder.glob("*.safetensors")) or (folder / "pytorch_model.bin").is_file()
     return (folder / "config.json").is_file() and weights
@@ -128,6 +119,10 @@ def locate_model(spec: str, cache_dir: str | os.PathLike | None = None, timeout:
             raise WeightsUnavailable(
                 f"{spec}: the folder has no config.json and weights (not a model folder)"
             )
+        try:
+            check_safetensors_files(path)
+        except ModelLoadError as error:
+            raise WeightsUnavailable(str(error)) from None
         return path
     if not _HUB_ID.match(spec):
         raise WeightsUnavailable(f"{spec}: no such folder")
@@ -135,14 +130,14 @@ def locate_model(spec: str, cache_dir: str | os.PathLike | None = None, timeout:
         cached = Path(snapshot_download(spec, cache_dir=cache_dir, local_files_only=True))
         if _usable(cached):
             return cached
-    if _offline():
+    if is_offline():
         raise WeightsUnavailable(f"{spec}: not in the Hub cache, and HF_HUB_OFFLINE is set")
     try:
         info = HfApi().model_info(spec, timeout=timeout)
     except RepositoryNotFoundError:
         raise WeightsUnavailable(f"{spec}: no such folder, and not on the Hub") from None
     except Exception as error:  # DNS failure, refused connection, timeout, HTTP error
-        raise WeightsUnavailable(f"{spec}: the Hub cannot be reached ({_first_line(error)})") from None
+        raise WeightsUnavailable(f"{spec}: the Hub cannot be reached ({first_line(error)})") from None
     files = [s.rfilename for s in info.siblings or []]
     weights = ["*.safetensors"] if any(f.endswith(".safetensors") for f in files) else ["pytorch_model.bin"]
     print(f"downloading {spec} from the Hub ...", flush=True)
@@ -152,7 +147,7 @@ def locate_model(spec: str, cache_dir: str | os.PathLike | None = None, timeout:
                 spec, revision=info.sha, cache_dir=cache_dir, allow_patterns=["*.json", "*.txt", *weights]
             )
     except Exception as error:
-        raise WeightsUnavailable(f"{spec}: download failed ({_first_line(error)})") from None
+        raise WeightsUnavailable(f"{spec}: download failed ({first_line(error)})") from None
     return Path(folder)
 
 

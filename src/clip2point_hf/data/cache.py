@@ -16,7 +16,9 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import socket
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -26,6 +28,7 @@ from ..errors import DatasetFormatError
 __all__ = [
     "LOADER_VERSION",
     "build_cached",
+    "clean_stale_work_folders",
     "dataset_metadata",
     "default_cache_dir",
     "fingerprint",
@@ -94,6 +97,54 @@ def _rmtree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+#: A build's temporary folders: ``.<tmp|scratch|old>-<key>-<pid>-<host>-<random>``.
+_WORK_FOLDER = re.compile(r"\.(?:tmp|scratch|old)-.+-(?P<pid>\d+)-(?P<host>[A-Za-z0-9]*)-[0-9a-f]{8}")
+#: Another machine's (shared file system) temporary folder is stale only after this many seconds.
+FOREIGN_STALE_SECONDS = 24 * 3600
+
+
+def _host_tag() -> str:
+    return re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def clean_stale_work_folders(base: str | os.PathLike) -> list[Path]:
+    """Remove the temporary folders of builds that were killed (SIGKILL, power loss) under ``base``.
+
+    A folder is stale when its process (the pid in its name) is no longer alive on this machine, or, for a
+    folder another machine wrote (a shared cache), when it has not changed for ``FOREIGN_STALE_SECONDS``.
+    A live build's folders are never touched. Returns the removed folders.
+    """
+    import time
+
+    base, host, removed = Path(base), _host_tag(), []
+    if not base.is_dir():
+        return removed
+    for path in base.iterdir():
+        found = _WORK_FOLDER.fullmatch(path.name)
+        if found is None or not path.is_dir():
+            continue
+        if found["host"] == host:
+            stale = not _pid_alive(int(found["pid"]))
+        else:
+            stale = time.time() - path.stat().st_mtime > FOREIGN_STALE_SECONDS
+        if stale:
+            _rmtree(path)
+            removed.append(path)
+    if removed:
+        logger.info("removed %d folders of killed cache builds: %s", len(removed), [p.name for p in removed])
+    return removed
+
+
 def build_cached(
     kind: str,
     key: str,
@@ -123,7 +174,8 @@ def build_cached(
             logger.warning("cache entry %s is unreadable (%s); rebuilding it", final, exc)
             rebuild = True
     base.mkdir(parents=True, exist_ok=True)
-    token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    clean_stale_work_folders(base)
+    token = f"{os.getpid()}-{_host_tag()}-{uuid.uuid4().hex[:8]}"
     tmp = base / f".tmp-{key}-{token}"
     scratch = base / f".scratch-{key}-{token}"
     try:

@@ -95,7 +95,9 @@ def load_point_cloud_dataset(
     elif fmt == "shapenet_pairs":
         ds = load_shapenet_pairs(path, path, cache_dir=cache_dir, on_missing=on_missing)
     else:
-        ds = load_mesh_folder(path, num_points=num_points, seed=seed, cache_dir=cache_dir)
+        ds = load_mesh_folder(
+            path, num_points=num_points, seed=seed, cache_dir=cache_dir, on_missing=on_missing
+        )
     meta = dataset_metadata(ds)
     meta.setdefault("format", fmt)
     return ds, meta

@@ -6,7 +6,9 @@ for ModelNet's OFF releases.
 
 from __future__ import annotations
 
+import os
 import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,10 +32,13 @@ def scan_mesh_folder(
     *,
     extensions: Sequence[str] = MESH_EXTENSIONS,
     default_split: str = "train",
+    on_missing: str = "error",
 ):
     """List ``root/<class>/<split>/**/<mesh>`` (or ``root/<class>/<mesh>`` -> ``default_split``).
 
-    Hidden entries, ``__MACOSX`` folders and macOS ``._*`` resource files are ignored.
+    Hidden entries, ``__MACOSX`` folders and macOS ``._*`` resource files are ignored. A mesh file that cannot
+    be read (a dangling link, no read permission) is an error listing every such file, or, with
+    ``on_missing="skip"``, left out with a warning naming them.
 
     Returns:
         ``(classes, splits)``: sorted class folder names, and ``{split: [(relative_path, class), ...]}``
@@ -42,8 +47,16 @@ def scan_mesh_folder(
     root = check_root(root)
     exts = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
 
+    check_choice(on_missing, ("error", "skip"), "on_missing")
+    unreadable: list[Path] = []
+
     def is_mesh(p: Path) -> bool:
-        return p.is_file() and not _skip(p.name) and p.suffix.lower() in exts
+        if _skip(p.name) or p.suffix.lower() not in exts or p.is_dir():
+            return False
+        if not (p.is_file() and os.access(p, os.R_OK)):  # a dangling link, or no read permission
+            unreadable.append(p)
+            return False
+        return True
 
     classes = sorted((d.name for d in root.iterdir() if d.is_dir() and not _skip(d.name)), key=natural_key)
     if not classes:
@@ -70,6 +83,18 @@ def scan_mesh_folder(
                     entry, f"folder name {split!r} is not a valid split name (letters, digits, _)"
                 )
             splits.setdefault(split, []).extend((p.relative_to(root).as_posix(), cls) for p in files)
+    if unreadable:
+        names = [p.relative_to(root).as_posix() for p in unreadable]
+        if on_missing == "error":
+            shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+            raise DatasetFormatError(
+                root,
+                f"{len(names)} mesh files cannot be read (dangling links or no read permission): {shown}; "
+                "pass on_missing='skip' to leave them out",
+            )
+        warnings.warn(
+            f"{root}: skipping {len(names)} unreadable mesh files (dangling links?): {names}", stacklevel=2
+        )
     splits = {s: sorted(items, key=lambda it: natural_key(it[0])) for s, items in splits.items() if items}
     if not splits:
         raise DatasetFormatError(root, f"no mesh files with extensions {list(exts)} under any class folder")
@@ -138,6 +163,7 @@ def load_mesh_folder(
     cache_dir: str | Path | None = None,
     num_proc: int | None = None,
     rebuild: bool = False,
+    on_missing: str = "error",
 ):
     """Load a folder of meshes laid out as ``<class>/<split>/*.obj|off|ply|stl`` as a ``DatasetDict``.
 
@@ -160,6 +186,8 @@ def load_mesh_folder(
         cache_dir: cache root (default ``$CLIP2POINT_HF_CACHE`` or ``$HF_DATASETS_CACHE/clip2point_hf``).
         num_proc: build processes (default: all cores, at most 8, for 64 meshes or more).
         rebuild: ignore an existing cache entry and build again.
+        on_missing: mesh files that cannot be read (dangling links, no permission): ``"error"`` lists them,
+            ``"skip"`` leaves them out with a warning naming them.
 
     Returns:
         ``DatasetDict`` with one ``Dataset`` per split folder; columns ``points`` float32
@@ -181,7 +209,9 @@ def load_mesh_folder(
     )
     check_choice(up_axis, UP_AXES, "up_axis")
     root = check_root(root, "mesh folder")
-    classes, splits = scan_mesh_folder(root, extensions=extensions, default_split=default_split)
+    classes, splits = scan_mesh_folder(
+        root, extensions=extensions, default_split=default_split, on_missing=on_missing
+    )
     meta = {
         "dataset": root.name,
         "source": "mesh_folder",

@@ -11,6 +11,7 @@ from typing import get_args, get_type_hints
 
 from ..data.formats import DATASET_FORMATS
 from ..rendering_clip2point import UP_AXES
+from .checkpointing import check_checkpoint_folder
 
 __all__ = ["BackboneArguments", "PointCloudDataArguments", "TrainingArguments", "args_to_dict", "parse_args"]
 
@@ -50,6 +51,13 @@ class TrainingArguments:
 
     output_dir: OptionalStr = field(
         default=None, metadata={"help": "Where the run, its checkpoints and the model go."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Write into a non-empty --output_dir that is not being resumed (refused otherwise, so a "
+            "finished run is never mixed with a new one)."
+        },
     )
     seed: int = field(
         default=42, metadata={"help": "Seed of initialisation, shuffling, sampling and dropout."}
@@ -131,8 +139,23 @@ class TrainingArguments:
     )
 
     def validate(self) -> None:
+        """Every check that needs no data, before anything is written."""
         if not self.output_dir:
             raise ValueError("--output_dir is required")
+        out = Path(self.output_dir)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--output_dir {out} is a file, not a folder")
+        if (
+            out.is_dir()
+            and any(out.iterdir())
+            and not (self.resume_from_checkpoint or self.overwrite_output_dir)
+        ):
+            raise ValueError(
+                f"--output_dir {out} is not empty (a previous run?): resume it with --resume_from_checkpoint, "
+                "write into it anyway with --overwrite_output_dir, or choose another folder"
+            )
+        if self.resume_from_checkpoint not in (None, "latest"):
+            check_checkpoint_folder(self.resume_from_checkpoint)
         for name in (
             "per_device_train_batch_size",
             "per_device_eval_batch_size",

@@ -79,7 +79,9 @@ def load_tokenizer(args: BackboneArguments):
         from ..testing_utils import make_tiny_tokenizer
 
         return make_tiny_tokenizer()
-    return AutoTokenizer.from_pretrained(name)
+    from ..loading import resolve_model
+
+    return AutoTokenizer.from_pretrained(resolve_model(name, "tokenizer", required_file=None))
 
 
 def _clip_config(spec: str, tokenizer):

@@ -15,7 +15,13 @@ import torch
 from ..hub import HubPushError, push_to_hub
 from ..rendering_clip2point import normalize_point_cloud
 from .arguments import TrainingArguments
-from .checkpointing import TrainingProgress, resume_from_checkpoint, save_checkpoint, save_folder_atomically
+from .checkpointing import (
+    TrainingProgress,
+    clean_partial_checkpoints,
+    resume_from_checkpoint,
+    save_checkpoint,
+    save_folder_atomically,
+)
 from .optimization import build_lr_scheduler
 from .sampling import seed_step
 from .tracking import JsonLogger, configure_console, resolve_trackers, start_trackers, write_json
@@ -108,6 +114,11 @@ def run_training(
     updates_per_epoch = math.ceil(batches / args.gradient_accumulation_steps)
     num_epochs = math.ceil(total_updates / updates_per_epoch)
     every = None if args.checkpointing_steps in (None, "epoch") else int(args.checkpointing_steps)
+    root = Path(checkpoint_root) if checkpoint_root is not None else Path(args.output_dir) / "checkpoints"
+
+    def checkpoint():
+        save_checkpoint(accelerator, progress, root, args.checkpoints_total_limit)
+
     bar = tqdm(
         total=total_updates,
         initial=progress.completed_steps,
@@ -180,7 +191,7 @@ def run_training(
             if args.eval_steps and progress.completed_steps % args.eval_steps == 0:
                 validate()
             if every and progress.completed_steps % every == 0:
-                save_checkpoint(accelerator, progress)
+                checkpoint()
             if progress.completed_steps >= total_updates:
                 done = True
                 break
@@ -189,7 +200,7 @@ def run_training(
             if not args.eval_steps:
                 validate()
             if args.checkpointing_steps == "epoch":
-                save_checkpoint(accelerator, progress)
+                checkpoint()
     if evaluate is not None and last_eval[0] != progress.completed_steps and progress.completed_steps > 0:
         validate()  # the final weights are always a candidate
     bar.close()
@@ -197,15 +208,14 @@ def run_training(
 
 
 def setup_accelerator(args: TrainingArguments):
-    """An ``Accelerator`` with automatic checkpoint naming under ``<output_dir>/checkpoints`` and the trackers."""
+    """An ``Accelerator`` logging under ``<output_dir>/runs``, with the trackers. Checkpoints are named and pruned
+    by :func:`save_checkpoint` (accelerate's automatic naming prunes before it writes)."""
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
 
     project = ProjectConfiguration(
         project_dir=str(args.output_dir),
         logging_dir=str(Path(args.output_dir) / "runs"),
-        automatic_checkpoint_naming=True,
-        total_limit=args.checkpoints_total_limit,
     )
     kwargs = {} if args.mixed_precision is None else {"mixed_precision": args.mixed_precision}
     try:
@@ -239,7 +249,7 @@ def finish_with_hub(accelerator, args: TrainingArguments, folder: str | os.PathL
 class TrainingRun:
     """The scaffolding every training script shares, in the order a script uses it.
 
-    ``TrainingRun(args)`` creates the output folder, the ``Accelerator`` (checkpoints under
+    ``TrainingRun(args)`` creates the ``Accelerator`` (checkpoints under
     ``<output_dir>/checkpoints``, trackers) and the JSON log; :meth:`prepare` builds the LR schedule, prepares
     model/optimizer/scheduler, registers the progress and resumes; :meth:`record_config` writes
     ``run_args.json`` and starts the trackers; :meth:`train` runs :func:`run_training`; :meth:`save_best` keeps
@@ -250,12 +260,13 @@ class TrainingRun:
     def __init__(self, args: TrainingArguments):
         self.args = args
         configure_console(args.verbose)
-        self.output_dir = Path(args.output_dir)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.output_dir = Path(args.output_dir)  # created by the first write, once inputs are validated
         self.accelerator = setup_accelerator(args)
         self.log = JsonLogger(self.accelerator, self.output_dir)
         self.best_dir = self.output_dir / "best_model"
         self.checkpoint_root = self.output_dir / "checkpoints"
+        if self.accelerator.is_main_process:
+            clean_partial_checkpoints(self.checkpoint_root)  # what a killed save left
 
     def prepare(self, model, optimizer, train_loader, per_device_batch_size: int):
         """The model prepared by accelerate (with ``optimizer`` and the LR schedule, kept for :meth:`train`);
@@ -324,6 +335,7 @@ class TrainingRun:
             log=self.log,
             evaluate=evaluate,
             on_best=on_best,
+            checkpoint_root=self.checkpoint_root,
         )
 
     def finish(self, summary: Sequence[str] = ()) -> None:

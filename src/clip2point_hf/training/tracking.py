@@ -79,6 +79,7 @@ class JsonLogger:
 
     def __call__(self, values: Mapping, step: int) -> None:
         if self.accelerator.is_main_process:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a") as f:
                 f.write(json.dumps({"step": step, **{k: _plain(v) for k, v in values.items()}}) + "\n")
         self.accelerator.log(dict(values), step=step)
@@ -93,5 +94,6 @@ def _plain(value):
 
 
 def write_json(path: str | os.PathLike, value) -> None:
-    """``value`` as indented JSON (tensors and numpy scalars as plain numbers)."""
+    """``value`` as indented JSON (tensors and numpy scalars as plain numbers); creates the folder."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(value, indent=2, default=_plain) + "\n")

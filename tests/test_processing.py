@@ -341,8 +341,12 @@ def test_call_options_are_merged_like_transformers_kwargs():
     p = CLIP2PointProcessor(tokenizer=tok, num_points=64, image_size=32, views="reference6")
     x, text = clouds(2, 100, seed=5), ["image of a chair", "a lamp"]
     default = p(x, text=text)
-    assert isinstance(default["pixel_values"], torch.Tensor) and isinstance(default["input_ids"], torch.Tensor)
-    torch.testing.assert_close(default["input_ids"], tok(text, padding=True, return_tensors="pt")["input_ids"])
+    assert isinstance(default["pixel_values"], torch.Tensor) and isinstance(
+        default["input_ids"], torch.Tensor
+    )
+    torch.testing.assert_close(
+        default["input_ids"], tok(text, padding=True, return_tensors="pt")["input_ids"]
+    )
     flat = p(x, text=text, padding="max_length", max_length=24, return_tensors="np", device="cpu")
     nested = p(x, text=text, text_kwargs={"padding": "max_length", "max_length": 24}, return_tensors="np")
     assert isinstance(flat["pixel_values"], np.ndarray) and flat["input_ids"].shape == (2, 24)

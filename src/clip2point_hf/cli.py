@@ -48,14 +48,20 @@ def _first_line(error: BaseException) -> str:
 
 
 def _load_pipeline(model: str, device: str | None):
-    from transformers import pipeline
+    """The model's pipeline, chosen from its config: `point-cloud-classification` for a fine-tuned classifier,
+    `zero-shot-point-cloud-classification` for the others."""
+    from transformers import AutoConfig, pipeline
 
-    import clip2point_hf  # noqa: F401  (registers the task)
+    import clip2point_hf  # noqa: F401  (registers the tasks)
+
+    from .pipeline_clip2point import task_for_architecture
 
     if not (Path(model).is_dir() or "/" in model):
         raise CommandError(f"--model: {model!r} is neither a folder nor a Hub id (org/name)")
     try:
-        return pipeline("zero-shot-point-cloud-classification", model=model, device=device)
+        config = AutoConfig.from_pretrained(model)
+        task = task_for_architecture((config.architectures or [None])[0])
+        return pipeline(task, model=model, device=device)
     except (OSError, ValueError) as error:
         raise CommandError(f"cannot load the model {model!r}: {_first_line(error)}") from None
 
@@ -64,15 +70,31 @@ def _load_pipeline(model: str, device: str | None):
 
 
 def cmd_classify(args: argparse.Namespace) -> None:
-    labels = _labels(args.labels)
+    from .pipeline_clip2point import CLASSIFICATION_TASK
+
+    labels = _labels(args.labels) if args.labels is not None else None
     for path in args.files:
         if not Path(path).is_file():
             raise CommandError(f"{path}: file not found")
     classifier = _load_pipeline(args.model, args.device)
-    kwargs = {"candidate_labels": labels, "batch_size": args.batch_size}
-    if args.template:
-        kwargs["hypothesis_template"] = args.template
+    if classifier.task == CLASSIFICATION_TASK:
+        # A fine-tuned model answers with its own classes; --labels keeps some of them.
+        known = list(classifier.model.config.id2label.values())
+        unknown = [label for label in labels or () if label not in known]
+        if unknown:
+            raise CommandError(f"--labels: {unknown} are not classes of {args.model} ({', '.join(known)})")
+        if args.template:
+            raise CommandError("--template applies to zero-shot models; this one is a fine-tuned classifier")
+        kwargs = {"top_k": len(known), "batch_size": args.batch_size}
+    else:
+        if labels is None:
+            raise CommandError(f"--labels is required: {args.model} is a zero-shot model (it has no classes)")
+        kwargs = {"candidate_labels": labels, "batch_size": args.batch_size}
+        if args.template:
+            kwargs["hypothesis_template"] = args.template
     results = classifier(list(args.files), **kwargs)
+    if labels is not None:
+        results = [[r for r in ranked if r["label"] in labels] for ranked in results]
     if args.json:
         print(json.dumps(dict(zip(args.files, results, strict=True)), indent=2))
         return
@@ -165,8 +187,11 @@ def cmd_push(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from .evaluation import main as run_zero_shot
 
-    views = {"10": "reference10", "6": "reference6"}.get(args.views, args.views)
-    argv = ["--model", args.model, "--dataset", args.dataset, "--views", views, "--prompts", *args.prompts]
+    argv = ["--model", args.model, "--dataset", args.dataset, "--prompts", *args.prompts]
+    if args.views is not None:
+        argv += ["--views", {"10": "reference10", "6": "reference6"}.get(args.views, args.views)]
+    if args.seed is not None:
+        argv += ["--seed", str(args.seed)]
     argv += ["--output_dir", args.output_dir, "--batch_size", str(args.batch_size), "--split", args.split]
     if args.on_missing_skip:
         argv += ["--on_missing", "skip"]
@@ -185,10 +210,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clip2point", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    p = commands.add_parser("classify", help="zero-shot classify point-cloud files")
+    p = commands.add_parser("classify", help="classify point-cloud files (zero-shot or fine-tuned model)")
     p.add_argument("files", nargs="+", help=".ply .obj .off .stl .npy .npz .txt .xyz files")
-    p.add_argument("--labels", required=True, help="comma-separated candidate labels")
-    p.add_argument("--model", required=True, help="a model folder or Hub id")
+    p.add_argument(
+        "--labels",
+        help="comma-separated candidate labels (required for a zero-shot model; for a fine-tuned one, "
+        "only these of its classes are shown)",
+    )
+    p.add_argument("--model", required=True, help="a model folder or Hub id (zero-shot or fine-tuned)")
     p.add_argument("--template", help="prompt template with {} (default: the model's)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ...")
     p.add_argument("--batch-size", type=int, default=16)
@@ -208,16 +237,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_render)
 
-    p = commands.add_parser("evaluate", help="zero-shot accuracy on a dataset (clip2point_hf.evaluation)")
+    p = commands.add_parser(
+        "evaluate", help="accuracy on a dataset, zero-shot or fine-tuned (clip2point_hf.evaluation)"
+    )
     p.add_argument("--dataset", required=True, help="a dataset folder (ModelNet, ScanObjectNN, mesh folder)")
-    p.add_argument("--model", required=True, help="a CLIP2Point folder or Hub id")
+    p.add_argument("--model", required=True, help="a CLIP2Point folder or Hub id (zero-shot or fine-tuned)")
     p.add_argument(
-        "--views", default="6", help="6, 10, a preset name, or a JSON list of [elev, azim(, dist)]"
+        "--views",
+        help="6, 10, a preset name, or a JSON list of [elev, azim(, dist)] (default: 6 for a zero-shot model, "
+        "the saved processor's views for a fine-tuned one)",
     )
     p.add_argument(
         "--prompts", nargs="+", default=["reference"], help="reference, ensemble, or templates with {}"
     )
     p.add_argument("--split", default="test")
+    p.add_argument(
+        "--seed",
+        type=int,
+        help="seed of the clouds sampled from the dataset (default: a fine-tuned model's run seed, else 0)",
+    )
     p.add_argument("--output_dir", default="zero_shot_output")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--tokenizer", help="CLIP tokenizer, if the model folder has none")

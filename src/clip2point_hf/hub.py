@@ -26,7 +26,7 @@ from .modeling_clip2point import (
     CLIP2PointModel,
     CLIP2PointPreTrainedModel,
 )
-from .pipeline_clip2point import CLASSIFICATION_TASK, ZERO_SHOT_TASK
+from .pipeline_clip2point import CLASSIFICATION_TASK, task_for_architecture
 
 REMOTE_CODE_FILES = ("configuration_clip2point.py", "modeling_clip2point.py")
 PROCESSOR_CODE_FILES = ("processing_clip2point.py", "rendering_clip2point.py")
@@ -55,13 +55,6 @@ class HubFolderError(ValueError):
 
 class HubPushError(RuntimeError):
     """The upload failed (offline, no network, no credentials); the message says where the local copy is."""
-
-
-def pipeline_task(model: CLIP2PointPreTrainedModel) -> str:
-    """The pipeline task of a model: a fine-tuned classifier has its own classes; the others are zero-shot."""
-    if isinstance(model, CLIP2PointForPointCloudClassification):
-        return CLASSIFICATION_TASK
-    return ZERO_SHOT_TASK
 
 
 def load_for_export(model_dir: str | os.PathLike) -> CLIP2PointPreTrainedModel:
@@ -274,7 +267,7 @@ def build_model_card(
     data = ModelCardData(
         library_name="transformers",
         pipeline_tag="image-classification"
-        if pipeline_task(model) == CLASSIFICATION_TASK
+        if task_for_architecture(type(model).__name__) == CLASSIFICATION_TASK
         else "zero-shot-image-classification",
         tags=["clip2point", "point-cloud", "3d", "zero-shot", "clip", "depth-rendering", "custom_code"],
         datasets=sorted(dataset_ids) or None,
@@ -291,7 +284,7 @@ def build_model_card(
         else "No evaluation was run for this checkpoint."
     )
     converted = provenance is not None and provenance.get("layout") != "clip"
-    usage = _usage_section(name, pipeline_task(model))
+    usage = _usage_section(name, task_for_architecture(type(model).__name__))
     origin = _provenance_section(provenance, trained_here=training_notes is not None)
     body = f"""
 # {name}
@@ -356,7 +349,7 @@ def export_hub_folder(
     base_model: str | None = None,
 ) -> Path:
     """Write the folder to upload: weights, config with `auto_map` and `custom_pipelines`, remote code (model,
-    processor, pipeline), processor, card. It is written by the model's pipeline (`pipeline_task`) through
+    processor, pipeline), processor, card. It is written by the model's pipeline (`task_for_architecture`) through
     transformers' `Pipeline.save_pretrained`, so `pipeline(model=folder, trust_remote_code=True)` finds it."""
     from transformers import pipeline
 
@@ -372,7 +365,9 @@ def export_hub_folder(
     results = read_results(result_files)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    pipeline(pipeline_task(model), model=model, processor=processor).save_pretrained(output_dir)
+    pipeline(task_for_architecture(type(model).__name__), model=model, processor=processor).save_pretrained(
+        output_dir
+    )
     training_notes = None
     if (Path(model_dir) / "training_args.json").is_file():
         args = (Path(model_dir) / "training_args.json").read_text()
@@ -494,7 +489,6 @@ __all__ = [
     "evaluated_dataset",
     "export_hub_folder",
     "load_for_export",
-    "pipeline_task",
     "push_to_hub",
     "read_provenance",
     "read_results",

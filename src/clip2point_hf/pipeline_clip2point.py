@@ -28,6 +28,12 @@ CLASSIFICATION_TASK = "point-cloud-classification"
 FUNCTIONS_TO_APPLY = ("softmax", "sigmoid", "none")
 
 
+def task_for_architecture(architecture: str | None) -> str:
+    """The pipeline task of a saved model (`config.architectures[0]`): a fine-tuned classifier answers with its
+    own classes; every other CLIP2Point model is zero-shot."""
+    return CLASSIFICATION_TASK if architecture == "CLIP2PointForPointCloudClassification" else ZERO_SHOT_TASK
+
+
 class PointCloudPipeline(Pipeline):
     """What the point-cloud pipelines share: reading inputs, sampling them on the CPU, rendering their depth
     views on the pipeline's device, and saving the processor with the model."""
@@ -193,4 +199,5 @@ __all__ = [
     "PointCloudClassificationPipeline",
     "PointCloudPipeline",
     "ZeroShotPointCloudClassificationPipeline",
+    "task_for_architecture",
 ]

@@ -197,3 +197,17 @@ def test_pipeline_save_pretrained_round_trips_without_the_package(zero_shot_dir,
     remote = run_remote(tmp_path / "saved", {"candidate_labels": LABELS}, tmp_path)
     assert remote["class"] == "ZeroShotPointCloudClassificationPipeline"
     assert_same_answers(remote["results"], clf(np.stack(clouds(2)), candidate_labels=LABELS))
+
+
+def test_cli_classify_chooses_the_pipeline_from_the_config(zero_shot_dir, classifier_dir, tmp_path, capsys):
+    from clip2point_hf.cli import main
+
+    np.save(tmp_path / "c.npy", clouds(1)[0])
+    file = str(tmp_path / "c.npy")
+    assert main(["classify", file, "--model", str(zero_shot_dir)]) == 2
+    assert "--labels is required" in capsys.readouterr().err
+    assert main(["classify", file, "--model", str(classifier_dir), "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)[file]
+    assert_same_answers(answer, pipeline("point-cloud-classification", model=str(classifier_dir))(file))
+    assert main(["classify", file, "--model", str(classifier_dir), "--template", "a {}"]) == 2
+    assert "zero-shot" in capsys.readouterr().err

@@ -143,7 +143,7 @@ def test_up_axis_option(small):
 
 def test_views_and_distances_per_call(small):
     x = clouds(2, 256, seed=10)
-    six = small(x, views="reference6")["pixel_values"]
+    six = small(x, render_views="reference6")["pixel_values"]
     assert six.shape == (2, 6, 3, 64, 64)
     zoom = small(x, distances=torch.tensor([[1.0, 1.0, 1.2], [2.0, 2.0, 2.0]]))["pixel_values"]
     plain = small(x)["pixel_values"]
@@ -248,8 +248,8 @@ SETTINGS = {
     "depth_mode": "minmax",
     "densify": True,
     "clip_free_zoom": False,
-    "image_mean": [0.5, 0.5, 0.5],
-    "image_std": [0.25, 0.25, 0.25],
+    "depth_mean": [0.5, 0.5, 0.5],
+    "depth_std": [0.25, 0.25, 0.25],
     "max_fps_points": 4096,
     "validate_values": True,
 }
@@ -276,6 +276,88 @@ def test_save_and_load_round_trip(tmp_path, with_tokenizer):
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("views", ["reference6", [[0, 0], [90, 0, 1.2]], [[10.5, -20.0, 1.0]]])
+def test_json_round_trip_keeps_what_the_user_set(tmp_path, views):
+    """A preset name stays a name and an explicit list stays that list (no distance added, no floats made)."""
+    p = CLIP2PointProcessor(num_points=64, image_size=32, views=views)
+    assert p.views == views and json.loads(p.to_json_string())["views"] == views
+    p.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "processor_config.json").read_text())["views"] == views
+    assert CLIP2PointProcessor.from_pretrained(tmp_path).views == views
+
+
+def test_processor_config_with_the_old_mean_std_names_loads(tmp_path):
+    """Files saved before `image_mean`/`image_std` were renamed `depth_mean`/`depth_std` load unchanged."""
+    new = CLIP2PointProcessor(num_points=64, image_size=32, depth_mean=[0.5, 0.4, 0.3], depth_std=[0.2] * 3)
+    new.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "processor_config.json").read_text())
+    assert "image_mean" not in saved and saved["depth_mean"] == [0.5, 0.4, 0.3]
+    saved["image_mean"], saved["image_std"] = saved.pop("depth_mean"), saved.pop("depth_std")
+    (tmp_path / "processor_config.json").write_text(json.dumps(saved))
+    old = CLIP2PointProcessor.from_pretrained(tmp_path)
+    assert old.depth_mean == [0.5, 0.4, 0.3] and old.depth_std == [0.2] * 3
+    x = clouds(1, 100, seed=4)
+    torch.testing.assert_close(old(x)["pixel_values"], new(x)["pixel_values"], rtol=0, atol=0)
+
+
+def _explicit_arguments(method) -> set[str]:
+    import inspect
+
+    return {
+        name
+        for name, param in inspect.signature(method).parameters.items()
+        if name != "self" and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD)
+    }
+
+
+def test_kwargs_follow_transformers_processor_rules():
+    """The rules transformers' own processor tests check (tests/test_processing_common.py, 5.24)."""
+    import inspect
+    from typing import is_typeddict
+
+    from clip2point_hf.processing_clip2point import CLIP2PointProcessorKwargs
+
+    cls = CLIP2PointProcessor
+    assert cls.valid_processor_kwargs is CLIP2PointProcessorKwargs
+    kwarg_names = set()
+    for name, annotation in CLIP2PointProcessorKwargs.__annotations__.items():
+        kwarg_names.add(name)
+        if is_typeddict(annotation):  # text_kwargs, images_kwargs...: their keys can be passed flat
+            kwarg_names |= set(annotation.__annotations__)
+    init_args, call_args = _explicit_arguments(cls.__init__), _explicit_arguments(cls.__call__)
+    assert not {name for name in init_args if hasattr(cls, name)}  # no default both in __init__ and the class
+    assert not init_args & kwarg_names  # a saved setting is not also a call option (views, image_mean...)
+    assert not call_args & kwarg_names
+    processor = CLIP2PointProcessor(tokenizer=make_tiny_tokenizer())
+    assert not {name for name in call_args if hasattr(processor, name)}
+    parameters = inspect.signature(cls.__call__).parameters
+    assert all(parameters[name].default in (None, inspect.Parameter.empty) for name in call_args)
+
+
+def test_call_options_are_merged_like_transformers_kwargs():
+    tok = make_tiny_tokenizer()
+    p = CLIP2PointProcessor(tokenizer=tok, num_points=64, image_size=32, views="reference6")
+    x, text = clouds(2, 100, seed=5), ["image of a chair", "a lamp"]
+    default = p(x, text=text)
+    assert isinstance(default["pixel_values"], torch.Tensor) and isinstance(
+        default["input_ids"], torch.Tensor
+    )
+    torch.testing.assert_close(
+        default["input_ids"], tok(text, padding=True, return_tensors="pt")["input_ids"]
+    )
+    flat = p(x, text=text, padding="max_length", max_length=24, return_tensors="np", device="cpu")
+    nested = p(x, text=text, text_kwargs={"padding": "max_length", "max_length": 24}, return_tensors="np")
+    assert isinstance(flat["pixel_values"], np.ndarray) and flat["input_ids"].shape == (2, 24)
+    for key in flat:
+        np.testing.assert_array_equal(flat[key], nested[key])
+    np.testing.assert_array_equal(flat["pixel_values"], default["pixel_values"].numpy())
+    ten = p(x, render_views="reference10")["pixel_values"]
+    torch.testing.assert_close(
+        ten, CLIP2PointProcessor(num_points=64, image_size=32)(x)["pixel_values"], rtol=0, atol=0
+    )
+    assert p.views == "reference6"  # a call's views do not change the saved setting
 
 
 def test_from_pretrained_of_an_empty_folder_fails(tmp_path):

@@ -135,6 +135,50 @@ def run_script(
     return result
 
 
+def run_cli(args: list, env: dict, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "clip2point_hf.cli", *map(str, args)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    if check and result.returncode != 0:
+        raise AssertionError(f"clip2point {args[0]} failed ({result.returncode}):\n{result.stderr[-5000:]}")
+    return result
+
+
+def assert_cli_scores_the_fine_tuned_run(run: Path, dataset: Path, test_file: Path, env: dict) -> None:
+    """`clip2point classify` answers with the run's classes (no --labels needed); `clip2point evaluate` gives the
+    run's own test accuracy and confusion matrix, in the zero-shot result format the model card reads."""
+    from clip2point_hf.hub import read_results
+    from clip2point_hf.prompts import prompt_names
+
+    classes = json.loads((run / "test_results.json").read_text())["class_names"]
+    labels = prompt_names(classes, distinct=True)  # the classifier's id2label ("bird 1" for SHREC's "bird1")
+    answer = json.loads(run_cli(["classify", test_file, "--model", run, "--json"], env).stdout)[
+        str(test_file)
+    ]
+    assert sorted(r["label"] for r in answer) == sorted(labels)  # every class, softmax scores
+    assert sum(r["score"] for r in answer) == pytest.approx(1.0, abs=1e-5)
+    kept = json.loads(
+        run_cli(
+            ["classify", test_file, "--model", run, "--labels", ",".join(classes[:2]), "--json"], env
+        ).stdout
+    )[str(test_file)]
+    assert kept == [r for r in answer if r["label"] in classes[:2]]
+    bad = run_cli(["classify", test_file, "--model", run, "--labels", "no-such-class"], env, check=False)
+    assert bad.returncode == 2 and "no-such-class" in bad.stderr and "Traceback" not in bad.stderr
+
+    out = run / "evaluate"
+    run_cli(["evaluate", "--dataset", dataset, "--model", run, "--output_dir", out], env)
+    summary = json.loads((out / "zero_shot_results.json").read_text())
+    results = json.loads((run / "all_results.json").read_text())
+    test = json.loads((run / "test_results.json").read_text())
+    assert summary["classifier"] == "fine-tuned" and summary["class_names"] == classes
+    assert summary["num_examples"] == results["num_test_examples"]
+    assert summary["overall_accuracy"] == pytest.approx(results["test_accuracy"], abs=1e-12)
+    assert summary["confusion_matrix"] == test["confusion_matrix"]
+    assert (out / "confusion_matrix.png").stat().st_size > 0
+    (card,) = read_results([out / "zero_shot_results.json"])
+    assert card["overall_accuracy"] == summary["overall_accuracy"]
+
+
 def read_log(folder: Path) -> list[dict]:
     return [json.loads(line) for line in (folder / "log_history.jsonl").read_text().splitlines()]
 
@@ -297,6 +341,8 @@ def test_finetune_supervised_without_pretraining(meshes, workdir, env):
     splits = json.loads((out / "data_splits.json").read_text())
     assert len(splits["train"]) + len(splits["validation"]) == 18
     assert json.loads((out / "all_results.json").read_text())["completed_steps"] == 3
+    # The fine-tuned folder, as a user then uses it: classify a test mesh, score the test split.
+    assert_cli_scores_the_fine_tuned_run(out, meshes, meshes / "prism" / "test" / "m0.obj", env)
 
 
 def test_zero_shot_matches_direct_computation(pretrained, meshes, workdir, env):
@@ -580,10 +626,13 @@ def test_resume_latest_without_checkpoint_starts_fresh(meshes, workdir, env):
 # Learning on real data
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not SHREC.is_dir(), reason="SHREC'16 is not in ../shared/data (a user's machine)")
 def test_supervised_gdpa_learns_on_shrec(workdir, env):
     """The fast version of the BENCHMARKS.md run: 30 classes (chance 3.3%), a tiny random backbone trained with
-    the adapters (--train_backbone), 6 epochs; this machine measured 20.0% test accuracy (about 30 s)."""
+    the adapters (--train_backbone), 6 epochs; this machine measured 20.0% test accuracy (about 30 s). Then the
+    fine-tuned folder through `clip2point classify` and `clip2point evaluate` (the same test accuracy); the
+    fast variant of that on a generated dataset is in `test_finetune_supervised_without_pretraining`."""
     out = workdir / "shrec"
     run_script(
         "finetune_gdpa.py",
@@ -618,6 +667,8 @@ def test_supervised_gdpa_learns_on_shrec(workdir, env):
     results = json.loads((out / "all_results.json").read_text())
     assert results["num_test_examples"] == 120 and results["chance"] == pytest.approx(1 / 30)
     assert results["test_accuracy"] >= 0.10, results  # 3x chance; measured 0.20
+    test_mesh = next(p for p in sorted(SHREC.rglob("*")) if p.is_file() and "/test/" in p.as_posix())
+    assert_cli_scores_the_fine_tuned_run(out, SHREC, test_mesh, env)
 
 
 # ---------------------------------------------------------------------------------------------------------

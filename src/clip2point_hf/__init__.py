@@ -19,7 +19,12 @@ from .modeling_clip2point import (
     CLIP2PointPreTrainedModel,
     CLIP2PointPreTrainingOutput,
 )
-from .pipeline_clip2point import ZeroShotPointCloudClassificationPipeline
+from .pipeline_clip2point import (
+    CLASSIFICATION_TASK,
+    ZERO_SHOT_TASK,
+    PointCloudClassificationPipeline,
+    ZeroShotPointCloudClassificationPipeline,
+)
 from .processing_clip2point import CLIP2PointProcessor
 from .rendering_clip2point import VIEW_PRESETS, DepthRenderer
 
@@ -40,9 +45,15 @@ CLIP2PointForPointCloudClassification.register_for_auto_class("AutoModelForImage
 CLIP2PointProcessor.register_for_auto_class("AutoProcessor")
 
 PIPELINE_REGISTRY.register_pipeline(
-    "zero-shot-point-cloud-classification",
+    ZERO_SHOT_TASK,
     pipeline_class=ZeroShotPointCloudClassificationPipeline,
     pt_model=AutoModel,
+    type="multimodal",
+)
+PIPELINE_REGISTRY.register_pipeline(
+    CLASSIFICATION_TASK,
+    pipeline_class=PointCloudClassificationPipeline,
+    pt_model=AutoModelForImageClassification,
     type="multimodal",
 )
 
@@ -58,5 +69,6 @@ __all__ = [
     "CLIP2PointPreTrainingOutput",
     "CLIP2PointProcessor",
     "DepthRenderer",
+    "PointCloudClassificationPipeline",
     "ZeroShotPointCloudClassificationPipeline",
 ]

@@ -83,21 +83,39 @@ def _up_axis_note(up_axis: str | None, default: str, source: str) -> str:
 
 
 def cmd_classify(args: argparse.Namespace) -> None:
-    labels = _labels(args.labels)
+    from .pipeline_clip2point import CLASSIFICATION_TASK
+
+    labels = _labels(args.labels) if args.labels is not None else None
     for path in args.files:
         if Path(path).is_dir():
             raise CommandError(f"{path}: is a folder, not a point-cloud or mesh file")
         if not Path(path).is_file():
             raise CommandError(f"{path}: file not found")
     classifier = _load_pipeline(args.model, args.device)
-    kwargs = {"candidate_labels": labels, "batch_size": args.batch_size}
-    if args.template:
-        kwargs["hypothesis_template"] = args.template
+    if classifier.task == CLASSIFICATION_TASK:
+        # A fine-tuned model answers with its own classes; --labels keeps some of them.
+        known = list(classifier.model.config.id2label.values())
+        unknown = [label for label in labels or () if label not in known]
+        if unknown:
+            raise CommandError(f"--labels: {unknown} are not classes of {args.model} ({', '.join(known)})")
+        if args.template:
+            raise CommandError("--template applies to zero-shot models; this one is a fine-tuned classifier")
+        kwargs = {"top_k": len(known), "batch_size": args.batch_size}
+    else:
+        if labels is None:
+            raise CommandError(
+                "--labels is required: the model is a zero-shot model (it has no classes of its own)"
+            )
+        kwargs = {"candidate_labels": labels, "batch_size": args.batch_size}
+        if args.template:
+            kwargs["hypothesis_template"] = args.template
     if args.up_axis:
         kwargs["up_axis"] = args.up_axis
     note = _up_axis_note(args.up_axis, classifier.processor.up_axis, "the model's processor")
     print(note, file=sys.stderr if args.json else sys.stdout)
     results = classifier(list(args.files), **kwargs)
+    if labels is not None:
+        results = [[r for r in ranked if r["label"] in labels] for ranked in results]
     if args.json:
         print(json.dumps(dict(zip(args.files, results, strict=True)), indent=2))
         return
@@ -199,6 +217,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         argv += ["--prompts", *args.prompts]
     if args.prompt_naming is not None:
         argv += ["--prompt_naming", args.prompt_naming]
+    if args.seed is not None:
+        argv += ["--seed", str(args.seed)]
     argv += ["--output_dir", args.output_dir, "--batch_size", str(args.batch_size), "--split", args.split]
     argv += ["--on_missing", args.on_missing, "--dataset_format", args.dataset_format]
     for flag in ("tokenizer", "up_axis"):
@@ -258,14 +278,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    p = commands.add_parser("classify", help="zero-shot classify point-cloud files")
+    p = commands.add_parser("classify", help="classify point-cloud files (zero-shot or fine-tuned model)")
     o = _Options(p)
     o("files", nargs="+", help=f"point-cloud or mesh files ({' '.join(_file_types())})")
-    o("--labels", required=True, help="comma-separated candidate labels")
+    o(
+        "--labels",
+        help="comma-separated candidate labels (required for a zero-shot model; for a fine-tuned one, "
+        "only these of its classes are shown)",
+    )
     o(
         "--model",
         default=None,
-        help="a CLIP2Point or CLIP folder or Hub id (default: the best weights reachable; see README)",
+        help="a CLIP2Point (zero-shot or fine-tuned) or CLIP folder or Hub id (default: the best weights "
+        "reachable; see README)",
     )
     o("--up_axis", choices=UP_AXES, default=None, help=UP_AXIS_HELP + "; default: the model's processor's")
     o("--template", help="prompt template with {} (default: the model's)")
@@ -286,11 +311,13 @@ def build_parser() -> argparse.ArgumentParser:
     o("--seed", type=int, default=0)
     p.set_defaults(func=cmd_render)
 
-    p = commands.add_parser("evaluate", help="zero-shot accuracy on a dataset (clip2point_hf.evaluation)")
+    p = commands.add_parser(
+        "evaluate", help="accuracy on a dataset, zero-shot or fine-tuned (clip2point_hf.evaluation)"
+    )
     o = _Options(p)
     o("--dataset", required=True, help="a dataset folder (ModelNet, ScanObjectNN, mesh folder)")
     o("--dataset_format", choices=DATASET_FORMATS, default="auto", help="which loader (default: detected)")
-    o("--model", required=True, help="a CLIP2Point folder or Hub id")
+    o("--model", required=True, help="a CLIP2Point folder or Hub id (zero-shot or fine-tuned)")
     o("--up_axis", choices=UP_AXES, default=None, help=UP_AXIS_HELP + "; default: the dataset loader's")
     o(
         "--protocol",
@@ -298,10 +325,19 @@ def build_parser() -> argparse.ArgumentParser:
         default="default",
         help="reference: the authors' zero-shot protocol (README, Evaluation); explicit flags override it",
     )
-    o("--views", help="6 (default), 10, a preset name, or a JSON list of [elev, azim(, dist)]")
+    o(
+        "--views",
+        help="6, 10, a preset name, or a JSON list of [elev, azim(, dist)] (default: 6 for a zero-shot model, "
+        "the saved processor's views for a fine-tuned one)",
+    )
     o("--prompts", nargs="+", help="reference (default), ensemble, or templates with {}")
     o("--prompt_naming", choices=("ours", "reference"), help="class spellings (default: ours)")
     o("--split", default="test")
+    o(
+        "--seed",
+        type=int,
+        help="seed of the clouds sampled from the dataset (default: a fine-tuned model's run seed, else 0)",
+    )
     o("--output_dir", default="zero_shot_output")
     o("--overwrite_output_dir", action="store_true", help="replace results already in --output_dir")
     o("--batch_size", type=int, default=32)

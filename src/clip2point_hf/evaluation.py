@@ -1,4 +1,6 @@
-"""Zero-shot point-cloud classification with a CLIP2Point depth encoder (SPEC section 3).
+"""Zero-shot point-cloud classification with a CLIP2Point depth encoder (SPEC section 3); the same scoring of a
+fine-tuned classifier (``CLIP2PointForPointCloudClassification``, e.g. ``examples/finetune_gdpa.py`` output) over its
+own classes, rendered with the processor saved beside it.
 
 Each cloud is rendered into depth views (on the accelerator device); each view is embedded and L2-normalised;
 the logit of class k is the (optionally weighted) sum over views of the cosine with the class's text embedding.
@@ -34,7 +36,8 @@ import torch
 
 from .data import PointCloudBatchTransform, random_subset
 from .loading import resolve_model
-from .modeling_clip2point import CLIP2PointModel
+from .modeling_clip2point import CLIP2PointForPointCloudClassification, CLIP2PointModel
+from .pipeline_clip2point import CLASSIFICATION_TASK, task_for_architecture
 from .prompts import PROMPT_NAMINGS, encode_class_prompts, prompt_names, resolve_templates
 from .rendering_clip2point import VIEW_PRESETS, resolve_views
 from .training import (
@@ -102,7 +105,8 @@ class ZeroShotArguments(PointCloudDataArguments):
         default=None,
         metadata={
             "help": "A preset (reference6, reference10, upper10), a count (6 or 10), or a JSON list of "
-            "[elevation, azimuth(, distance)]. Default: reference6."
+            "[elevation, azimuth(, distance)]. Default: reference6 for a zero-shot model; for a fine-tuned "
+            "classifier, the views of the processor saved with it (those it was trained on)."
         },
     )
     view_weights: list[float] | None = field(default=None, metadata={"help": "Optional weight per view."})
@@ -139,7 +143,14 @@ class ZeroShotArguments(PointCloudDataArguments):
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Replace the results already in --output_dir (else an error)."}
     )
-    seed: int = field(default=0, metadata={"help": "Seed of the dataset sampling and of the subset."})
+    seed: int | None = field(
+        default=None,
+        metadata={
+            "help": "Seed of the dataset sampling and of the subset. Default: for a fine-tuned classifier, its "
+            "training run's seed (run_args.json beside it), so that its test clouds are the ones the run scored; "
+            "else 0."
+        },
+    )
     mixed_precision: str | None = field(
         default=None,
         metadata={"help": "no, fp16 or bf16 (default: accelerate's).", "choices": ["no", "fp16", "bf16"]},
@@ -267,7 +278,9 @@ def save_confusion_matrix_image(
 
 
 def load_model(model_spec: str | None, backbone: BackboneArguments, seed: int):
-    """(CLIP2PointModel, tokenizer) from a CLIP2Point folder/id, a CLIP, or a random --clip_config."""
+    """(model, tokenizer) from a CLIP2Point folder/id, a CLIP, or a random --clip_config. The model is a
+    `CLIP2PointForPointCloudClassification` when the folder holds a fine-tuned classifier (scored over its own
+    classes; the tokenizer is then not needed and may be None), else a zero-shot `CLIP2PointModel`."""
     from transformers import AutoConfig, AutoTokenizer
 
     if model_spec is None and backbone.clip_config is None:
@@ -275,13 +288,16 @@ def load_model(model_spec: str | None, backbone: BackboneArguments, seed: int):
     if backbone.clip_config is not None:
         tokenizer = load_tokenizer(backbone)
         return CLIP2PointModel.from_clip(build_clip(backbone, tokenizer, seed)), tokenizer
-    is_clip2point = False
+    config = None
     if not Path(model_spec).is_file():
         model_spec = resolve_model(model_spec)
         try:
-            is_clip2point = AutoConfig.from_pretrained(model_spec).model_type == "clip2point"
+            config = AutoConfig.from_pretrained(model_spec)
         except (OSError, ValueError):
-            is_clip2point = False
+            config = None
+    is_clip2point = config is not None and config.model_type == "clip2point"
+    if is_clip2point and is_classifier(config):
+        return CLIP2PointForPointCloudClassification.from_pretrained(model_spec), None
     if is_clip2point:
         model = CLIP2PointModel.from_pretrained(model_spec)
     else:
@@ -298,6 +314,31 @@ def load_model(model_spec: str | None, backbone: BackboneArguments, seed: int):
     return model, tokenizer
 
 
+def run_seed(model_spec: str | None) -> int:
+    """The seed of the training run that wrote a model folder (its `run_args.json`), else 0."""
+    path = Path(model_spec or "") / "run_args.json"
+    if model_spec and path.is_file():
+        seed = json.loads(path.read_text()).get("seed")
+        if isinstance(seed, int):
+            return seed
+    return 0
+
+
+def is_classifier(config) -> bool:
+    """Whether a saved config is a fine-tuned classifier (its own classes) rather than a zero-shot model."""
+    return task_for_architecture((config.architectures or [None])[0]) == CLASSIFICATION_TASK
+
+
+def _check_classifier_classes(model, prompts: Sequence[str], model_spec: str) -> None:
+    """A classifier scores its own classes: they must be the dataset's, in the same order."""
+    own = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    if own != list(prompts):
+        raise ValueError(
+            f"{model_spec}: the fine-tuned classes {own} are not the dataset's classes {list(prompts)} "
+            "(same names in the same order)"
+        )
+
+
 def main(argv=None) -> dict:
     from accelerate import Accelerator
 
@@ -305,8 +346,8 @@ def main(argv=None) -> dict:
     configure_console(args.verbose)
     if not args.dataset:
         raise ValueError("--dataset is required")
+    views_given = args.views is not None  # a fine-tuned classifier keeps its own views unless told
     apply_protocol(args)
-    views = parse_views(args.views)
     templates = resolve_templates(args.prompts)
     output_dir = Path(args.output_dir)
     if (output_dir / "zero_shot_results.json").exists() and not args.overwrite_output_dir:
@@ -319,6 +360,21 @@ def main(argv=None) -> dict:
     accelerator = Accelerator(
         log_with=resolve_trackers(args.report_to), project_dir=str(output_dir), **kwargs
     )
+
+    if args.seed is None:
+        args.seed = run_seed(args.model)
+    model, tokenizer = load_model(args.model, backbone, args.seed)
+    model.to(accelerator.device).eval()
+    classifier = isinstance(model, CLIP2PointForPointCloudClassification)
+    if classifier:
+        # Scored as it was trained: the processor saved with it gives the number of points, the render settings
+        # and (unless --views is given) the views.
+        from .processing_clip2point import CLIP2PointProcessor
+
+        processor = CLIP2PointProcessor.from_pretrained(args.model)
+        args.num_points = processor.num_points
+        views = parse_views(args.views) if views_given else processor.views
+        templates = None
 
     dataset, meta, up_axis = args.load(args.seed, accelerator, [args.split])
     data = dataset[args.split]
@@ -337,17 +393,28 @@ def main(argv=None) -> dict:
     indices = random_subset(indices, args.max_eval_samples, args.seed, "zero-shot subset")
     data = data.select(indices)
 
-    model, tokenizer = load_model(args.model, backbone, args.seed)
-    model.to(accelerator.device).eval()
+    if classifier:
+        _check_classifier_classes(model, prompts, args.model)
+    else:
+        views = parse_views(args.views)
     num_views = len(VIEW_PRESETS[views]) if isinstance(views, str) else len(views)
     if args.view_weights is not None and len(args.view_weights) != num_views:
         raise ValueError(f"--view_weights has {len(args.view_weights)} values for {num_views} views")
-    image_size = model.config.vision_config.image_size
-    processor = make_processor(
-        tokenizer, image_size, views, args.num_points, args.point_radius, args.depth_mode, up_axis
-    )
+    if classifier and args.view_weights is not None:
+        raise ValueError(
+            "--view_weights applies to zero-shot models; a fine-tuned classifier weighs its views itself"
+        )
+    if classifier and num_views != model.config.num_views:
+        raise ValueError(
+            f"--views has {num_views} views; {args.model} was fine-tuned on {model.config.num_views}"
+        )
+    if not classifier:
+        image_size = model.config.vision_config.image_size
+        processor = make_processor(
+            tokenizer, image_size, views, args.num_points, args.point_radius, args.depth_mode, up_axis
+        )
+        text_embeds = encode_class_prompts(model, tokenizer, prompts, templates)
     renderer = processor.renderer
-    text_embeds = encode_class_prompts(model, tokenizer, prompts, templates)
     config = {
         **args_to_dict(args, backbone),
         "num_processes": accelerator.num_processes,
@@ -363,6 +430,8 @@ def main(argv=None) -> dict:
     def logits_of(batch):
         with accelerator.autocast():
             pixels = render_point_clouds(renderer, batch["points"], views)
+            if classifier:
+                return model(pixel_values=pixels).logits.float()
             features = model.get_point_cloud_features(pixels, view_weights=args.view_weights).pooler_output
         return features.float() @ text_embeds.T
 
@@ -386,6 +455,7 @@ def main(argv=None) -> dict:
         "protocol": args.protocol,
         "prompt_naming": args.prompt_naming,
         "depth_mode": args.depth_mode,
+        "classifier": "fine-tuned" if classifier else "zero-shot",
         "model": args.model or f"random CLIP ({backbone.clip_config})",
         "up_axis": up_axis,
         "num_points": args.num_points,
@@ -412,14 +482,14 @@ def main(argv=None) -> dict:
             metrics["confusion_matrix"],
             class_names,
             output_dir / "confusion_matrix.png",
-            title=f"zero-shot {args.split}: OA {100 * summary['overall_accuracy']:.1f}%, "
+            title=f"{'fine-tuned' if classifier else 'zero-shot'} {args.split}: OA {100 * summary['overall_accuracy']:.1f}%, "
             f"mAcc {100 * summary['mean_class_accuracy']:.1f}%",
         )
         if args.save_model or args.push_to_hub:
             model.save_pretrained(output_dir)
             processor.save_pretrained(output_dir)
         print(
-            f"zero-shot {args.split} accuracy: {100 * summary['overall_accuracy']:.2f}% "
+            f"{'fine-tuned' if classifier else 'zero-shot'} {args.split} accuracy: {100 * summary['overall_accuracy']:.2f}% "
             f"(mean class {100 * summary['mean_class_accuracy']:.2f}%) on {summary['num_examples']} clouds"
         )
     accelerator.end_training()

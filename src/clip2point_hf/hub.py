@@ -26,9 +26,12 @@ from .modeling_clip2point import (
     CLIP2PointModel,
     CLIP2PointPreTrainedModel,
 )
+from .pipeline_clip2point import CLASSIFICATION_TASK, task_for_architecture
 
 REMOTE_CODE_FILES = ("configuration_clip2point.py", "modeling_clip2point.py")
 PROCESSOR_CODE_FILES = ("processing_clip2point.py", "rendering_clip2point.py")
+#: The pipeline (named by `custom_pipelines` in config.json) and the flat modules it imports.
+PIPELINE_CODE_FILES = ("pipeline_clip2point.py", "point_files.py", "mesh_io.py", "errors.py", "prompts.py")
 
 #: Objects in each complete split, by the dataset name the loaders report: only a result that scored
 #: exactly this many objects, with every class present, is published under the bare name.
@@ -176,6 +179,44 @@ def _provenance_section(provenance: dict | None, trained_here: bool) -> str:
     return "\n".join(lines)
 
 
+def _usage_section(name: str, task: str) -> str:
+    """The card's code examples, for the model's pipeline task."""
+    if task == CLASSIFICATION_TASK:
+        return f"""```python
+from transformers import pipeline
+import clip2point_hf  # registers the task; or load with trust_remote_code=True without the package
+
+clf = pipeline("{task}", model="{name}")
+clf("chair.ply", top_k=3)  # the classes it was fine-tuned on (config.id2label)
+```
+
+```python
+from transformers import AutoModelForImageClassification, AutoProcessor
+
+model = AutoModelForImageClassification.from_pretrained("{name}", trust_remote_code=True)
+processor = AutoProcessor.from_pretrained("{name}", trust_remote_code=True)
+logits = model(**processor(point_clouds, return_tensors="pt")).logits
+```
+"""
+    return f"""```python
+from transformers import pipeline
+import clip2point_hf  # registers the task; or load with trust_remote_code=True without the package
+
+clf = pipeline("{task}", model="{name}")
+clf("chair.ply", candidate_labels=["chair", "table", "lamp"])
+```
+
+```python
+from transformers import AutoModel, AutoProcessor
+
+model = AutoModel.from_pretrained("{name}", trust_remote_code=True)
+processor = AutoProcessor.from_pretrained("{name}", trust_remote_code=True)
+inputs = processor(point_clouds, text=["image of a chair", "image of a lamp"], return_tensors="pt")
+logits = model(**inputs).logits_per_point_cloud
+```
+"""
+
+
 def build_model_card(
     model: CLIP2PointPreTrainedModel,
     processor,
@@ -225,7 +266,9 @@ def build_model_card(
     name = repo_id or "clip2point"
     data = ModelCardData(
         library_name="transformers",
-        pipeline_tag="zero-shot-image-classification",
+        pipeline_tag="image-classification"
+        if task_for_architecture(type(model).__name__) == CLASSIFICATION_TASK
+        else "zero-shot-image-classification",
         tags=["clip2point", "point-cloud", "3d", "zero-shot", "clip", "depth-rendering", "custom_code"],
         datasets=sorted(dataset_ids) or None,
         base_model=base_model,
@@ -241,6 +284,7 @@ def build_model_card(
         else "No evaluation was run for this checkpoint."
     )
     converted = provenance is not None and provenance.get("layout") != "clip"
+    usage = _usage_section(name, task_for_architecture(type(model).__name__))
     origin = _provenance_section(provenance, trained_here=training_notes is not None)
     body = f"""
 # {name}
@@ -251,23 +295,7 @@ image-depth contrastive pre-training (Huang et al., ICCV 2023), packaged with
 
 ## Usage
 
-```python
-from transformers import pipeline
-import clip2point_hf  # registers the task; or load with trust_remote_code=True without the package
-
-clf = pipeline("zero-shot-point-cloud-classification", model="{name}")
-clf("chair.ply", candidate_labels=["chair", "table", "lamp"])
-```
-
-```python
-from transformers import AutoModel, AutoProcessor
-
-model = AutoModel.from_pretrained("{name}", trust_remote_code=True)
-processor = AutoProcessor.from_pretrained("{name}", trust_remote_code=True)
-inputs = processor(point_clouds, text=["image of a chair", "image of a lamp"], return_tensors="pt")
-logits = model(**inputs).logits_per_point_cloud
-```
-
+{usage}
 ## Rendering settings
 
 Depth maps are rendered in pure PyTorch (no PyTorch3D) with these processor settings:
@@ -278,7 +306,7 @@ Depth maps are rendered in pure PyTorch (no PyTorch3D) with these processor sett
 
 ## Evaluation
 
-Zero-shot top-1 accuracy, computed by `examples/zero_shot.py` (the numbers in the metadata come from the
+Top-1 accuracy (zero-shot, or over a fine-tuned classifier's own classes), computed by `clip2point evaluate` (the numbers in the metadata come from the
 same result files). A dataset is named bare only when its whole split was scored with every class present:
 
 {table}
@@ -320,7 +348,11 @@ def export_hub_folder(
     repo_id: str | None = None,
     base_model: str | None = None,
 ) -> Path:
-    """Write the folder to upload: weights, config with `auto_map`, remote code, processor, card."""
+    """Write the folder to upload: weights, config with `auto_map` and `custom_pipelines`, remote code (model,
+    processor, pipeline), processor, card. It is written by the model's pipeline (`task_for_architecture`) through
+    transformers' `Pipeline.save_pretrained`, so `pipeline(model=folder, trust_remote_code=True)` finds it."""
+    from transformers import pipeline
+
     from .processing_clip2point import CLIP2PointProcessor
 
     model = load_for_export(model_dir)
@@ -333,8 +365,9 @@ def export_hub_folder(
     results = read_results(result_files)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(output_dir)
-    processor.save_pretrained(output_dir)
+    pipeline(task_for_architecture(type(model).__name__), model=model, processor=processor).save_pretrained(
+        output_dir
+    )
     training_notes = None
     if (Path(model_dir) / "training_args.json").is_file():
         args = (Path(model_dir) / "training_args.json").read_text()
@@ -355,6 +388,7 @@ def verify_hub_folder(folder: str | os.PathLike, reference_dir: str | os.PathLik
     `clip2point_hf` cannot be imported; with `reference_dir`, its outputs must equal that model's."""
     folder = Path(folder)
     needed = ["config.json", "model.safetensors", "README.md", *REMOTE_CODE_FILES, *PROCESSOR_CODE_FILES]
+    needed += PIPELINE_CODE_FILES
     missing = [name for name in needed if not (folder / name).is_file()]
     if not any((folder / name).is_file() for name in ("tokenizer.json", "vocab.json")):
         missing.append("tokenizer.json")
@@ -369,17 +403,19 @@ def verify_hub_folder(folder: str | os.PathLike, reference_dir: str | os.PathLik
         import sys
         sys.modules["clip2point_hf"] = None  # prove the folder needs no installed package
         import numpy as np, torch
-        from transformers import AutoModel, AutoProcessor
+        from transformers import pipeline
         folder = {str(folder)!r}
-        model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
-        processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
-        assert "clip2point_hf" not in type(model).__module__
+        classifier = pipeline(model=folder, trust_remote_code=True)  # the task from `custom_pipelines`
+        model, processor = classifier.model.eval(), classifier.processor
+        for obj in (classifier, model, processor):
+            assert "clip2point_hf" not in type(obj).__module__, type(obj).__module__
         cloud = np.random.default_rng(0).normal(size=(2, 300, 3)).astype("float32")  # as below
         batch = processor(cloud, text=["image of a chair", "image of a lamp"], return_tensors="pt")
         with torch.no_grad():
-            out = model(**batch)
-        logits = getattr(out, "logits_per_point_cloud", None)
-        logits = out.logits if logits is None else logits
+            if type(model).__name__ == "CLIP2PointModel":
+                logits = model(**batch).logits_per_point_cloud
+            else:
+                logits = model(pixel_values=batch["pixel_values"]).logits
         torch.save({{"logits": logits, "pixel_values": batch["pixel_values"]}}, folder + "/.verify.pt")
         """
     )

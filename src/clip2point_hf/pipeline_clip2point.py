@@ -1,7 +1,14 @@
-"""`pipeline("zero-shot-point-cloud-classification")`: from a point-cloud file or array to sorted labels.
+"""Point-cloud pipelines: from a point-cloud file or array to sorted labels.
 
-Each input (a path or an array) is read and sampled by the model's `CLIP2PointProcessor`, then rendered on
-the pipeline's device; class prompts are embedded once per label set and reused across batches.
+- `pipeline("zero-shot-point-cloud-classification")` (`CLIP2PointModel`): any labels, scored against prompts.
+- `pipeline("point-cloud-classification")` (`CLIP2PointForPointCloudClassification`, a fine-tuned GDPA model):
+  the model's own classes, with the contract of transformers' `image-classification` (`top_k`,
+  `function_to_apply`, labels from `config.id2label`).
+
+Both share `PointCloudPipeline`'s input handling: each input (a file path, an `(N, C)` array, a list of them, or a
+`(B, N, C)` array as B clouds) is read and sampled by the model's `CLIP2PointProcessor`, then rendered on the
+pipeline's device. This file is copied flat into Hub folders (`custom_pipelines`), so it imports only flat
+siblings and third-party packages.
 """
 
 from __future__ import annotations
@@ -17,8 +24,61 @@ from .point_files import read_point_cloud
 from .prompts import encode_class_prompts
 from .rendering_clip2point import UP_AXES
 
+ZERO_SHOT_TASK = "zero-shot-point-cloud-classification"
+CLASSIFICATION_TASK = "point-cloud-classification"
+FUNCTIONS_TO_APPLY = ("softmax", "sigmoid", "none")
 
-class ZeroShotPointCloudClassificationPipeline(Pipeline):
+
+def task_for_architecture(architecture: str | None) -> str:
+    """The pipeline task of a saved model (`config.architectures[0]`): a fine-tuned classifier answers with its
+    own classes; every other CLIP2Point model is zero-shot."""
+    return CLASSIFICATION_TASK if architecture == "CLIP2PointForPointCloudClassification" else ZERO_SHOT_TASK
+
+
+class PointCloudPipeline(Pipeline):
+    """What the point-cloud pipelines share: reading inputs, sampling them on the CPU, rendering their depth
+    views on the pipeline's device, and saving the processor with the model."""
+
+    _load_processor = True
+    _load_tokenizer = False
+    _load_image_processor = False
+    _load_feature_extractor = False
+
+    def __call__(self, inputs, **kwargs):
+        if isinstance(inputs, np.ndarray | torch.Tensor) and inputs.ndim == 3:
+            inputs = list(inputs)  # a (B, N, C) array is B clouds
+        return super().__call__(inputs, **kwargs)
+
+    @staticmethod
+    def _reading_params(seed: int | None, up_axis: str | None) -> dict:
+        """`preprocess`'s options: the file-sampling seed and the input's up axis (default: the processor's)."""
+        params = {} if seed is None else {"seed": seed}
+        if up_axis is not None:
+            if up_axis not in UP_AXES:
+                raise ValueError(f"`up_axis` must be one of {list(UP_AXES)}, got {up_axis!r}")
+            params["up_axis"] = up_axis
+        return params
+
+    def preprocess(
+        self, inputs: str | os.PathLike | np.ndarray | torch.Tensor, seed: int = 0, up_axis: str | None = None
+    ) -> dict:
+        points = read_point_cloud(inputs, seed=seed) if isinstance(inputs, str | os.PathLike) else inputs
+        # Sampling and normalisation here (CPU, possibly in loader workers); rendering in `_forward`.
+        return {"points": self.processor.prepare_point_clouds([points], up_axis=up_axis)}
+
+    def _pixel_values(self, model_inputs: dict) -> torch.Tensor:
+        """The depth views `(B, V, 3, S, S)` of the sampled clouds, rendered on the pipeline's device."""
+        points = model_inputs["points"].to(self.device)
+        return self.processor.renderer.render(points, self.processor.views).to(self.model.dtype)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
+        """Save the model, this pipeline's code (`custom_pipelines`) and the processor (which transformers'
+        `Pipeline.save_pretrained` leaves out), so the folder loads with `trust_remote_code=True`."""
+        super().save_pretrained(save_directory, **kwargs)
+        self.processor.save_pretrained(save_directory)
+
+
+class ZeroShotPointCloudClassificationPipeline(PointCloudPipeline):
     """Zero-shot classification of point clouds with a CLIP2Point model.
 
     Scores are the softmax over labels of CLIP's logit scale times the (view-weighted) mean cosine
@@ -32,11 +92,6 @@ class ZeroShotPointCloudClassificationPipeline(Pipeline):
     `up_axis` (one of x, -x, y, -y, z, -z) is the input's up axis; the default is the saved processor's.
     """
 
-    _load_processor = True
-    _load_tokenizer = False
-    _load_image_processor = False
-    _load_feature_extractor = False
-
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._text_cache: dict[tuple, torch.Tensor] = {}
@@ -44,11 +99,6 @@ class ZeroShotPointCloudClassificationPipeline(Pipeline):
     def _sanitize_parameters(
         self, candidate_labels=None, hypothesis_template=None, seed=None, up_axis=None, **kwargs
     ):
-        preprocess = {} if seed is None else {"seed": seed}
-        if up_axis is not None:
-            if up_axis not in UP_AXES:
-                raise ValueError(f"`up_axis` must be one of {list(UP_AXES)}, got {up_axis!r}")
-            preprocess["up_axis"] = up_axis
         forward, postprocess = {}, {}
         if candidate_labels is not None:
             forward["candidate_labels"] = postprocess["candidate_labels"] = _check_labels(candidate_labels)
@@ -56,19 +106,12 @@ class ZeroShotPointCloudClassificationPipeline(Pipeline):
             if "{}" not in hypothesis_template:
                 raise ValueError(f"`hypothesis_template` must contain '{{}}', got {hypothesis_template!r}")
             forward["hypothesis_template"] = hypothesis_template
-        return preprocess, forward, postprocess
+        return self._reading_params(seed, up_axis), forward, postprocess
 
     def __call__(self, inputs, **kwargs):
         if "candidate_labels" not in kwargs:
             raise ValueError("`candidate_labels` is required, e.g. candidate_labels=['chair', 'table']")
         return super().__call__(inputs, **kwargs)
-
-    def preprocess(
-        self, inputs: str | os.PathLike | np.ndarray | torch.Tensor, seed: int = 0, up_axis: str | None = None
-    ) -> dict:
-        points = read_point_cloud(inputs, seed=seed) if isinstance(inputs, str | os.PathLike) else inputs
-        # Sampling and normalisation here (CPU, possibly in loader workers); rendering in `_forward`.
-        return {"points": self.processor.prepare_point_clouds([points], up_axis=up_axis)}
 
     def _text_embeddings(self, labels: tuple[str, ...], template: str) -> torch.Tensor:
         key = (labels, template)
@@ -82,8 +125,7 @@ class ZeroShotPointCloudClassificationPipeline(Pipeline):
         self, model_inputs: dict, candidate_labels: tuple[str, ...], hypothesis_template=None
     ) -> dict:
         template = hypothesis_template or self.model.config.prompt_template
-        points = model_inputs["points"].to(self.device)
-        pixel_values = self.processor.renderer.render(points, self.processor.views).to(self.model.dtype)
+        pixel_values = self._pixel_values(model_inputs)
         point_cloud = self.model.get_point_cloud_features(pixel_values).pooler_output.float()
         logits = point_cloud @ self._text_embeddings(candidate_labels, template).T
         weights = self.model.config.view_weights
@@ -97,6 +139,64 @@ class ZeroShotPointCloudClassificationPipeline(Pipeline):
         return [{"label": label, "score": score} for label, score in ranked]
 
 
+class PointCloudClassificationPipeline(PointCloudPipeline):
+    """Classification of point clouds into a fine-tuned model's classes (`config.id2label`).
+
+    The contract of transformers' `image-classification` pipeline: `top_k` (default 5, at most the number of
+    classes) labels sorted by score, and `function_to_apply` on the logits: `"softmax"` (the default for
+    several labels), `"sigmoid"` (the default for one label or `problem_type="multi_label_classification"`), or
+    `"none"` (the raw logits; the default for `problem_type="regression"`).
+
+    Example:
+        >>> clf = pipeline("point-cloud-classification", model="runs/gdpa16")
+        >>> clf("chair.ply", top_k=3)
+    """
+
+    def _sanitize_parameters(self, top_k=None, function_to_apply=None, seed=None, up_axis=None, **kwargs):
+        postprocess = {}
+        if top_k is not None:
+            if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+                raise ValueError(f"`top_k` must be a positive int, got {top_k!r}")
+            postprocess["top_k"] = top_k
+        if function_to_apply is not None:
+            name = str(function_to_apply).lower()
+            if name not in FUNCTIONS_TO_APPLY:
+                raise ValueError(
+                    f"`function_to_apply` must be one of {list(FUNCTIONS_TO_APPLY)}, got {function_to_apply!r}"
+                )
+            postprocess["function_to_apply"] = name
+        return self._reading_params(seed, up_axis), {}, postprocess
+
+    def _forward(self, model_inputs: dict) -> dict:
+        return {"logits": self.model(pixel_values=self._pixel_values(model_inputs)).logits}
+
+    def _default_function(self) -> str:
+        config = self.model.config
+        if config.problem_type == "regression":
+            return "none"
+        if config.problem_type == "multi_label_classification" or config.num_labels == 1:
+            return "sigmoid"
+        return "softmax"
+
+    def postprocess(
+        self, model_outputs: dict, function_to_apply: str | None = None, top_k: int = 5
+    ) -> list[dict]:
+        logits = model_outputs["logits"].reshape(-1).float()  # (1, K) unbatched, or (K,) from a batch
+        function = function_to_apply or self._default_function()
+        if function == "softmax":
+            scores = logits.softmax(-1)
+        elif function == "sigmoid":
+            scores = logits.sigmoid()
+        else:
+            scores = logits
+        id2label = self.model.config.id2label
+        ranked = sorted(
+            ({"label": id2label[i], "score": score} for i, score in enumerate(scores.tolist())),
+            key=lambda x: -x["score"],
+        )
+        return ranked[: min(top_k, len(ranked))]
+
+
 def _check_labels(labels: str | Sequence[str]) -> tuple[str, ...]:
     labels = [label.strip() for label in labels.split(",")] if isinstance(labels, str) else list(labels)
     if not labels or any(not isinstance(label, str) or not label.strip() for label in labels):
@@ -107,4 +207,11 @@ def _check_labels(labels: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(labels)
 
 
-__all__ = ["ZeroShotPointCloudClassificationPipeline"]
+__all__ = [
+    "CLASSIFICATION_TASK",
+    "ZERO_SHOT_TASK",
+    "PointCloudClassificationPipeline",
+    "PointCloudPipeline",
+    "ZeroShotPointCloudClassificationPipeline",
+    "task_for_architecture",
+]

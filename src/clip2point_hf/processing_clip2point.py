@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Unpack
 
 import numpy as np
 import torch
 from transformers.feature_extraction_utils import BatchFeature
-from transformers.processing_utils import ProcessorMixin
+from transformers.processing_utils import ProcessingKwargs, ProcessorMixin
 from transformers.utils import PROCESSOR_NAME, cached_file
 
 from .rendering_clip2point import (
@@ -34,22 +34,44 @@ from .rendering_clip2point import (
     view_name,
 )
 
-__all__ = ["CLIP2PointProcessor"]
+__all__ = ["CLIP2PointProcessor", "CLIP2PointProcessorKwargs"]
 
 _TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "vocab.json")
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
+#: Names that processor_config.json files written before the rename used (read when loading, never written).
+_RENAMED_SETTINGS = {"image_mean": "depth_mean", "image_std": "depth_std"}
+
+
+class CLIP2PointProcessorKwargs(ProcessingKwargs, total=False):
+    """Call-time options of :class:`CLIP2PointProcessor`, beyond the standard ones.
+
+    The standard ones keep their transformers meaning: ``return_tensors`` (``"pt"`` by default, ``"np"``),
+    ``device`` (where to sample and render; default: the input's device), and the tokenizer's ``padding``
+    (``True`` by default), ``truncation``, ``max_length``...
+
+    render_views: views for this call only (a preset name, a list of ``(elevation, azimuth[, distance])``, or a
+        ``(B, V, 3)`` tensor of per-sample views); the saved ``views`` setting is the default.
+    distances: ``(B, V)`` or ``(B,)`` per-sample zoom (e.g. pre-training's ``U[0.9, 1.1)``).
+    generator: random generator for the sampling (default: a fresh one seeded with the ``seed`` setting).
+    """
+
+    render_views: str | Sequence | torch.Tensor | None
+    distances: torch.Tensor | None
+    generator: torch.Generator | None
 
 
 def _views_to_config(views) -> str | list[list[float]]:
+    """Validate ``views`` and keep it as the user wrote it: a preset name stays that name, a list stays that
+    list (rows as lists, numbers unchanged), so ``to_json_string`` and ``save_pretrained`` reproduce it."""
     if isinstance(views, str):
         resolve_views(views)  # validates the preset name
         return views
     t = resolve_views(views)  # validates
     if t.dim() != 2:
         raise ValueError("`views` stored in a processor must be one list of views (V, 3), not per sample")
-    if isinstance(views, torch.Tensor):
-        return [[float(x) for x in row] for row in t.tolist()]
-    return [[float(row[0]), float(row[1]), float(row[2]) if len(row) > 2 else 1.0] for row in views]
+    if isinstance(views, (torch.Tensor, np.ndarray)):
+        return views.tolist()
+    return [[x.item() if isinstance(x, (np.generic, torch.Tensor)) else x for x in row] for row in views]
 
 
 class CLIP2PointProcessor(ProcessorMixin):
@@ -75,7 +97,10 @@ class CLIP2PointProcessor(ProcessorMixin):
         views: a preset name (``"reference10"``, ``"reference6"``, ``"upper10"``) or a list of
             ``(elevation_deg, azimuth_deg[, distance])``.
         image_size, point_radius, depth_mode, densify, clip_free_zoom: see :class:`DepthRenderer`.
-        image_mean, image_std: per-channel normalisation (CLIP's by default).
+        depth_mean, depth_std: per-channel normalisation of the 3-channel depth images (CLIP's by default).
+            Named apart from transformers' image-processor kwargs ``image_mean``/``image_std``, which a processor
+            call would route elsewhere; ``processor_config.json`` files that still carry the old names load
+            into these.
         max_fps_points: with ``sampling="fps"``, clouds with more points are first reduced to this many
             by seeded random sampling (FPS costs ``num_points x N``).
         validate_values: check that coordinates are finite (raises ``ValueError`` naming the cloud).
@@ -83,8 +108,14 @@ class CLIP2PointProcessor(ProcessorMixin):
 
     Calling the processor returns a :class:`~transformers.BatchFeature` with ``pixel_values``
     ``(B, V, 3, S, S)`` (float32, on ``device`` or the input's device) and, when ``text`` is given,
-    ``input_ids`` and ``attention_mask``.
+    ``input_ids`` and ``attention_mask``. Call-time options follow transformers' processor rules
+    (:class:`CLIP2PointProcessorKwargs`): the saved settings above are attributes only, so a call overrides the
+    views with ``render_views=``, never with a second ``views``.
     """
+
+    valid_processor_kwargs = CLIP2PointProcessorKwargs
+    # Defaults of the tokenizer call, merged by `ProcessorMixin._merge_kwargs` (a call's kwargs win).
+    text_kwargs = {"padding": True, "return_tensors": "pt"}
 
     def __init__(
         self,
@@ -99,8 +130,8 @@ class CLIP2PointProcessor(ProcessorMixin):
         depth_mode: str = "parity",
         densify: bool = False,
         clip_free_zoom: bool = True,
-        image_mean: Sequence[float] | None = None,
-        image_std: Sequence[float] | None = None,
+        depth_mean: Sequence[float] | None = None,
+        depth_std: Sequence[float] | None = None,
         max_fps_points: int = 16384,
         validate_values: bool = True,
         **kwargs,
@@ -139,8 +170,8 @@ class CLIP2PointProcessor(ProcessorMixin):
         self.depth_mode = depth_mode
         self.densify = bool(densify)
         self.clip_free_zoom = bool(clip_free_zoom)
-        self.image_mean = [float(x) for x in (image_mean if image_mean is not None else CLIP_MEAN)]
-        self.image_std = [float(x) for x in (image_std if image_std is not None else CLIP_STD)]
+        self.depth_mean = [float(x) for x in (depth_mean if depth_mean is not None else CLIP_MEAN)]
+        self.depth_std = [float(x) for x in (depth_std if depth_std is not None else CLIP_STD)]
         self.max_fps_points = max_fps_points
         self.validate_values = bool(validate_values)
         self.renderer = DepthRenderer(
@@ -148,8 +179,8 @@ class CLIP2PointProcessor(ProcessorMixin):
             point_radius=point_radius,
             depth_mode=depth_mode,
             densify=densify,
-            image_mean=self.image_mean,
-            image_std=self.image_std,
+            image_mean=self.depth_mean,
+            image_std=self.depth_std,
             clip_free_zoom=clip_free_zoom,
         )
 
@@ -298,39 +329,36 @@ class CLIP2PointProcessor(ProcessorMixin):
         self,
         point_clouds: Any = None,
         text: str | list[str] | None = None,
-        *,
-        device: torch.device | str | None = None,
-        return_tensors: str | None = "pt",
-        views: str | Sequence | torch.Tensor | None = None,
-        distances: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-        padding: bool | str = True,
-        **text_kwargs,
+        **kwargs: Unpack[CLIP2PointProcessorKwargs],
     ) -> BatchFeature:
         """Render ``point_clouds`` and/or tokenize ``text``.
 
         Args:
             point_clouds: see :meth:`prepare_point_clouds`.
             text: prompts for the text tower (needs a tokenizer).
-            device: where to render and put the outputs (default: the input's device).
-            return_tensors: ``"pt"`` (default) or ``"np"``.
-            views: override the processor's views for this call (preset name, list, or ``(B, V, 3)``
-                tensor of per-sample views).
-            distances: ``(B, V)`` or ``(B,)`` per-sample zoom (e.g. pre-training's ``U[0.9, 1.1)``).
-            generator: random generator for the sampling (default: a fresh one seeded with ``seed``).
-            padding, text_kwargs: passed to the tokenizer.
+            kwargs: :class:`CLIP2PointProcessorKwargs` (``render_views``, ``distances``, ``generator``) and
+                the standard ``return_tensors``, ``device``, and tokenizer options such as ``padding``.
         """
         if point_clouds is None and text is None:
             raise ValueError("give `point_clouds`, `text`, or both")
+        options = self._merge_kwargs(
+            CLIP2PointProcessorKwargs,
+            tokenizer_init_kwargs=self.tokenizer.init_kwargs if self.tokenizer is not None else None,
+            **kwargs,
+        )
+        text_options = options["text_kwargs"]
+        return_tensors = options["images_kwargs"].get("return_tensors", text_options.get("return_tensors"))
         if return_tensors not in ("pt", "np", None):
             raise ValueError(f'`return_tensors` must be "pt" or "np", got {return_tensors!r}')
+        device = options["images_kwargs"].get("device")
         data: dict[str, Any] = {}
         if point_clouds is not None:
-            points = self.prepare_point_clouds(point_clouds, generator=generator)
+            points = self.prepare_point_clouds(point_clouds, generator=options.get("generator"))
             if device is not None:
                 points = points.to(device)
+            views = options.get("render_views")
             data["pixel_values"] = self.renderer.render(
-                points, self.views if views is None else views, distances
+                points, self.views if views is None else views, options.get("distances")
             )
         if text is not None:
             if self.tokenizer is None:
@@ -338,7 +366,8 @@ class CLIP2PointProcessor(ProcessorMixin):
                     "this processor has no tokenizer, so it cannot encode `text`; create it with "
                     "CLIP2PointProcessor(tokenizer=CLIPTokenizer.from_pretrained(...))"
                 )
-            encoded = self.tokenizer(text, padding=padding, return_tensors="pt", **text_kwargs)
+            text_options["return_tensors"] = "pt"  # converted below with the pixels
+            encoded = self.tokenizer(text, **text_options)
             for key, value in encoded.items():
                 data[key] = value.to(device) if device is not None else value
         if return_tensors == "np":
@@ -416,6 +445,17 @@ class CLIP2PointProcessor(ProcessorMixin):
                 token=kwargs.get("token"),
             )
         return [output_file]
+
+    @classmethod
+    def from_args_and_dict(cls, args, processor_dict: dict[str, Any], **kwargs):
+        """Read settings saved under their old names (``image_mean``/``image_std``, before the rename to
+        ``depth_mean``/``depth_std``), so that older ``processor_config.json`` files keep loading."""
+        processor_dict = dict(processor_dict)
+        for old, new in _RENAMED_SETTINGS.items():
+            if old in processor_dict:
+                value = processor_dict.pop(old)
+                processor_dict.setdefault(new, value)
+        return super().from_args_and_dict(args, processor_dict, **kwargs)
 
     @classmethod
     def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):

@@ -222,13 +222,15 @@ def _untrained_model():
 def build_classifier(weights: Weights, device: str | None = None):
     """The zero-shot pipeline on ``weights``: a CLIP2Point folder as saved, CLIP through
     ``CLIP2PointModel.from_clip`` with the reference's rendering settings, or the untrained model."""
-    from transformers import AutoTokenizer, pipeline
+    from transformers import AutoConfig, AutoTokenizer, pipeline
 
     from .modeling_clip2point import CLIP2PointModel
+    from .pipeline_clip2point import task_for_architecture
     from .processing_clip2point import CLIP2PointProcessor
 
-    if weights.kind == "clip2point":
-        return pipeline(TASK, model=str(weights.folder), device=device)
+    if weights.kind == "clip2point":  # zero-shot, or a fine-tuned classifier's own pipeline
+        architecture = (AutoConfig.from_pretrained(weights.folder).architectures or [None])[0]
+        return pipeline(task_for_architecture(architecture), model=str(weights.folder), device=device)
     if weights.kind == "clip":
         model = CLIP2PointModel.from_clip(str(weights.folder)).eval()
         processor = CLIP2PointProcessor(

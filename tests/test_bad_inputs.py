@@ -384,7 +384,7 @@ def test_unreachable_hub_fails_fast_naming_the_id(monkeypatch):
 
     import clip2point_hf.loading as loading
 
-    monkeypatch.setattr(loading, "_offline", lambda: False)
+    monkeypatch.setattr(loading, "is_offline", lambda: False)
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
     start = time.perf_counter()
     with pytest.raises(ModelLoadError) as error:

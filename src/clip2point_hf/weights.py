@@ -114,6 +114,8 @@ def locate_model(spec: str, cache_dir: str | os.PathLike | None = None, timeout:
     from huggingface_hub.errors import RepositoryNotFoundError
 
     path = Path(spec).expanduser()
+    if path.exists() and not path.is_dir():
+        raise WeightsUnavailable(f"{spec}: is a file, not a model folder")
     if path.is_dir():
         if not _usable(path):
             raise WeightsUnavailable(
@@ -131,7 +133,7 @@ def locate_model(spec: str, cache_dir: str | os.PathLike | None = None, timeout:
         if _usable(cached):
             return cached
     if is_offline():
-        raise WeightsUnavailable(f"{spec}: not in the Hub cache, and HF_HUB_OFFLINE is set")
+        raise WeightsUnavailable(f"{spec}: not in the Hub cache, and offline mode is on (HF_HUB_OFFLINE=1)")
     try:
         info = HfApi().model_info(spec, timeout=timeout)
     except RepositoryNotFoundError:

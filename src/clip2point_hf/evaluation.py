@@ -324,6 +324,19 @@ def run_seed(model_spec: str | None) -> int:
     return 0
 
 
+def saved_classifier(model_spec: str | None) -> bool:
+    """Whether ``model_spec`` is a saved fine-tuned classifier; False when its config cannot be read here
+    (`load_model` then says why, after the dataset has been checked)."""
+    from transformers import AutoConfig
+
+    if not model_spec or Path(model_spec).is_file():
+        return False
+    try:
+        return is_classifier(AutoConfig.from_pretrained(resolve_model(model_spec)))
+    except (OSError, ValueError):  # ModelLoadError is an OSError
+        return False
+
+
 def is_classifier(config) -> bool:
     """Whether a saved config is a fine-tuned classifier (its own classes) rather than a zero-shot model."""
     return task_for_architecture((config.architectures or [None])[0]) == CLASSIFICATION_TASK
@@ -363,9 +376,7 @@ def main(argv=None) -> dict:
 
     if args.seed is None:
         args.seed = run_seed(args.model)
-    model, tokenizer = load_model(args.model, backbone, args.seed)
-    model.to(accelerator.device).eval()
-    classifier = isinstance(model, CLIP2PointForPointCloudClassification)
+    classifier = saved_classifier(args.model)
     if classifier:
         # Scored as it was trained: the processor saved with it gives the number of points, the render settings
         # and (unless --views is given) the views.
@@ -376,7 +387,9 @@ def main(argv=None) -> dict:
         views = parse_views(args.views) if views_given else processor.views
         templates = None
 
-    dataset, meta, up_axis = args.load(args.seed, accelerator, [args.split])
+    dataset, meta, up_axis = args.load(args.seed, accelerator, [args.split])  # checked before the model loads
+    model, tokenizer = load_model(args.model, backbone, args.seed)
+    model.to(accelerator.device).eval()
     data = dataset[args.split]
     class_names = data.features["label"].names
     accelerator.print(

@@ -377,3 +377,21 @@ def test_cli_classify_reads_glb_and_pcd(tmp_path):
     assert {r["label"] for r in answers[files[0]]} == {"chair", "lamp"}
     pcd, npy = ({r["label"]: r["score"] for r in answers[f]} for f in files[1:])
     assert pcd == pytest.approx(npy, abs=1e-6)  # the .pcd holds the .npy's points (batched together)
+
+
+def test_mesh_folder_reads_glb_and_gltf(tmp_path):
+    from clip2point_hf.data import detect_dataset_format, load_mesh_folder
+
+    document, blob = gltf_parts()
+    for cls, split, name in [("a", "train", "m.glb"), ("a", "test", "n.glb"), ("b", "train", "o.gltf")]:
+        (tmp_path / cls / split).mkdir(parents=True, exist_ok=True)
+        data = glb_bytes(document, blob)  # a binary .gltf is read by its magic, as viewers do
+        (tmp_path / cls / split / name).write_bytes(data)
+    (tmp_path / "b" / "test").mkdir()
+    write_preview_glb(
+        tmp_path / "b" / "test" / "p.glb", SQUARE, Mesh(SQUARE.astype(float), np.array([[0, 1, 2]]))
+    )
+    assert detect_dataset_format(tmp_path) == "mesh_folder"
+    ds = load_mesh_folder(tmp_path, num_points=32, cache_dir=str(tmp_path / "cache"))
+    assert sorted(ds["train"]["path"]) == ["a/train/m.glb", "b/train/o.gltf"]
+    assert sorted(ds["test"]["path"]) == ["a/test/n.glb", "b/test/p.glb"]

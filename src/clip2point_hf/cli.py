@@ -302,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("render", help="write a picture of a cloud's depth views")
     o = _Options(p)
-    o("file")
+    o("file", help=f"a point-cloud or mesh file ({' '.join(_file_types())})")
     o("-o", "--output", default="views.png")
     o("--views", default="10", help="10, 6, upper10 or 'elev,azim[,dist];...'")
     o("--up_axis", choices=UP_AXES, default="y", help=UP_AXIS_HELP + "; default: y")

@@ -20,6 +20,7 @@ from .modeling_clip2point import (
     CLIP2PointPreTrainingOutput,
 )
 from .pipeline_clip2point import ZeroShotPointCloudClassificationPipeline
+from .pipeline_point_cloud_feature_extraction import PointCloudFeatureExtractionPipeline
 from .processing_clip2point import CLIP2PointProcessor
 from .rendering_clip2point import VIEW_PRESETS, DepthRenderer
 
@@ -45,6 +46,12 @@ PIPELINE_REGISTRY.register_pipeline(
     pt_model=AutoModel,
     type="multimodal",
 )
+PIPELINE_REGISTRY.register_pipeline(
+    "point-cloud-feature-extraction",
+    pipeline_class=PointCloudFeatureExtractionPipeline,
+    pt_model=AutoModel,
+    type="multimodal",
+)
 
 __all__ = [
     "VIEW_PRESETS",
@@ -58,5 +65,6 @@ __all__ = [
     "CLIP2PointPreTrainingOutput",
     "CLIP2PointProcessor",
     "DepthRenderer",
+    "PointCloudFeatureExtractionPipeline",
     "ZeroShotPointCloudClassificationPipeline",
 ]

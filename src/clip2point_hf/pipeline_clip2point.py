@@ -53,9 +53,7 @@ class ZeroShotPointCloudClassificationPipeline(Pipeline):
         return super().__call__(inputs, **kwargs)
 
     def preprocess(self, inputs: str | os.PathLike | np.ndarray | torch.Tensor, seed: int = 0) -> dict:
-        points = read_point_cloud(inputs, seed=seed) if isinstance(inputs, str | os.PathLike) else inputs
-        # Sampling and normalisation here (CPU, possibly in loader workers); rendering in `_forward`.
-        return {"points": self.processor.prepare_point_clouds([points])}
+        return prepare_point_cloud_input(self.processor, inputs, seed)
 
     def _text_embeddings(self, labels: tuple[str, ...], template: str) -> torch.Tensor:
         key = (labels, template)
@@ -88,6 +86,16 @@ class ZeroShotPointCloudClassificationPipeline(Pipeline):
         scores = model_outputs["scores"].reshape(-1).tolist()  # (1, K) unbatched, or (K,) from a batch
         ranked = sorted(zip(candidate_labels, scores, strict=True), key=lambda x: -x[1])
         return [{"label": label, "score": score} for label, score in ranked]
+
+
+def prepare_point_cloud_input(
+    processor, inputs: str | os.PathLike | np.ndarray | torch.Tensor, seed: int = 0
+) -> dict:
+    """One pipeline input (a point or mesh file of any supported type, or an `(N, 3+)` array) -> `{"points":
+    (1, num_points, 3)}`. Reading, sampling and normalisation happen here (CPU, possibly in loader workers);
+    rendering happens in the pipelines' `_forward`, on their device."""
+    points = read_point_cloud(inputs, seed=seed) if isinstance(inputs, str | os.PathLike) else inputs
+    return {"points": processor.prepare_point_clouds([points])}
 
 
 def _check_labels(labels: str | Sequence[str]) -> tuple[str, ...]:

@@ -346,3 +346,18 @@ def test_cli_user_errors_are_one_line(model_dir, shapes_dir, tmp_path, capsys, m
     assert main([fill.get(str(a), str(a)) for a in args]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
+
+
+def test_auto_faiss_above_the_exact_search_limit(model_dir, shapes_dir, tmp_path, monkeypatch):
+    pytest.importorskip("faiss")
+    from clip2point_hf import retrieval
+
+    monkeypatch.setattr(retrieval, "EXACT_SEARCH_MAX", 8)  # 11 shapes: above it
+    index = ShapeIndex.build(shapes_dir, model_dir, tmp_path / "idx", progress=False)
+    assert index.config["faiss"] == {"factory": "IVF4,Flat", "nprobe": 32}
+    loaded = ShapeIndex.load(tmp_path / "idx")
+    assert loaded.has_faiss_index
+    queries = loaded.embeddings[:5]
+    np.testing.assert_array_equal(
+        loaded.search_rows(queries, 5)[1], loaded.search_rows(queries, 5, exact=True)[1]
+    )

@@ -244,7 +244,7 @@ def main() -> None:
     q.add_argument("--model", action="append", required=True, help="tag=path (a CLIP or CLIP2Point folder)")
     q.add_argument("--output_dir", default="runs/retrieval_quality")
     s = commands.add_parser("scale", help="index build throughput and query latency on synthetic vectors")
-    s.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    s.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000, 1_000_000])
     s.add_argument("--queries", type=int, default=100)
     s.add_argument("--nprobe", type=int, nargs="+", default=[8, 32], help="IVF cells visited per query")
     s.add_argument("--ef_search", type=int, nargs="+", default=[32, 128], help="HNSW search beam")

@@ -88,7 +88,7 @@ def quality(args) -> dict:
         out = Path(args.output_dir) / tag
         index = {
             split: ShapeIndex.build(
-                data[split], embedder, out / split, chunk_size=128, faiss=None, progress=False
+                data[split], embedder, out / split, paths_root=args.dataset, faiss=None, progress=False
             )
             for split in ("train", "test")
         }

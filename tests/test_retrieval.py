@@ -361,3 +361,27 @@ def test_auto_faiss_above_the_exact_search_limit(model_dir, shapes_dir, tmp_path
     np.testing.assert_array_equal(
         loaded.search_rows(queries, 5)[1], loaded.search_rows(queries, 5, exact=True)[1]
     )
+
+
+def test_build_over_a_loader_dataset_keeps_its_up_axis_and_readable_paths(model_dir, shapes_dir, tmp_path):
+    from clip2point_hf.data import load_mesh_folder
+
+    for cls in ("a", "b"):
+        (tmp_path / "meshes" / cls / "train").mkdir(parents=True)
+        shutil.copy(shapes_dir / "tetra.obj", tmp_path / "meshes" / cls / "train" / f"{cls}1.obj")
+    data = load_mesh_folder(tmp_path / "meshes", num_points=64, up_axis="z", cache_dir=tmp_path / "cache")
+    assert data["train"][0]["path"] == "a/train/a1.obj"  # relative to the dataset folder
+    index = ShapeIndex.build(
+        data, model_dir, tmp_path / "idx", split="train", paths_root=tmp_path / "meshes", progress=False
+    )
+    assert index.config["up_axis"] == "z"
+    assert [os.path.isfile(p) for p in index.dataset["path"]] == [True, True]
+    processor = CLIP2PointProcessor.from_pretrained(model_dir, up_axis="z")
+    model = CLIP2PointModel.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        expected = model(
+            pixel_values=processor([data["train"][0]["points"]])["pixel_values"]
+        ).point_cloud_embeds
+    torch.testing.assert_close(
+        index.embeddings[:1], torch.nn.functional.normalize(expected, dim=-1), atol=1e-5, rtol=1e-5
+    )

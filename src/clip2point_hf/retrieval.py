@@ -131,6 +131,7 @@ class _Source:
     names: list[str]
     paths: list[str]
     dataset: Any = None  # a datasets.Dataset with `points`, or None for a folder of files
+    up_axis: str | None = None  # what a loader recorded in the dataset's metadata
 
     def load(self, i: int) -> np.ndarray:
         if self.dataset is None:
@@ -144,15 +145,18 @@ class _Source:
         return digest.hexdigest()[:16]
 
 
-def _open_source(source: Any, split: str | None) -> _Source:
+def _open_source(source: Any, split: str | None, paths_root: str | os.PathLike | None = None) -> _Source:
     from datasets import Dataset, DatasetDict, load_from_disk
+
+    from .data import dataset_metadata
 
     if isinstance(source, str | os.PathLike):
         root = Path(source)
         if not root.is_dir():
             raise FileNotFoundError(f"{root}: not a folder")
         if (root / "dataset_dict.json").is_file() or (root / "state.json").is_file():
-            return replace(_open_source(load_from_disk(os.fspath(root)), split), description=os.fspath(root))
+            dataset = load_from_disk(os.fspath(root))
+            return replace(_open_source(dataset, split, paths_root), description=os.fspath(root))
         suffixes = {s.lower() for s in POINT_FILE_TYPES}
         files = sorted(
             (p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes),
@@ -167,14 +171,17 @@ def _open_source(source: Any, split: str | None) -> _Source:
             raise ValueError(f"the dataset has splits {list(source)}: choose one with `split`")
         if split not in source:
             raise ValueError(f"split {split!r} not in the dataset's splits {list(source)}")
-        return _open_source(source[split], None)
+        return _open_source(source[split], None, paths_root)
     if isinstance(source, Dataset):
         if "points" not in source.column_names:
             raise ValueError(f"the dataset has no `points` column (columns: {source.column_names})")
         columns = source.column_names
         names = list(source["name"]) if "name" in columns else [str(i) for i in range(len(source))]
         paths = list(source["path"]) if "path" in columns else [""] * len(source)
-        return _Source(f"dataset {source.info.dataset_name or ''}".strip(), names, paths, source)
+        if paths_root is not None:  # loaders store paths relative to the dataset's folder
+            paths = [os.path.join(paths_root, p) if p else p for p in paths]
+        up_axis = dataset_metadata(source).get("up_axis")
+        return _Source(f"dataset {source.info.dataset_name or ''}".strip(), names, paths, source, up_axis)
     raise TypeError(
         f"`source` must be a folder, a datasets.Dataset or DatasetDict, got {type(source).__name__}"
     )
@@ -308,6 +315,7 @@ class ShapeIndex:
         *,
         split: str | None = None,
         up_axis: str | None = None,
+        paths_root: str | os.PathLike | None = None,
         num_shards: int = 1,
         shard_index: int | None = None,
         chunk_size: int = 256,
@@ -326,7 +334,10 @@ class ShapeIndex:
             model: a CLIP2Point model folder or Hub id, or a feature-extraction pipeline.
             output: the index folder. A rerun with the same source and settings resumes there.
             split: the split of a ``DatasetDict`` source.
-            up_axis: ``"y"`` or ``"z"`` (ModelNet-style files); default: the model processor's.
+            up_axis: ``"y"`` or ``"z"`` (ModelNet-style files); default: what the dataset's loader recorded, else
+                the model processor's.
+            paths_root: for a dataset source, the folder its ``path`` column is relative to (the package's loaders
+                store paths relative to the dataset folder): stored joined, so that hits can be read and drawn.
             num_shards, shard_index: embed only the chunks ``c`` with ``c % num_shards == shard_index`` and return
                 ``None``; a later call without ``shard_index`` (in one process, once the shards are done) embeds
                 whatever is still missing and merges.
@@ -347,8 +358,8 @@ class ShapeIndex:
         if chunk_size < 1:
             raise ValueError(f"`chunk_size` must be >= 1, got {chunk_size}")
         output = Path(output)
-        src = _open_source(source, split)
-        embedder = load_embedder(model, device, up_axis)
+        src = _open_source(source, split, paths_root)
+        embedder = load_embedder(model, device, up_axis or src.up_axis)
         manifest = {
             "format_version": FORMAT_VERSION,
             "source": src.description,

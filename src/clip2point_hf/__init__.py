@@ -25,6 +25,7 @@ from .pipeline_clip2point import (
     PointCloudClassificationPipeline,
     ZeroShotPointCloudClassificationPipeline,
 )
+from .pipeline_point_cloud_feature_extraction import PointCloudFeatureExtractionPipeline
 from .processing_clip2point import CLIP2PointProcessor
 from .rendering_clip2point import VIEW_PRESETS, DepthRenderer
 
@@ -56,6 +57,12 @@ PIPELINE_REGISTRY.register_pipeline(
     pt_model=AutoModelForImageClassification,
     type="multimodal",
 )
+PIPELINE_REGISTRY.register_pipeline(
+    "point-cloud-feature-extraction",
+    pipeline_class=PointCloudFeatureExtractionPipeline,
+    pt_model=AutoModel,
+    type="multimodal",
+)
 
 __all__ = [
     "VIEW_PRESETS",
@@ -70,5 +77,6 @@ __all__ = [
     "CLIP2PointProcessor",
     "DepthRenderer",
     "PointCloudClassificationPipeline",
+    "PointCloudFeatureExtractionPipeline",
     "ZeroShotPointCloudClassificationPipeline",
 ]

@@ -1,4 +1,4 @@
-"""`clip2point`: classify, render, evaluate, convert, publish and serve a web page from the command line.
+"""`clip2point`: classify, render, evaluate, convert, publish, search and serve a web page from the command line.
 
 User errors (a bad file, an unknown option value, a model folder missing files, an unreachable Hub) end
 in one line on stderr and exit code 2, with no traceback.
@@ -7,6 +7,7 @@ in one line on stderr and exit code 2, with no traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -246,6 +247,74 @@ def cmd_serve(args: argparse.Namespace) -> None:
     demo.launch(server_name=args.host, server_port=args.port)
 
 
+def cmd_embed(args: argparse.Namespace) -> None:
+    if not Path(args.source).is_dir():
+        raise CommandError(f"{args.source}: not a folder (a folder of shapes or a saved dataset)")
+    _check_model(args.model)
+    from .retrieval import ShapeIndex
+
+    try:
+        index = ShapeIndex.build(
+            args.source,
+            args.model,
+            args.output,
+            split=args.split,
+            up_axis=args.up_axis,
+            num_shards=args.num_shards,
+            shard_index=args.shard_index,
+            chunk_size=args.chunk_size,
+            batch_size=args.batch_size,
+            device=args.device,
+            on_error="skip" if args.skip_unreadable else "raise",
+            faiss=args.faiss,
+        )
+    except ImportError as error:
+        raise CommandError(first_line(error)) from None
+    if index is None:
+        print(
+            f"shard {args.shard_index}/{args.num_shards} done in {args.output}; once every shard is done, run the "
+            "same command without --shard_index to merge"
+        )
+    else:
+        print(f"wrote {args.output}: {index}")
+
+
+def cmd_search(args: argparse.Namespace) -> None:
+    if (args.text is None) == (args.like is None):
+        raise CommandError("give either a query text or --like FILE (not both)")
+    if args.like is not None and not Path(args.like).is_file():
+        raise CommandError(f"--like {args.like}: file not found")
+    if args.model:
+        _check_model(args.model)
+    from .retrieval import ShapeIndex, load_embedder, save_hits_image
+
+    index = ShapeIndex.load(args.index)
+    if args.model or args.device or args.up_axis:
+        model = args.model or index.config.get("model")
+        index.embedder = load_embedder(model, args.device, args.up_axis or index.config.get("up_axis"))
+    try:
+        if args.text is not None:
+            hits = index.search_text(args.text, k=args.k, template=args.template, exact=args.exact or None)
+        else:
+            hits = index.search_shape(args.like, k=args.k, exact=args.exact or None)
+    except ImportError as error:
+        raise CommandError(first_line(error)) from None
+    if args.json:
+        print(json.dumps([dataclasses.asdict(hit) for hit in hits], indent=2))
+    else:
+        for rank, hit in enumerate(hits, 1):
+            print(f"{rank:3d}. {hit.score:.4f}  {hit.name}  ({hit.path})")
+    if args.output:
+        query = args.text if args.text is not None else f"like {args.like}"
+        save_hits_image(hits, args.output, up_axis=index.config.get("up_axis", "y"), title=f"query: {query}")
+        print(f"wrote {args.output}")
+
+
+def _check_model(model: str) -> None:
+    if not (Path(model).is_dir() or "/" in model):
+        raise CommandError(f"--model: {model!r} is neither a folder nor a Hub id (org/name)")
+
+
 # --------------------------------------------------------------------------------------------------------- parser
 
 
@@ -384,6 +453,37 @@ def build_parser() -> argparse.ArgumentParser:
     o("--port", type=int, default=7860)
     o("--device", default=None, help="cpu, cuda, cuda:1, ...")
     p.set_defaults(func=cmd_serve)
+
+    p = commands.add_parser("embed", help="embed a folder or dataset of shapes into a search index")
+    o = _Options(p)
+    o("source", help="a folder of point/mesh files (recursive), or a folder saved by datasets")
+    o("--model", required=True, help="a CLIP2Point model folder or Hub id")
+    o("-o", "--output", required=True, help="the index folder, e.g. shapes.index")
+    o("--split", help="the split of a saved DatasetDict")
+    o("--up_axis", choices=UP_AXES, help=UP_AXIS_HELP + "; default: the dataset's, else the model's")
+    o("--num_shards", type=int, default=1, help="split the work over N processes")
+    o("--shard_index", type=int, help="this process's shard (omit to merge)")
+    o("--chunk_size", type=int, default=256, help="shapes per resumable chunk")
+    o("--batch_size", type=int, default=32)
+    o("--device", default=None, help="cpu, cuda, cuda:1, ...")
+    o("--faiss", default="auto", help="auto, none, or a faiss factory string (HNSW32, IVF1024,Flat)")
+    o("--skip_unreadable", action="store_true", help="skip files that cannot be read (listed)")
+    p.set_defaults(func=cmd_embed)
+
+    p = commands.add_parser("search", help="text-to-shape or shape-to-shape search in an index")
+    o = _Options(p)
+    o("text", nargs="?", help='the query, e.g. "a chair with armrests"')
+    o("--like", help="a query shape file instead of a text")
+    o("--index", required=True, help="an index folder written by `clip2point embed`")
+    o("-k", type=int, default=8, help="how many hits")
+    o("-o", "--output", help="write a picture of the hits' front views (PNG)")
+    o("--template", help="prompt template with {} (default: the index's)")
+    o("--exact", action="store_true", help="exact search even when the index has a faiss index")
+    o("--model", help="embed the query with this model (default: the index's)")
+    o("--up_axis", choices=UP_AXES, help="the query shape's up axis (default: the index's)")
+    o("--device", default=None)
+    o("--json", action="store_true", help="print the hits as JSON")
+    p.set_defaults(func=cmd_search)
     for command in commands.choices.values():
         command.add_argument(
             "--verbose",

@@ -18,7 +18,7 @@ from transformers import pipeline
 import clip2point_hf  # noqa: F401  (registers the tasks)
 from clip2point_hf import CLIP2PointModel, CLIP2PointProcessor
 from clip2point_hf.cli import main
-from clip2point_hf.data.errors import DatasetFormatError
+from clip2point_hf.errors import DatasetFormatError
 from clip2point_hf.point_files import read_point_cloud
 from clip2point_hf.retrieval import ShapeIndex, _Source
 from conftest import make_tiny_config, make_tiny_tokenizer

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data.errors import DatasetFormatError
+from .errors import DatasetFormatError
 from .pipeline_point_cloud_feature_extraction import PointCloudFeatureExtractionPipeline
 from .point_files import POINT_FILE_TYPES, read_point_cloud
 

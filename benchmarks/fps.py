@@ -19,7 +19,7 @@ import time
 import numpy as np
 import torch
 
-import clip2point_hf.rendering_clip2point as rendering
+import clip2point_hf.points_clip2point as points
 from render import _cpu_sample, machine
 
 
@@ -27,10 +27,10 @@ def methods(start: int, kdline_height: int) -> dict:
     import fpsample
 
     return {
-        "torch loop (ours, fallback)": lambda p, k: rendering._farthest_point_sample_torch(
+        "torch loop (ours, fallback)": lambda p, k: points._farthest_point_sample_torch(
             p[None], k, torch.tensor([start])
         )[0],
-        "farthest_point_sample (fpsample path)": lambda p, k: rendering.farthest_point_sample(
+        "farthest_point_sample (fpsample path)": lambda p, k: points.farthest_point_sample(
             p, k, start_index=start
         ),
         "fpsample.fps_sampling": lambda p, k: torch.from_numpy(

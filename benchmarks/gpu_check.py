@@ -295,7 +295,8 @@ def step_render(cfg, out_dir: Path) -> dict:
         import numpy as np
         import torch
 
-        from clip2point_hf.rendering_clip2point import DepthRenderer, normalize_point_cloud
+        from clip2point_hf.points_clip2point import normalize_point_cloud
+        from clip2point_hf.rendering_clip2point import DepthRenderer
 
         host = np.random.default_rng(0).normal(size=(max(cfg.batches), cfg.points, 3)).astype("float32")
         points = normalize_point_cloud(torch.from_numpy(host))[0].to(cfg.device)

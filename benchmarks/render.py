@@ -45,13 +45,9 @@ import time
 import numpy as np
 import torch
 
+from clip2point_hf.points_clip2point import normalize_point_cloud
 from clip2point_hf.processing_clip2point import CLIP2PointProcessor
-from clip2point_hf.rendering_clip2point import (
-    VIEW_PRESETS,
-    DepthRenderer,
-    camera_basis,
-    normalize_point_cloud,
-)
+from clip2point_hf.rendering_clip2point import VIEW_PRESETS, DepthRenderer, camera_basis
 
 # ------------------------------------------------------------------------------------------------
 # The reference's algorithm, written plainly: every pixel tests every point (SPEC section 1).

@@ -35,7 +35,7 @@ from clip2point_hf.data.mesh_folder import load_mesh_folder
 from clip2point_hf.errors import first_line, run_script
 from clip2point_hf.loading import ModelLoadError, load_pretrained, resolve_model
 from clip2point_hf.pipeline_clip2point import _check_labels
-from clip2point_hf.rendering_clip2point import normalize_point_cloud
+from clip2point_hf.points_clip2point import normalize_point_cloud
 from clip2point_hf.training.arguments import TrainingArguments
 from clip2point_hf.training.checkpointing import PROGRESS_FILE, clean_partial_checkpoints, latest_checkpoint
 from conftest import make_tiny_config, make_tiny_tokenizer

@@ -287,7 +287,7 @@ def test_modelnet_h5(tmp_path):
         and row["path"] == "ply_data_train1.h5:0"
     )
     fps = load_modelnet(root, num_points=16, sampling="fps", normalize=False, cache_dir=tmp_path / "c")
-    from clip2point_hf.rendering_clip2point import farthest_point_sample
+    from clip2point_hf.points_clip2point import farthest_point_sample
 
     idx = farthest_point_sample(torch.from_numpy(raw[0]), 16, start_index=0).numpy()
     np.testing.assert_allclose(fps["train"].with_format("numpy")[5]["points"], raw[0][idx])
@@ -338,7 +338,7 @@ def test_scanobjectnn_variants(tmp_path, variant, train_file):
     with h5py.File(root / train_file) as f:
         raw = f["data"][2]
         label = int(f["label"][2])
-    from clip2point_hf.rendering_clip2point import farthest_point_sample
+    from clip2point_hf.points_clip2point import farthest_point_sample
 
     idx = farthest_point_sample(torch.from_numpy(raw), 16, start_index=0).numpy()
     np.testing.assert_allclose(row["points"], raw[idx])

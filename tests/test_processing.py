@@ -15,14 +15,9 @@ from PIL import Image
 from transformers import AutoProcessor
 
 from clip2point_hf.configuration_clip2point import CLIP2PointConfig
+from clip2point_hf.points_clip2point import convert_up_axis, farthest_point_sample, normalize_point_cloud
 from clip2point_hf.processing_clip2point import CLIP2PointProcessor
-from clip2point_hf.rendering_clip2point import (
-    VIEW_PRESETS,
-    DepthRenderer,
-    convert_up_axis,
-    farthest_point_sample,
-    normalize_point_cloud,
-)
+from clip2point_hf.rendering_clip2point import VIEW_PRESETS, DepthRenderer
 from conftest import make_tiny_tokenizer
 
 
@@ -386,7 +381,9 @@ def test_remote_code_folder_loads_without_the_package(tmp_path):
         p.save_pretrained(tmp_path)
     finally:
         CLIP2PointProcessor._auto_class = previous
-    assert {"processing_clip2point.py", "rendering_clip2point.py"} <= set(os.listdir(tmp_path))
+    assert {"processing_clip2point.py", "points_clip2point.py", "rendering_clip2point.py"} <= set(
+        os.listdir(tmp_path)
+    )
     config = json.loads((tmp_path / "processor_config.json").read_text())
     assert config["auto_map"] == {"AutoProcessor": "processing_clip2point.CLIP2PointProcessor"}
     x = clouds(2, 300, seed=12)

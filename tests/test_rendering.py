@@ -9,16 +9,18 @@ import numpy as np
 import pytest
 import torch
 
+from clip2point_hf.points_clip2point import (
+    convert_up_axis,
+    farthest_point_sample,
+    normalize_point_cloud,
+    random_point_sample,
+)
 from clip2point_hf.rendering_clip2point import (
     CLIP_MEAN,
     CLIP_STD,
     VIEW_PRESETS,
     DepthRenderer,
     camera_basis,
-    convert_up_axis,
-    farthest_point_sample,
-    normalize_point_cloud,
-    random_point_sample,
     resolve_views,
 )
 
@@ -495,7 +497,7 @@ def test_farthest_point_sample_fpsample_path_is_exactly_the_torch_loop(monkeypat
     """With ``fpsample`` installed, CPU float32 clouds take its path: same indices as our loop and as a
     brute-force FPS, also where the farthest distance ties (a grid, duplicated points, quantised data)."""
     fpsample = pytest.importorskip("fpsample")
-    import clip2point_hf.rendering_clip2point as module
+    import clip2point_hf.points_clip2point as module
 
     calls = []
     original = fpsample.fps_sampling

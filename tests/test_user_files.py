@@ -18,7 +18,8 @@ from clip2point_hf import CLIP2PointModel, CLIP2PointProcessor
 from clip2point_hf.data import detect_dataset_format
 from clip2point_hf.errors import DatasetFormatError
 from clip2point_hf.mesh_io import read_off
-from clip2point_hf.rendering_clip2point import camera_basis, convert_up_axis
+from clip2point_hf.points_clip2point import convert_up_axis
+from clip2point_hf.rendering_clip2point import camera_basis
 from conftest import make_tiny_config, make_tiny_tokenizer
 
 BOX_FACES = [(0, 1, 2), (0, 2, 3), (4, 6, 5), (4, 7, 6), (0, 4, 5), (0, 5, 1)]

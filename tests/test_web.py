@@ -20,7 +20,7 @@ from transformers import pipeline
 import clip2point_hf  # noqa: F401  (registers the task)
 from clip2point_hf import CLIP2PointModel, CLIP2PointProcessor
 from clip2point_hf.mesh_io import read_mesh
-from clip2point_hf.rendering_clip2point import convert_up_axis
+from clip2point_hf.points_clip2point import convert_up_axis
 from clip2point_hf.samples import make_sample_point_cloud
 from clip2point_hf.web import PageBackend, write_preview_glb
 from conftest import make_tiny_config, make_tiny_tokenizer

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .data.formats import DATASET_FORMATS
 from .errors import first_line
-from .rendering_clip2point import UP_AXES
+from .points_clip2point import UP_AXES
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, OSError, KeyError, RuntimeError)
 

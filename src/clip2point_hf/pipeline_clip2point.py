@@ -21,8 +21,8 @@ import torch
 from transformers import Pipeline
 
 from .point_files import read_point_cloud
+from .points_clip2point import UP_AXES
 from .prompts import encode_class_prompts
-from .rendering_clip2point import UP_AXES
 
 ZERO_SHOT_TASK = "zero-shot-point-cloud-classification"
 CLASSIFICATION_TASK = "point-cloud-classification"

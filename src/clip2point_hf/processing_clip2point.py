@@ -4,8 +4,8 @@ It samples every cloud to ``num_points`` (seeded random or farthest-point), norm
 unit sphere, converts its up axis, and renders it with :class:`DepthRenderer` on the requested device.
 The tokenizer (CLIP's) is optional: it is needed only when ``text`` is passed.
 
-This file is copied flat into Hub folders: it imports only ``.rendering_clip2point`` (a flat sibling)
-and third-party packages.
+This file is copied flat into Hub folders: it imports only ``.points_clip2point`` and
+``.rendering_clip2point`` (flat siblings) and third-party packages.
 """
 
 from __future__ import annotations
@@ -20,19 +20,14 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessingKwargs, ProcessorMixin
 from transformers.utils import PROCESSOR_NAME, cached_file
 
-from .rendering_clip2point import (
-    CLIP_MEAN,
-    CLIP_STD,
+from .points_clip2point import (
     UP_AXES,
-    VIEW_PRESETS,
-    DepthRenderer,
     convert_up_axis,
     farthest_point_sample,
     normalize_point_cloud,
     random_point_sample,
-    resolve_views,
-    view_name,
 )
+from .rendering_clip2point import CLIP_MEAN, CLIP_STD, VIEW_PRESETS, DepthRenderer, resolve_views, view_name
 
 __all__ = ["CLIP2PointProcessor", "CLIP2PointProcessorKwargs"]
 

@@ -1,4 +1,7 @@
-"""Point-cloud geometry and a pure-PyTorch orthographic depth renderer for CLIP2Point.
+"""Cameras and a pure-PyTorch orthographic depth renderer for CLIP2Point.
+
+Clouds arrive here already sampled, normalised and y-up (``points_clip2point.py``); this module turns
+them into CLIP-ready depth images.
 
 Nothing here needs PyTorch3D or a compiled extension; everything runs on CPU and CUDA, batched, with
 fixed shapes and no host synchronisation inside the render (so it works under ``torch.compile`` and
@@ -22,8 +25,8 @@ candidate is tested with the exact coverage rule above; the per-pixel nearest is
 pattern (monotonic for ``z >= 0``) is packed with the index into one int64 key, so a single ``amin``
 gives the nearest depth and, on ties, the smallest index.
 
-This module imports only ``torch`` and the standard library (and, lazily and optionally, ``fpsample``): it is
-copied flat into Hub folders next to ``processing_clip2point.py``.
+This module imports only ``torch`` and the standard library: it is copied flat into Hub folders next to
+``processing_clip2point.py``.
 """
 
 from __future__ import annotations
@@ -39,16 +42,11 @@ __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
     "MAX_IMAGE_SIZE",
-    "UP_AXES",
     "VIEW_PRESETS",
     "CameraBasis",
     "DepthRenderer",
     "RasterOutput",
     "camera_basis",
-    "convert_up_axis",
-    "farthest_point_sample",
-    "normalize_point_cloud",
-    "random_point_sample",
     "resolve_views",
     "view_name",
 ]
@@ -103,217 +101,6 @@ _LOW32 = 0xFFFFFFFF
 
 
 # --------------------------------------------------------------------------------------------------
-# Point-cloud geometry
-# --------------------------------------------------------------------------------------------------
-
-
-def _check_points(points: torch.Tensor, name: str = "points") -> None:
-    if not isinstance(points, torch.Tensor):
-        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(points).__name__}")
-    if points.dim() not in (2, 3):
-        raise ValueError(f"`{name}` must have shape (N, 3) or (B, N, 3), got {tuple(points.shape)}")
-    if points.shape[-1] != 3:
-        raise ValueError(f"`{name}` must have a last dimension of 3, got {tuple(points.shape)}")
-    if not points.is_floating_point():
-        raise TypeError(f"`{name}` must be a floating-point tensor, got {points.dtype}")
-    if points.shape[-2] == 0:
-        raise ValueError(f"`{name}` is empty (N = 0): a point cloud needs at least one point")
-
-
-def farthest_point_sample(
-    points: torch.Tensor,
-    num_samples: int,
-    *,
-    start_index: int | torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.LongTensor:
-    """Iterative farthest-point sampling (CPU or CUDA; no host synchronisation on CUDA).
-
-    On CPU, float32 (and half-precision) clouds go through the ``fpsample`` package when it is installed
-    (``pip install fpsample``; 2.5-5x faster than the loop below on a 2-core CPU, see BENCHMARKS.md); it
-    returns exactly the indices of the PyTorch loop, which runs otherwise (CUDA, float64, no ``fpsample``).
-
-    Args:
-        points: ``(N, 3)`` or ``(B, N, 3)`` floating-point coordinates.
-        num_samples: number of indices to return, ``1 <= num_samples <= N``.
-        start_index: index of the first selected point: an int (same for every cloud) or a long
-            tensor of shape ``()`` or ``(B,)``. When ``None``, the start is drawn uniformly with
-            ``generator`` if one is given, else it is ``0``.
-        generator: random generator used only to draw the start when ``start_index`` is None.
-
-    Returns:
-        Long tensor of indices, ``(num_samples,)`` or ``(B, num_samples)``, on ``points.device``.
-        The result is deterministic: ties in the farthest distance go to the smallest index.
-    """
-    _check_points(points)
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int):
-        raise TypeError(f"`num_samples` must be an int, got {type(num_samples).__name__}")
-    unbatched = points.dim() == 2
-    pts = points.unsqueeze(0) if unbatched else points
-    b, n, _ = pts.shape
-    if num_samples < 1 or num_samples > n:
-        raise ValueError(f"`num_samples` must be between 1 and the number of points N={n}, got {num_samples}")
-    device = pts.device
-    if pts.dtype in (torch.float16, torch.bfloat16):
-        pts = pts.float()
-
-    if start_index is None:
-        if generator is None:
-            start = torch.zeros(b, dtype=torch.long, device=device)
-        else:
-            start = torch.randint(0, n, (b,), generator=generator, device=generator.device).to(device)
-    elif isinstance(start_index, torch.Tensor):
-        start = start_index.to(device=device, dtype=torch.long).reshape(-1).expand(b).clone()
-    else:
-        if not (-n <= int(start_index) < n):
-            raise ValueError(f"`start_index` must be in [0, {n}), got {start_index}")
-        start = torch.full((b,), int(start_index) % n, dtype=torch.long, device=device)
-
-    on_cpu = device.type == "cpu" and pts.dtype == torch.float32 and not torch.compiler.is_compiling()
-    if on_cpu and bool(torch.isfinite(pts).all()):  # NaN ordering is the torch loop's own
-        fast = _fpsample_indices(pts, num_samples, start)
-        if fast is not None:
-            return fast[0] if unbatched else fast
-    out = _farthest_point_sample_torch(pts, num_samples, start)
-    return out[0] if unbatched else out
-
-
-def _fpsample_indices(pts: torch.Tensor, num_samples: int, start: torch.Tensor) -> torch.Tensor | None:
-    """``(B, N, 3)`` CPU float32 -> ``(B, num_samples)`` indices from ``fpsample``, or None if not installed.
-
-    ``fpsample.fps_sampling`` computes the same float32 distances as our loop but breaks ties in the
-    farthest distance towards the LARGEST index (ours: the smallest). On the reversed cloud its choice
-    maps back to exactly ours, duplicated points and grids included (tests/test_rendering.py).
-    """
-    try:
-        import fpsample
-    except ImportError:
-        return None
-    n = pts.shape[1]
-    flipped = pts.detach().flip(1).numpy()
-    picked = [
-        torch.from_numpy(fpsample.fps_sampling(cloud, num_samples, start_idx=n - 1 - s).astype("int64"))
-        for cloud, s in zip(flipped, start.tolist())
-    ]
-    return (n - 1) - torch.stack(picked)
-
-
-def _farthest_point_sample_torch(pts: torch.Tensor, num_samples: int, start: torch.Tensor) -> torch.Tensor:
-    """The PyTorch loop: ``(B, N, 3)`` -> ``(B, num_samples)``; ties go to the smallest index."""
-    b, n, _ = pts.shape
-    device = pts.device
-    out = torch.empty(b, num_samples, dtype=torch.long, device=device)
-    out[:, 0] = start
-    min_d2 = torch.full((b, n), float("inf"), dtype=pts.dtype, device=device)
-    batch_ar = torch.arange(b, device=device)
-    last = start
-    for i in range(1, num_samples):
-        centre = pts[batch_ar, last]  # (B, 3)
-        d2 = (pts - centre[:, None, :]).square().sum(-1)
-        min_d2 = torch.minimum(min_d2, d2)
-        last = torch.argmax(min_d2, dim=1)  # first maximum -> smallest index on ties
-        out[:, i] = last
-    return out
-
-
-def random_point_sample(
-    num_points_in_cloud: int,
-    num_samples: int,
-    *,
-    generator: torch.Generator | None = None,
-    device: torch.device | str | None = None,
-) -> torch.LongTensor:
-    """Indices of ``num_samples`` points drawn uniformly without replacement from a cloud of ``N`` points.
-
-    When the cloud has fewer than ``num_samples`` points, every point is kept once (in a random order)
-    and the rest of the indices repeat points drawn uniformly *with* replacement: duplicated points
-    do not change a depth render. Deterministic for a seeded ``generator`` (drawn on its device).
-    """
-    n = int(num_points_in_cloud)
-    if n < 1:
-        raise ValueError(f"cannot sample from an empty point cloud (N = {n})")
-    if num_samples < 1:
-        raise ValueError(f"`num_samples` must be >= 1, got {num_samples}")
-    gen_device = generator.device if generator is not None else torch.device("cpu")
-    perm = torch.randperm(n, generator=generator, device=gen_device)
-    if n >= num_samples:
-        idx = perm[:num_samples]
-    else:
-        extra = torch.randint(0, n, (num_samples - n,), generator=generator, device=gen_device)
-        idx = torch.cat([perm, extra])
-    return idx.to(device) if device is not None else idx
-
-
-def normalize_point_cloud(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Centre each cloud on its centroid and divide by its largest point norm (SPEC section 1).
-
-    Args:
-        points: ``(N, 3)`` or ``(B, N, 3)`` floating-point coordinates.
-
-    Returns:
-        ``(normalized, centroid, scale)`` with ``normalized`` like ``points`` (inside the unit sphere,
-        its farthest point on it), ``centroid`` ``(3,)`` / ``(B, 3)`` and ``scale`` ``()`` / ``(B,)``,
-        such that ``normalized * scale + centroid`` gives back the input.
-
-    Degenerate clouds: when all points coincide (the radius is zero, or below rounding noise of
-    ``16 * eps * max|coordinate|``), the normalised cloud is all zeros and ``scale`` is 0 -- never NaN.
-    A single point is such a cloud. No host synchronisation: this case is handled with ``torch.where``.
-    Non-finite coordinates are not checked here (they propagate); the processor rejects them.
-    """
-    _check_points(points)
-    orig_dtype = points.dtype
-    pts = points.float() if orig_dtype in (torch.float16, torch.bfloat16) else points
-    # Work on the cloud divided by a power of two near its largest coordinate: exact (every operation below
-    # commutes with it), and squaring a 1e20 coordinate can no longer overflow.
-    magnitude = pts.abs().amax(dim=(-2, -1)).unsqueeze(-1)  # (..., 1)
-    tiny = torch.finfo(pts.dtype).tiny
-    unit = torch.where(
-        magnitude > tiny, torch.exp2(torch.floor(torch.log2(magnitude))), torch.ones_like(magnitude)
-    )
-    pts = pts / unit.unsqueeze(-1)
-    centroid = pts.mean(dim=-2, keepdim=True)
-    centred = pts - centroid
-    scale = centred.norm(dim=-1).amax(dim=-1, keepdim=True)  # (..., 1)
-    degenerate = scale <= 16 * torch.finfo(pts.dtype).eps * (magnitude / unit) + tiny
-    scale = torch.where(degenerate, torch.zeros_like(scale), scale)
-    safe = torch.where(degenerate, torch.ones_like(scale), scale)
-    normalized = torch.where(
-        degenerate.unsqueeze(-1), torch.zeros_like(centred), centred / safe.unsqueeze(-1)
-    )
-    return (
-        normalized.to(orig_dtype),
-        (centroid * unit.unsqueeze(-1)).squeeze(-2).to(orig_dtype),
-        (scale * unit).squeeze(-1).to(orig_dtype),
-    )
-
-
-#: Proper rotations taking each signed storage axis to the renderer's ``+y`` (up).
-_UP_TO_Y = {
-    "z": lambda x, y, z: (-y, z, -x),  # the reference's mapping for z-up ModelNet data
-    "-z": lambda x, y, z: (x, -z, y),  # -90 deg about x
-    "x": lambda x, y, z: (-y, x, z),  # -90 deg about z
-    "-x": lambda x, y, z: (y, -x, z),  # +90 deg about z
-    "-y": lambda x, y, z: (x, -y, -z),  # 180 deg about x
-}
-UP_AXES = ("x", "y", "z", "-x", "-y", "-z")
-
-
-def convert_up_axis(points: torch.Tensor, up_axis: str) -> torch.Tensor:
-    """Bring a cloud stored with ``up_axis`` up into the renderer's y-up world frame.
-
-    ``up_axis`` is one of :data:`UP_AXES` (``"x"``, ``"-x"``, ``"y"``, ``"-y"``, ``"z"``, ``"-z"``); each maps
-    by a proper rotation (no mirroring). ``"y"``: returned unchanged (ShapeNet-55, ScanObjectNN). ``"z"``:
-    ``(x, y, z) -> (-y, z, -x)``, the reference's mapping for z-up ModelNet data. Works on any ``(..., 3)``
-    tensor (points or normals).
-    """
-    if up_axis == "y":
-        return points
-    if up_axis not in _UP_TO_Y:
-        raise ValueError(f"`up_axis` must be one of {list(UP_AXES)}, got {up_axis!r}")
-    return torch.stack(_UP_TO_Y[up_axis](*points.unbind(-1)), dim=-1)
-
-
-# --------------------------------------------------------------------------------------------------
 # Cameras
 # --------------------------------------------------------------------------------------------------
 
@@ -334,8 +121,9 @@ def _normalize(v: torch.Tensor) -> torch.Tensor:
 
 def view_name(elevation: float, azimuth: float, distance: float = 1.0) -> str:
     """Where the camera of a view stands, in words, for picture titles: ``"front"`` (+z), ``"back"``, ``"top"``
-    (+y, the up axis after :func:`convert_up_axis`), ``"bottom"``, ``"right"`` (+x), ``"left"``, or a
-    combination such as ``"bottom-back-right"``; ``" x1.2"`` when the view zooms out (distance != 1)."""
+    (+y, the up axis after :func:`~clip2point_hf.points_clip2point.convert_up_axis`), ``"bottom"``,
+    ``"right"`` (+x), ``"left"``, or a combination such as ``"bottom-back-right"``; ``" x1.2"`` when the view
+    zooms out (distance != 1)."""
     e, a = math.radians(elevation), math.radians(azimuth)
     centre = (math.cos(e) * math.sin(a), math.sin(e), math.cos(e) * math.cos(a))
     words = [("top", "bottom"), ("front", "back"), ("right", "left")]
@@ -512,8 +300,9 @@ class DepthRenderer:
             in one pass.
 
     The renderer works in the y-up world frame of the SPEC on clouds that are already normalised (see
-    :func:`normalize_point_cloud` and :func:`convert_up_axis`). It computes in float32 whatever the
-    input floating dtype. Values are never checked (that would synchronise): a point with a NaN or
+    :func:`~clip2point_hf.points_clip2point.normalize_point_cloud` and
+    :func:`~clip2point_hf.points_clip2point.convert_up_axis`). It computes in float32 whatever the input
+    floating dtype. Values are never checked (that would synchronise): a point with a NaN or
     infinite coordinate simply covers no pixel.
     """
 

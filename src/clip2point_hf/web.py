@@ -25,8 +25,9 @@ import torch
 from .mesh_io import read_mesh
 from .pipeline_clip2point import ZeroShotPointCloudClassificationPipeline, _check_labels
 from .point_files import MESH_FILES, POINT_FILE_TYPES, read_point_cloud
+from .points_clip2point import convert_up_axis
 from .processing_clip2point import CLIP2PointProcessor
-from .rendering_clip2point import VIEW_PRESETS, convert_up_axis
+from .rendering_clip2point import VIEW_PRESETS
 from .samples import SAMPLE_OBJECTS, make_sample_point_cloud
 from .weights import build_classifier, resolve_weights
 

@@ -72,7 +72,7 @@ def normalize_np(points: np.ndarray) -> np.ndarray:
     """Centre on the centroid and scale into the unit sphere (the renderer's normalisation, SPEC 1)."""
     import torch
 
-    from ..rendering_clip2point import normalize_point_cloud
+    from ..points_clip2point import normalize_point_cloud
 
     out, _, _ = normalize_point_cloud(torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32)))
     return out.numpy()
@@ -93,7 +93,7 @@ def subsample_indices(points: np.ndarray, num_points: int, method: str, rng: np.
     if method == "fps":
         import torch
 
-        from ..rendering_clip2point import farthest_point_sample
+        from ..points_clip2point import farthest_point_sample
 
         pts = torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32))
         return farthest_point_sample(pts, num_points, start_index=0).numpy()

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import DatasetFormatError
 from ..mesh_io import seeded_rng
-from ..rendering_clip2point import UP_AXES
+from ..points_clip2point import UP_AXES
 from ._common import (
     check_choice,
     check_finite,

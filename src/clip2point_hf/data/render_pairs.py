@@ -32,8 +32,8 @@ import torch
 
 from ..errors import DatasetFormatError
 from ..mesh_io import MESH_EXTENSIONS, read_mesh, sample_surface, seeded_rng
+from ..points_clip2point import UP_AXES
 from ..prompts import prompt_names
-from ..rendering_clip2point import UP_AXES
 from ._common import (
     ON_MISSING,
     check_choice,
@@ -148,7 +148,7 @@ def shade_views(
 
 def _sample_object(task):
     root, rel, render_points, num_points, seed, up_axis = task
-    from ..rendering_clip2point import convert_up_axis, normalize_point_cloud
+    from ..points_clip2point import convert_up_axis, normalize_point_cloud
 
     path = Path(root) / rel
     mesh = read_mesh(path)

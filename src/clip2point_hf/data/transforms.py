@@ -23,13 +23,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from ..rendering_clip2point import (
-    CLIP_MEAN,
-    CLIP_STD,
-    convert_up_axis,
-    farthest_point_sample,
-    normalize_point_cloud,
-)
+from ..points_clip2point import convert_up_axis, farthest_point_sample, normalize_point_cloud
+from ..rendering_clip2point import CLIP_MEAN, CLIP_STD
 from ._common import check_num_points
 from .collate import _to_tensor, batch_to_tensors, collate_point_clouds
 

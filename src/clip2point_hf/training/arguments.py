@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import get_args, get_type_hints
 
 from ..data.formats import DATASET_FORMATS
-from ..rendering_clip2point import UP_AXES
+from ..points_clip2point import UP_AXES
 from .checkpointing import check_checkpoint_folder
 
 __all__ = ["BackboneArguments", "PointCloudDataArguments", "TrainingArguments", "args_to_dict", "parse_args"]

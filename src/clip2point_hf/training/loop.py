@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..hub import HubPushError, push_to_hub
-from ..rendering_clip2point import normalize_point_cloud
+from ..points_clip2point import normalize_point_cloud
 from .arguments import TrainingArguments
 from .checkpointing import (
     TrainingProgress,

@@ -31,7 +31,14 @@ from .pipeline_clip2point import CLASSIFICATION_TASK, task_for_architecture
 REMOTE_CODE_FILES = ("configuration_clip2point.py", "modeling_clip2point.py")
 PROCESSOR_CODE_FILES = ("processing_clip2point.py", "points_clip2point.py", "rendering_clip2point.py")
 #: The pipeline (named by `custom_pipelines` in config.json) and the flat modules it imports.
-PIPELINE_CODE_FILES = ("pipeline_clip2point.py", "point_files.py", "mesh_io.py", "errors.py", "prompts.py")
+PIPELINE_CODE_FILES = (
+    "pipeline_clip2point.py",
+    "point_files.py",
+    "mesh_io.py",
+    "gltf_io.py",
+    "errors.py",
+    "prompts.py",
+)
 
 #: Objects in each complete split, by the dataset name the loaders report: only a result that scored
 #: exactly this many objects, with every class present, is published under the bare name.

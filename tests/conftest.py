@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random CLIP towers and a tiny offline CLIP tokenizer (no network, no real weights)."""
+"""Shared fixtures: tiny random CLIP towers, a tiny offline CLIP tokenizer and a tiny saved model folder (no
+network, no real weights)."""
 # ruff: noqa: F401  (re-exported for the test modules)
 
 from __future__ import annotations
@@ -15,6 +16,25 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+
+
+def save_tiny_model(folder, *, num_points: int = 256):
+    """Save a seeded tiny ``CLIP2PointModel`` (6 views) and its processor (``reference6``, 32 px) into ``folder``:
+    the model folder the pipeline, CLI and retrieval tests load by path."""
+    from clip2point_hf import CLIP2PointModel, CLIP2PointProcessor
+
+    torch.manual_seed(0)
+    CLIP2PointModel(make_tiny_config(num_views=6)).save_pretrained(folder)
+    CLIP2PointProcessor(
+        tokenizer=make_tiny_tokenizer(), views="reference6", image_size=32, num_points=num_points
+    ).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny model folder (:func:`save_tiny_model`), one per test module."""
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
 
 def make_tiny_clip(seed: int = 0):

@@ -19,20 +19,9 @@ from clip2point_hf import CLIP2PointModel, CLIP2PointProcessor
 from clip2point_hf.hub import build_model_card, export_hub_folder, verify_hub_folder
 from clip2point_hf.point_files import read_point_cloud
 from clip2point_hf.samples import make_sample_point_cloud
-from conftest import make_tiny_config, make_tiny_tokenizer
+from conftest import make_tiny_tokenizer
 
 LABELS = ["chair", "cone", "lamp"]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-model")
-    torch.manual_seed(0)
-    CLIP2PointModel(make_tiny_config(num_views=6)).save_pretrained(folder)
-    CLIP2PointProcessor(
-        tokenizer=make_tiny_tokenizer(), views="reference6", image_size=32, num_points=256
-    ).save_pretrained(folder)
-    return folder
 
 
 def write_point_files(folder, cloud: np.ndarray) -> dict[str, str]:
@@ -69,10 +58,10 @@ def write_point_files(folder, cloud: np.ndarray) -> dict[str, str]:
     return files | {k: str(folder / k) for k in ("t.obj", "t.off", "t.ply", "t.stl")}
 
 
-def expected_scores(model_dir, cloud: np.ndarray) -> dict[str, float]:
+def expected_scores(tiny_model_dir, cloud: np.ndarray) -> dict[str, float]:
     """Zero-shot scores computed directly with the model and processor (CLIP-scaled mean cosine)."""
-    model = CLIP2PointModel.from_pretrained(model_dir).eval()
-    processor = CLIP2PointProcessor.from_pretrained(model_dir)
+    model = CLIP2PointModel.from_pretrained(tiny_model_dir).eval()
+    processor = CLIP2PointProcessor.from_pretrained(tiny_model_dir)
     batch = processor([cloud], text=[f"image of a {label}" for label in LABELS])
     with torch.no_grad():
         logits = model(**batch).logits_per_point_cloud[0]
@@ -80,10 +69,10 @@ def expected_scores(model_dir, cloud: np.ndarray) -> dict[str, float]:
     return dict(zip(LABELS, scores.tolist(), strict=True))
 
 
-def test_pipeline_reads_every_file_type_and_matches_the_model(model_dir, tmp_path):
+def test_pipeline_reads_every_file_type_and_matches_the_model(tiny_model_dir, tmp_path):
     cloud = make_sample_point_cloud("cone", 500, seed=1)
     files = write_point_files(tmp_path, cloud)
-    classifier = pipeline("zero-shot-point-cloud-classification", model=str(model_dir))
+    classifier = pipeline("zero-shot-point-cloud-classification", model=str(tiny_model_dir))
     inputs = [*files.values(), cloud]
     results = classifier(inputs, candidate_labels=LABELS, batch_size=4)
     assert len(results) == len(inputs)
@@ -93,7 +82,7 @@ def test_pipeline_reads_every_file_type_and_matches_the_model(model_dir, tmp_pat
         assert sum(scores) == pytest.approx(1.0, abs=1e-5)
         assert {r["label"] for r in ranked} == set(LABELS)
     # The point files hold the same cloud: identical answers, equal to the direct computation.
-    direct = expected_scores(model_dir, cloud)
+    direct = expected_scores(tiny_model_dir, cloud)
     for name in ("c.npy", "c.npz", "c.txt", "c.xyz", "points.ply", "array"):
         ranked = results[[*files, "array"].index(name)]
         assert {r["label"]: r["score"] for r in ranked} == pytest.approx(direct, abs=1e-5), name
@@ -105,8 +94,8 @@ def test_pipeline_reads_every_file_type_and_matches_the_model(model_dir, tmp_pat
     assert [r["label"] for r in single] and len(single) == 2
 
 
-def test_pipeline_rejects_bad_labels_and_files(model_dir, tmp_path):
-    classifier = pipeline("zero-shot-point-cloud-classification", model=str(model_dir))
+def test_pipeline_rejects_bad_labels_and_files(tiny_model_dir, tmp_path):
+    classifier = pipeline("zero-shot-point-cloud-classification", model=str(tiny_model_dir))
     cloud = make_sample_point_cloud("cup", 300)
     with pytest.raises(ValueError, match="candidate_labels"):
         classifier(cloud, candidate_labels=[])
@@ -159,7 +148,7 @@ def run_cli_in_process(capsys, *args):
     return subprocess.CompletedProcess(args, code, out, err)
 
 
-def test_cli_classify_and_render(model_dir, tmp_path, capsys):
+def test_cli_classify_and_render(tiny_model_dir, tmp_path, capsys):
     cloud = make_sample_point_cloud("chair", 400)
     files = write_point_files(tmp_path, cloud)
     result = run_cli(
@@ -169,12 +158,12 @@ def test_cli_classify_and_render(model_dir, tmp_path, capsys):
         "--labels",
         "chair,cone,lamp",
         "--model",
-        model_dir,
+        tiny_model_dir,
         "--json",
     )
     assert result.returncode == 0, result.stderr
     answers = json.loads(result.stdout)
-    direct = expected_scores(model_dir, cloud)
+    direct = expected_scores(tiny_model_dir, cloud)
     assert {r["label"]: r["score"] for r in answers[files["c.npy"]]} == pytest.approx(direct, abs=1e-5)
 
     result = run_cli("render", files["c.npy"], "--views", "6", "-o", tmp_path / "v.png")
@@ -185,19 +174,20 @@ def test_cli_classify_and_render(model_dir, tmp_path, capsys):
     assert image.size[0] > 5 * 224 and np.asarray(image).min() < 100  # 5 columns of views, dark points
 
     assert_user_error(
-        run_cli("classify", files["c.npy"], "--labels", ",", "--model", model_dir), "candidate_labels"
+        run_cli("classify", files["c.npy"], "--labels", ",", "--model", tiny_model_dir), "candidate_labels"
     )
     assert_user_error(
-        run_cli("classify", files["c.npy"], "--labels", "a,a", "--model", model_dir), "duplicates"
+        run_cli("classify", files["c.npy"], "--labels", "a,a", "--model", tiny_model_dir), "duplicates"
     )
     assert_user_error(
-        run_cli("classify", tmp_path / "absent.ply", "--labels", "a,b", "--model", model_dir), "absent.ply"
+        run_cli("classify", tmp_path / "absent.ply", "--labels", "a,b", "--model", tiny_model_dir),
+        "absent.ply",
     )
     (tmp_path / "scan.vtk").write_text("x")
     assert_user_error(run_cli_in_process(capsys, "render", tmp_path / "scan.vtk"), "unsupported file type")
     broken = tmp_path / "broken-model"
     broken.mkdir()
-    (broken / "config.json").write_text((model_dir / "config.json").read_text())
+    (broken / "config.json").write_text((tiny_model_dir / "config.json").read_text())
     assert_user_error(
         run_cli("classify", files["c.npy"], "--labels", "a,b", "--model", broken), "broken-model"
     )
@@ -266,7 +256,7 @@ def test_cli_convert_and_push_dry_run(tmp_path, capsys):
     )
 
 
-def test_model_card_yaml_carries_the_result_numbers(model_dir):
+def test_model_card_yaml_carries_the_result_numbers(tiny_model_dir):
     def scope(dataset, num_examples, num_classes):  # what was scored: the whole test split, every class
         names = [f"c{i}" for i in range(num_classes)]
         return {
@@ -291,9 +281,9 @@ def test_model_card_yaml_carries_the_result_numbers(model_dir):
             **scope("ScanObjectNN PB_T50_RS", 2882, 15),
         },
     ]
-    model = CLIP2PointModel.from_pretrained(model_dir)
+    model = CLIP2PointModel.from_pretrained(tiny_model_dir)
     card = build_model_card(
-        model, CLIP2PointProcessor.from_pretrained(model_dir), results, repo_id="org/clip2point"
+        model, CLIP2PointProcessor.from_pretrained(tiny_model_dir), results, repo_id="org/clip2point"
     )
     text = str(card)
     metadata = yaml.safe_load(text.split("---")[1])
@@ -312,15 +302,15 @@ def test_model_card_yaml_carries_the_result_numbers(model_dir):
     assert "| ModelNet40 | test |" in text and "never on a test set" in text
 
 
-def test_exported_folder_loads_as_remote_code_and_matches(model_dir, tmp_path):
-    folder = export_hub_folder(model_dir, tmp_path / "export", repo_id="org/clip2point")
-    verify_hub_folder(folder, reference_dir=model_dir)  # raises if anything differs
+def test_exported_folder_loads_as_remote_code_and_matches(tiny_model_dir, tmp_path):
+    folder = export_hub_folder(tiny_model_dir, tmp_path / "export", repo_id="org/clip2point")
+    verify_hub_folder(folder, reference_dir=tiny_model_dir)  # raises if anything differs
     (folder / "modeling_clip2point.py").unlink()
     with pytest.raises(ValueError, match=r"modeling_clip2point\.py"):
         verify_hub_folder(folder)
 
 
-def test_cli_evaluate_writes_results_that_the_card_reads(model_dir, tmp_path):
+def test_cli_evaluate_writes_results_that_the_card_reads(tiny_model_dir, tmp_path):
     import csv
 
     from clip2point_hf.hub import read_results
@@ -333,7 +323,9 @@ def test_cli_evaluate_writes_results_that_the_card_reads(model_dir, tmp_path):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text("".join(f"v {a} {b} {c}\n" for a, b, c in tetra * scale * (1 + i)) + faces)
     out = tmp_path / "zs"
-    result = run_cli("evaluate", "--dataset", tmp_path / "meshes", "--model", model_dir, "--output_dir", out)
+    result = run_cli(
+        "evaluate", "--dataset", tmp_path / "meshes", "--model", tiny_model_dir, "--output_dir", out
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads((out / "zero_shot_results.json").read_text())
     with open(out / "predictions.csv") as f:

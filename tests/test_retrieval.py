@@ -21,7 +21,7 @@ from clip2point_hf.cli import main
 from clip2point_hf.errors import DatasetFormatError
 from clip2point_hf.point_files import read_point_cloud
 from clip2point_hf.retrieval import ShapeIndex, _Source
-from conftest import make_tiny_config, make_tiny_tokenizer
+from conftest import save_tiny_model
 
 NUM_SHAPES = 11
 READ_SHAPE = _Source.load
@@ -29,13 +29,7 @@ READ_SHAPE = _Source.load
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-model")
-    torch.manual_seed(0)
-    CLIP2PointModel(make_tiny_config(num_views=6)).save_pretrained(folder)
-    CLIP2PointProcessor(
-        tokenizer=make_tiny_tokenizer(), views="reference6", image_size=32, num_points=128
-    ).save_pretrained(folder)
-    return folder
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-model"), num_points=128)
 
 
 @pytest.fixture(scope="module")

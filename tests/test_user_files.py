@@ -14,13 +14,11 @@ import pytest
 import torch
 
 import clip2point_hf  # noqa: F401  (registers the task)
-from clip2point_hf import CLIP2PointModel, CLIP2PointProcessor
 from clip2point_hf.data import detect_dataset_format
 from clip2point_hf.errors import DatasetFormatError
 from clip2point_hf.mesh_io import read_off
 from clip2point_hf.points_clip2point import convert_up_axis
 from clip2point_hf.rendering_clip2point import camera_basis
-from conftest import make_tiny_config, make_tiny_tokenizer
 
 BOX_FACES = [(0, 1, 2), (0, 2, 3), (4, 6, 5), (4, 7, 6), (0, 4, 5), (0, 5, 1)]
 BOX_FACES += [(1, 5, 6), (1, 6, 2), (2, 6, 7), (2, 7, 3), (3, 7, 4), (3, 4, 0)]
@@ -65,17 +63,6 @@ def write_mesh(path, vertices, faces=BOX_FACES) -> None:
         for tri in faces:
             stl += struct.pack("<12fH", 0, 0, 0, *np.asarray(vertices)[list(tri)].ravel(), 0)
         path.write_bytes(stl)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-model")
-    torch.manual_seed(0)
-    CLIP2PointModel(make_tiny_config(num_views=6)).save_pretrained(folder)
-    CLIP2PointProcessor(
-        tokenizer=make_tiny_tokenizer(), views="reference6", image_size=32, num_points=256
-    ).save_pretrained(folder)
-    return folder
 
 
 def run_cli(capsys, *args) -> subprocess.CompletedProcess:
@@ -126,12 +113,12 @@ def test_render_up_axis_z_stands_a_modelnet_style_box_upright(tmp_path, capsys):
     assert rows < 2 * cols  # read as y-up, the box points at the camera: no tall silhouette
 
 
-def test_classify_up_axis_z_scores_the_file_as_its_upright_copy(model_dir, tmp_path, capsys):
+def test_classify_up_axis_z_scores_the_file_as_its_upright_copy(tiny_model_dir, tmp_path, capsys):
     corners = box((0.3, 0.5, 2.0))
     write_off(tmp_path / "z" / "box.off", corners)  # same file name: the same surface samples
     upright = convert_up_axis(torch.tensor(corners, dtype=torch.float32), "z").double().numpy()
     write_off(tmp_path / "y" / "box.off", upright)
-    args = ("--labels", "chair,cone,lamp", "--model", model_dir, "--json")
+    args = ("--labels", "chair,cone,lamp", "--model", tiny_model_dir, "--json")
     as_z = run_cli(capsys, "classify", tmp_path / "z" / "box.off", "--up_axis", "z", *args)
     as_y = run_cli(capsys, "classify", tmp_path / "y" / "box.off", *args)
     assert as_z.returncode == as_y.returncode == 0, as_z.stderr + as_y.stderr
@@ -148,10 +135,10 @@ def test_classify_up_axis_z_scores_the_file_as_its_upright_copy(model_dir, tmp_p
     )
 
 
-def test_pipeline_takes_up_axis_per_call(model_dir):
+def test_pipeline_takes_up_axis_per_call(tiny_model_dir):
     from transformers import pipeline
 
-    classifier = pipeline("zero-shot-point-cloud-classification", model=str(model_dir))
+    classifier = pipeline("zero-shot-point-cloud-classification", model=str(tiny_model_dir))
     cloud = np.random.default_rng(0).normal(size=(500, 3)) * [0.1, 0.2, 1.0]
     upright = convert_up_axis(torch.tensor(cloud, dtype=torch.float32), "z").numpy()
     got = classifier(cloud, candidate_labels=["a", "b", "c"], up_axis="z")
@@ -174,22 +161,31 @@ def mixed_folder(root):
     return root
 
 
-def test_mixed_format_folder_is_a_mesh_folder_and_every_object_is_scored(model_dir, tmp_path, capsys):
+def test_mixed_format_folder_is_a_mesh_folder_and_every_object_is_scored(tiny_model_dir, tmp_path, capsys):
     root = mixed_folder(tmp_path / "mixed")
     assert detect_dataset_format(root) == "mesh_folder"
     out = tmp_path / "scores"
-    result = run_cli(capsys, "evaluate", "--dataset", root, "--model", model_dir, "--output_dir", out)
+    result = run_cli(capsys, "evaluate", "--dataset", root, "--model", tiny_model_dir, "--output_dir", out)
     assert result.returncode == 0, result.stderr
     summary = json.loads((out / "zero_shot_results.json").read_text())
     assert summary["num_examples"] == 12 and summary["up_axis"] == "y"
     assert "up axis: y" in result.stdout
     # a second run into the same folder does not overwrite the first's results silently
     again = run_cli(
-        capsys, "evaluate", "--dataset", root, "--model", model_dir, "--output_dir", out, "--up-axis", "z"
+        capsys,
+        "evaluate",
+        "--dataset",
+        root,
+        "--model",
+        tiny_model_dir,
+        "--output_dir",
+        out,
+        "--up-axis",
+        "z",
     )
     one_line_error(again, "already holds", "--overwrite_output_dir")
     again = run_cli(
-        capsys, "evaluate", "--dataset", root, "--model", model_dir, "--output_dir", out, "--up_axis", "z",
+        capsys, "evaluate", "--dataset", root, "--model", tiny_model_dir, "--output_dir", out, "--up_axis", "z",
         "--overwrite_output_dir", "--dataset_format", "mesh_folder",
     )  # fmt: skip
     assert again.returncode == 0, again.stderr
@@ -275,7 +271,9 @@ def test_argument_file_takes_numbers_for_text_fields(tmp_path):
         assert parse_views(args.views) == ("reference6" if name == "a.json" else "reference10")
 
 
-def test_cli_options_are_one_family_and_device_cuda_without_cuda_is_one_line(model_dir, tmp_path, capsys):
+def test_cli_options_are_one_family_and_device_cuda_without_cuda_is_one_line(
+    tiny_model_dir, tmp_path, capsys
+):
     from clip2point_hf.cli import build_parser
 
     parser = build_parser()
@@ -291,7 +289,15 @@ def test_cli_options_are_one_family_and_device_cuda_without_cuda_is_one_line(mod
         pytest.skip("this torch has CUDA")
     np.save(tmp_path / "c.npy", np.random.default_rng(0).normal(size=(50, 3)))
     result = run_cli(
-        capsys, "classify", tmp_path / "c.npy", "--labels", "a,b", "--model", model_dir, "--device", "cuda"
+        capsys,
+        "classify",
+        tmp_path / "c.npy",
+        "--labels",
+        "a,b",
+        "--model",
+        tiny_model_dir,
+        "--device",
+        "cuda",
     )
     one_line_error(result, "--device cuda", "no CUDA")
 

@@ -336,3 +336,24 @@ def test_cli_evaluate_writes_results_that_the_card_reads(tiny_model_dir, tmp_pat
     assert (out / "confusion_matrix.png").is_file()
     (card_result,) = read_results([out / "zero_shot_results.json"])
     assert card_result["dataset"] == "meshes" and card_result["num_views"] == "reference6"
+
+
+def test_card_carries_the_arguments_the_training_scripts_write(tiny_model_dir, tmp_path):
+    """`TrainingRun.record_config` writes the run's arguments beside the saved model; the exported card shows
+    them under Training (it used to look for a file no script writes, so no card had them)."""
+    import shutil
+
+    from clip2point_hf.hub import RUN_ARGS_FILE
+    from clip2point_hf.training import write_json
+
+    bare = export_hub_folder(tiny_model_dir, tmp_path / "bare", repo_id="org/clip2point")
+    assert "## Training" not in (bare / "README.md").read_text()
+    assert "`run_args.json` (written by this package's training scripts)" in (bare / "README.md").read_text()
+
+    run = shutil.copytree(tiny_model_dir, tmp_path / "run")
+    write_json(run / RUN_ARGS_FILE, {"learning_rate": 0.00123, "seed": 7, "views": "reference6"})
+    assert RUN_ARGS_FILE == "run_args.json"  # the name the scripts' tests read (tests/test_scripts.py)
+    card = (export_hub_folder(run, tmp_path / "export", repo_id="org/clip2point") / "README.md").read_text()
+    training = card.split("## Training", 1)[1]
+    assert '"learning_rate": 0.00123' in training and '"seed": 7' in training
+    assert "Trained with this package's scripts" in card

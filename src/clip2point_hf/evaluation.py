@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from .data import PointCloudBatchTransform, random_subset
+from .hub import RUN_ARGS_FILE
 from .loading import resolve_model
 from .modeling_clip2point import CLIP2PointForPointCloudClassification, CLIP2PointModel
 from .pipeline_clip2point import CLASSIFICATION_TASK, task_for_architecture
@@ -316,7 +317,7 @@ def load_model(model_spec: str | None, backbone: BackboneArguments, seed: int):
 
 def run_seed(model_spec: str | None) -> int:
     """The seed of the training run that wrote a model folder (its `run_args.json`), else 0."""
-    path = Path(model_spec or "") / "run_args.json"
+    path = Path(model_spec or "") / RUN_ARGS_FILE
     if model_spec and path.is_file():
         seed = json.loads(path.read_text()).get("seed")
         if isinstance(seed, int):

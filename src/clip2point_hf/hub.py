@@ -29,6 +29,9 @@ from .modeling_clip2point import (
 from .pipeline_clip2point import CLASSIFICATION_TASK, task_for_architecture
 
 REMOTE_CODE_FILES = ("configuration_clip2point.py", "modeling_clip2point.py")
+#: A training run's arguments, written beside the saved model by ``TrainingRun.record_config``: the card shows
+#: them, the evaluation reads the run's seed from them.
+RUN_ARGS_FILE = "run_args.json"
 PROCESSOR_CODE_FILES = ("processing_clip2point.py", "points_clip2point.py", "rendering_clip2point.py")
 #: The pipeline (named by `custom_pipelines` in config.json) and the flat modules it imports.
 PIPELINE_CODE_FILES = (
@@ -163,7 +166,7 @@ def _provenance_section(provenance: dict | None, trained_here: bool) -> str:
             return "Trained with this package's scripts (arguments under Training below)."
         return (
             f"Not recorded: this folder has neither `{PROVENANCE_FILE}` (written by `clip2point convert`) "
-            "nor `training_args.json` (written by this package's training scripts)."
+            f"nor `{RUN_ARGS_FILE}` (written by this package's training scripts)."
         )
     lines = [
         f"Converted with `clip2point convert` ({provenance.get('converter', 'clip2point_hf')}) from "
@@ -376,8 +379,8 @@ def export_hub_folder(
         output_dir
     )
     training_notes = None
-    if (Path(model_dir) / "training_args.json").is_file():
-        args = (Path(model_dir) / "training_args.json").read_text()
+    if (Path(model_dir) / RUN_ARGS_FILE).is_file():
+        args = (Path(model_dir) / RUN_ARGS_FILE).read_text()
         training_notes = (
             f"## Training\n\nArguments of the run that produced these weights:\n\n```json\n{args}\n```"
         )

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..hub import HubPushError, push_to_hub
+from ..hub import RUN_ARGS_FILE, HubPushError, push_to_hub
 from ..points_clip2point import normalize_point_cloud
 from .arguments import TrainingArguments
 from .checkpointing import (
@@ -24,7 +24,13 @@ from .checkpointing import (
 )
 from .optimization import build_lr_scheduler
 from .sampling import seed_step
-from .tracking import JsonLogger, configure_console, resolve_trackers, start_trackers, write_json
+from .tracking import (
+    JsonLogger,
+    configure_console,
+    resolve_trackers,
+    start_trackers,
+    write_json,
+)
 
 __all__ = [
     "TrainingRun",
@@ -302,7 +308,7 @@ class TrainingRun:
     def record_config(self, project_name: str, config: Mapping) -> None:
         """``<output_dir>/run_args.json`` (main process) and the trackers' hyper-parameters."""
         if self.accelerator.is_main_process:
-            write_json(self.output_dir / "run_args.json", config)
+            write_json(self.output_dir / RUN_ARGS_FILE, config)
         start_trackers(self.accelerator, project_name, config)
 
     def save_best(self, model) -> None:

@@ -208,3 +208,17 @@ def test_search_tab_finds_a_shape_itself_first(model_dir, tmp_path):
     assert names == ["bowl", "chair", "cone", "lamp"] and scores == sorted(scores, reverse=True)
     with pytest.raises(ValueError, match="type a description or upload a shape"):
         search_index(shapes, "  ", None, 3, tmp_path / "none.png")
+
+
+@pytest.mark.parametrize("axis", ["x", "-y"])
+def test_every_signed_up_axis_is_offered_and_matches_the_pipeline_call(backend, model_dir, axis):
+    """The page offers the six axes the renderer takes; its scores are the pipeline's `up_axis=` call's."""
+    sample = make_sample_point_cloud("lamp", 4096, seed=0)
+    expected = pipeline("zero-shot-point-cloud-classification", model=str(model_dir))(
+        sample, candidate_labels=[label.strip() for label in LABELS.split(",")], up_axis=axis
+    )
+    got = backend.classify(None, "lamp", LABELS, axis, "reference10").scores
+    assert [s["label"] for s in got] == [s["label"] for s in expected]
+    np.testing.assert_allclose([s["score"] for s in got], [s["score"] for s in expected], atol=1e-6)
+    with pytest.raises(ValueError, match="up axis must be one of"):
+        backend.classify(None, "lamp", LABELS, "w", "reference10")

@@ -25,7 +25,7 @@ import torch
 from .mesh_io import read_mesh
 from .pipeline_clip2point import ZeroShotPointCloudClassificationPipeline, _check_labels
 from .point_files import MESH_FILES, POINT_FILE_TYPES, read_point_cloud
-from .points_clip2point import convert_up_axis
+from .points_clip2point import UP_AXES, convert_up_axis
 from .processing_clip2point import CLIP2PointProcessor
 from .rendering_clip2point import VIEW_PRESETS
 from .samples import SAMPLE_OBJECTS, make_sample_point_cloud
@@ -106,8 +106,8 @@ class PageBackend:
         """Score `labels` for the uploaded `file` (or else the bundled `sample`); raises ValueError with one
         line for the user on bad input."""
         candidate_labels = _check_labels(labels)
-        if up_axis not in ("y", "z"):
-            raise ValueError(f"up axis must be y or z, got {up_axis!r}")
+        if up_axis not in UP_AXES:
+            raise ValueError(f"up axis must be one of {list(UP_AXES)}, got {up_axis!r}")
         if views not in self.view_choices:
             raise ValueError(f"views must be one of {self.view_choices}, got {views!r}")
         if file:
@@ -285,9 +285,9 @@ def build_demo(
                     )
                     with gr.Row():
                         up_axis = gr.Radio(
-                            ["y", "z"],
+                            list(UP_AXES),
                             value=backend.base.processor.up_axis,
-                            label="up axis (z for ModelNet-style files)",
+                            label="up axis (z for ModelNet OFF; y for glTF, ShapeNet, ScanObjectNN)",
                         )
                         views = gr.Dropdown(backend.view_choices, value=backend.default_views, label="views")
                     button = gr.Button("Classify", variant="primary", elem_id="classify")

@@ -298,7 +298,9 @@ def build_demo(
                         height=320,
                         elem_id="preview",
                     )
-            gr.Markdown("**The depth views the model sees** (near is dark; each titled by where its camera stands)")
+            gr.Markdown(
+                "**The depth views the model sees** (near is dark; each titled by where its camera stands)"
+            )
             views_image = gr.Image(show_label=False, type="filepath", format="png", elem_id="views")
             with gr.Row():
                 chart = gr.BarPlot(

@@ -15,8 +15,9 @@ import pytest
 
 from clip2point_hf import point_files
 from clip2point_hf.errors import DatasetFormatError
-from clip2point_hf.mesh_io import Mesh, read_mesh, sample_surface, seeded_rng
+from clip2point_hf.mesh_io import Mesh, read_mesh, sample_surface
 from clip2point_hf.point_files import POINT_FILE_TYPES, lzf_decompress, read_point_cloud
+from clip2point_hf.seeding import seeded_rng
 from clip2point_hf.web import write_preview_glb
 
 

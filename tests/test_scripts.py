@@ -696,7 +696,8 @@ def test_parse_args_from_files_and_overrides(tmp_path):
 
 
 def test_epoch_sampler_and_keyed_draws_are_reproducible():
-    from clip2point_hf.training import EpochSampler, keyed_generator
+    from clip2point_hf.seeding import keyed_generator
+    from clip2point_hf.training import EpochSampler
 
     sampler = EpochSampler(10, seed=3)
     sampler.set_epoch(2)

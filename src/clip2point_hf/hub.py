@@ -39,6 +39,7 @@ PIPELINE_CODE_FILES = (
     "point_files.py",
     "mesh_io.py",
     "gltf_io.py",
+    "seeding.py",
     "errors.py",
     "prompts.py",
 )

@@ -20,7 +20,6 @@ Formats and quirks handled:
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,6 @@ __all__ = [
     "read_ply",
     "read_stl",
     "sample_surface",
-    "seeded_rng",
 ]
 
 MESH_EXTENSIONS = (".obj", ".off", ".ply", ".stl", ".glb", ".gltf")
@@ -50,27 +48,6 @@ class Mesh:
 
     vertices: np.ndarray
     faces: np.ndarray
-
-
-def seeded_rng(seed: int, key: str) -> np.random.Generator:
-    """A numpy generator seeded from a global ``seed`` and a string ``key`` (e.g. a relative path).
-
-    The stream depends only on ``(seed, key)``: not on the order files are processed in, the number of
-    processes, the machine or the Python hash seed.
-    """
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or int(seed) < 0:
-        raise ValueError(f"`seed` must be a non-negative int, got {seed!r}")
-    digest = hashlib.sha256(str(key).encode("utf-8")).digest()
-    words = [int.from_bytes(digest[i : i + 4], "little") for i in range(0, 16, 4)]
-    seed = int(seed)
-    return np.random.Generator(
-        np.random.PCG64(np.random.SeedSequence([seed & 0xFFFFFFFF, seed >> 32, *words]))
-    )
-
-
-# --------------------------------------------------------------------------------------------------
-# Readers
-# --------------------------------------------------------------------------------------------------
 
 
 def read_mesh(path: str | Path) -> Mesh:

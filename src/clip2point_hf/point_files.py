@@ -17,15 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DatasetFormatError
-from .mesh_io import (
-    MESH_EXTENSIONS,
-    _finish,
-    _read_bytes,
-    read_mesh,
-    read_ply_elements,
-    sample_surface,
-    seeded_rng,
-)
+from .mesh_io import MESH_EXTENSIONS, _finish, _read_bytes, read_mesh, read_ply_elements, sample_surface
+from .seeding import seeded_rng
 
 MESH_FILES = tuple(ext for ext in MESH_EXTENSIONS if ext != ".ply")  # always surfaces (a .ply may be points)
 TEXT_FILES = (".txt", ".xyz", ".pts", ".csv")

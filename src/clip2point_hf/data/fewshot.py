@@ -1,8 +1,7 @@
 """Seeded subsets of a labelled split: validation hold-outs, K-shot training sets, ``--max_*_samples`` limits.
 
-Both draw from a generator keyed by the seed and a stream name (:func:`clip2point_hf.training.keyed_seed`), so a
-split is the same on every process and every machine. (``training`` imports ``data``; the functions import
-``keyed_seed`` when called so that ``data`` never imports ``training`` at import time.)
+Both draw from a generator keyed by the seed and a stream name (:func:`clip2point_hf.seeding.keyed_seed`), so a
+split is the same on every process and every machine.
 """
 
 from __future__ import annotations
@@ -11,14 +10,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..seeding import keyed_seed
+
 __all__ = ["random_subset", "sample_k_shot", "stratified_split"]
 
 
 def stratified_split(labels: Sequence[int], fraction: float, seed: int, stream: str = "validation"):
     """Split indices per class: ``round(n_c * fraction)`` of each class (at least one when the class has two or
     more examples and ``fraction > 0``) go to the held-out part. Returns ``(kept, held_out)``, sorted."""
-    from ..training.sampling import keyed_seed
-
     labels = np.asarray(labels)
     g = np.random.default_rng(keyed_seed(seed, stream))
     kept, held = [], []
@@ -37,8 +36,6 @@ def sample_k_shot(
     labels: Sequence[int], indices: Sequence[int], shots: int, seed: int
 ) -> tuple[list[int], dict]:
     """``shots`` examples per class from ``indices`` (seeded); classes with fewer keep all (reported)."""
-    from ..training.sampling import keyed_seed
-
     labels = np.asarray(labels)
     indices = np.asarray(sorted(indices))
     g = np.random.default_rng(keyed_seed(seed, "k-shot", shots))
@@ -54,8 +51,6 @@ def sample_k_shot(
 def random_subset(indices: Sequence[int], limit: int | None, seed: int, *stream) -> list[int]:
     """At most ``limit`` of ``indices`` (sorted), drawn with a generator keyed by ``(seed, *stream)``; all of
     them (unchanged) when ``limit`` is ``None`` or not smaller."""
-    from ..training.sampling import keyed_seed
-
     if limit is None or limit >= len(indices):
         return indices
     g = np.random.default_rng(keyed_seed(seed, *stream))

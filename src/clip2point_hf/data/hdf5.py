@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatasetFormatError
-from ..mesh_io import seeded_rng
+from ..seeding import seeded_rng
 from ._common import normalize_np, subsample_indices
 from .builder import BuildOptions, build_dataset, point_cloud_features
 

@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import DatasetFormatError
-from ..mesh_io import MESH_EXTENSIONS, read_mesh, sample_surface, seeded_rng
+from ..mesh_io import MESH_EXTENSIONS, read_mesh, sample_surface
 from ..points_clip2point import UP_AXES
+from ..seeding import seeded_rng
 from ._common import check_choice, check_root, natural_key, normalize_np
 from .builder import BuildOptions, build_dataset, point_cloud_features
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatasetFormatError
-from ..mesh_io import seeded_rng
 from ..points_clip2point import UP_AXES
+from ..seeding import seeded_rng
 from ._common import (
     check_choice,
     check_finite,

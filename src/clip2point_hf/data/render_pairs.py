@@ -31,9 +31,10 @@ import numpy as np
 import torch
 
 from ..errors import DatasetFormatError
-from ..mesh_io import MESH_EXTENSIONS, read_mesh, sample_surface, seeded_rng
+from ..mesh_io import MESH_EXTENSIONS, read_mesh, sample_surface
 from ..points_clip2point import UP_AXES
 from ..prompts import prompt_names
+from ..seeding import seeded_rng
 from ._common import (
     ON_MISSING,
     check_choice,

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatasetFormatError
-from ..mesh_io import seeded_rng
+from ..seeding import seeded_rng
 from ._common import (
     check_finite,
     check_num_points,

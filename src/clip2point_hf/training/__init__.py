@@ -41,7 +41,7 @@ from .loop import (
     setup_accelerator,
 )
 from .optimization import build_lr_scheduler, build_optimizer, lr_multiplier
-from .sampling import EpochSampler, KeyedDataset, keyed_generator, keyed_seed, seed_step
+from .sampling import EpochSampler, KeyedDataset, seed_step
 from .tracking import JsonLogger, configure_console, resolve_trackers, start_trackers, write_json
 
 __all__ = [
@@ -63,8 +63,6 @@ __all__ = [
     "configure_console",
     "find_checkpoints",
     "finish_with_hub",
-    "keyed_generator",
-    "keyed_seed",
     "latest_checkpoint",
     "load_tokenizer",
     "lr_multiplier",

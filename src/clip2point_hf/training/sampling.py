@@ -9,24 +9,13 @@ run sees the same global batches as one process.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterator
 
 import torch
 
-__all__ = ["EpochSampler", "KeyedDataset", "keyed_generator", "keyed_seed", "seed_step"]
+from ..seeding import keyed_generator, keyed_seed
 
-
-def keyed_seed(*keys) -> int:
-    """A 63-bit seed from any tuple of ints/strings (stable across processes, machines and Python versions)."""
-    digest = hashlib.blake2b(repr(tuple(keys)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
-
-
-def keyed_generator(*keys) -> torch.Generator:
-    generator = torch.Generator()
-    generator.manual_seed(keyed_seed(*keys))
-    return generator
+__all__ = ["EpochSampler", "KeyedDataset", "seed_step"]
 
 
 def seed_step(seed: int, epoch: int, step: int, process_index: int) -> None:

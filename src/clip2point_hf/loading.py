@@ -22,6 +22,7 @@ __all__ = [
     "ModelLoadError",
     "check_safetensors_files",
     "hub_is_reachable",
+    "is_hub_id",
     "is_offline",
     "load_pretrained",
     "resolve_model",
@@ -31,6 +32,11 @@ __all__ = [
 HUB_TIMEOUT = 3.0
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+def is_hub_id(text: str) -> bool:
+    """Whether ``text`` has the form of a Hub repo id (``name`` or ``org/name``)."""
+    return bool(_HUB_ID.fullmatch(text)) and text.count("/") <= 1
 
 
 class ModelLoadError(OSError):
@@ -119,7 +125,7 @@ def resolve_model(
             )
         check_safetensors_files(path)
         return str(path)
-    if not _HUB_ID.fullmatch(source) or source.count("/") > 1:
+    if not is_hub_id(source):
         raise ModelLoadError(source, "no such folder (and not a Hub id of the form org/name)")
     offline = is_offline()
     reason = "offline mode is on (HF_HUB_OFFLINE=1)" if offline else None

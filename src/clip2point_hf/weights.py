@@ -15,13 +15,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .errors import first_line
-from .loading import ModelLoadError, check_safetensors_files, is_offline
+from .loading import ModelLoadError, check_safetensors_files, is_hub_id, is_offline
 
 __all__ = [
     "CONVERTED_MODEL_ENV",
@@ -50,7 +49,6 @@ HUB_TIMEOUT = 5.0
 UNTRAINED_LABEL = "a small UNTRAINED random model (scores are meaningless)"
 TASK = "zero-shot-point-cloud-classification"
 
-_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
 
 
@@ -126,7 +124,7 @@ def locate_model(spec: str, cache_dir: str | os.PathLike | None = None, timeout:
         except ModelLoadError as error:
             raise WeightsUnavailable(str(error)) from None
         return path
-    if not _HUB_ID.match(spec):
+    if not is_hub_id(spec):
         raise WeightsUnavailable(f"{spec}: no such folder")
     with contextlib.suppress(Exception):  # not cached (or an id the cache cannot hold)
         cached = Path(snapshot_download(spec, cache_dir=cache_dir, local_files_only=True))

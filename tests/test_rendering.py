@@ -541,3 +541,11 @@ def test_cuda_matches_cpu():
     image = renderer.render(gpu, distances=torch.ones(4, 10, device="cuda"))
     assert image.is_cuda and torch.isfinite(image).all()
     assert (image.cpu() - cpu_image).abs().gt(1e-4).float().mean() < 1e-4
+
+
+def test_camera_basis_puts_plain_numbers_on_the_angles_device():
+    """A Python distance must follow the angles' device (on CUDA a CPU scalar broke the render); the meta
+    device shows the same mismatch on a CPU-only machine."""
+    angles = torch.tensor([0.0, 90.0, 225.0], device="meta")
+    basis = camera_basis(angles, angles, 1.0)
+    assert basis.centre.device.type == "meta" and basis.x_axis.shape == (3, 3)

@@ -47,7 +47,9 @@ class CLIP2PointConfig(PreTrainedConfig):
     """
 
     model_type = "clip2point"
-    sub_configs_defaults = {"vision_config": CLIPVisionConfig, "text_config": CLIPTextConfig}
+    # `sub_configs` (not the newer `sub_configs_defaults`) is the attribute every transformers 5 release reads;
+    # the towers are built from dicts in `__post_init__`, as transformers 5.17's own CLIPConfig does.
+    sub_configs = {"vision_config": CLIPVisionConfig, "text_config": CLIPTextConfig}
 
     vision_config: dict | CLIPVisionConfig | None = None
     text_config: dict | CLIPTextConfig | None = None
@@ -67,6 +69,13 @@ class CLIP2PointConfig(PreTrainedConfig):
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
+        for key, config_class in self.sub_configs.items():
+            value = getattr(self, key)
+            if value is None:
+                value = config_class()
+            elif isinstance(value, dict):
+                value = config_class(**value)
+            setattr(self, key, value)
         super().__post_init__(**kwargs)
         if self.adapter_hidden_size is None:
             self.adapter_hidden_size = self.projection_dim

@@ -152,9 +152,12 @@ def camera_basis(
     table's 90 and 270 rows.
     """
 
+    if device is None:  # numbers go where the tensors are (a CPU scalar cannot broadcast with CUDA angles)
+        device = next((v.device for v in (elevation, azimuth, distance) if isinstance(v, torch.Tensor)), None)
+
     def as_tensor(v):
         if isinstance(v, torch.Tensor):
-            return v.to(device=device if device is not None else v.device, dtype=torch.float32)
+            return v.to(device=device, dtype=torch.float32)
         return torch.full((), float(v), dtype=torch.float32, device=device)  # no host-to-device copy
 
     e, a, d = torch.broadcast_tensors(as_tensor(elevation), as_tensor(azimuth), as_tensor(distance))

@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test test-all test-web demo lint format clean
+.PHONY: install test test-oldest test-all test-web demo lint format clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,23 @@ install: $(VENV)/.installed
 
 # Everything but the tests marked slow (the full SHREC'16 render, which benchmarks/data.py also runs).
 test: install
+	$(PY) -m pip list 2>/dev/null | grep -i -E "^(torch|transformers|datasets|accelerate|huggingface.hub|safetensors) "
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow" tests
+
+# The same suite on the oldest versions setup.cfg allows (.ci/oldest.txt), in its own venv; CI runs it after
+# `make test`, which resolves the newest releases.
+OLDEST_VENV ?= .venv-oldest
+$(OLDEST_VENV)/.installed: setup.cfg pyproject.toml .ci/oldest.txt
+	rm -rf $(OLDEST_VENV)
+	$(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/python -m pip install -q --upgrade pip
+	$(OLDEST_VENV)/bin/python -m pip install -q -c .ci/oldest.txt torch
+	$(OLDEST_VENV)/bin/python -m pip install -q -c .ci/oldest.txt -e ".[dev]"
+	touch $@
+
+test-oldest: $(OLDEST_VENV)/.installed
+	$(OLDEST_VENV)/bin/python -m pip list 2>/dev/null | grep -i -E "^(torch|transformers|datasets|accelerate|huggingface.hub|safetensors) "
+	HF_HUB_OFFLINE=1 $(OLDEST_VENV)/bin/python -m pytest -q -m "not slow" tests
 
 test-all: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests
@@ -45,4 +61,4 @@ format: install
 	$(VENV)/bin/ruff check --fix src tests examples hub benchmarks app.py
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache web_test_output
+	rm -rf $(VENV) $(OLDEST_VENV) build dist src/*.egg-info .pytest_cache .ruff_cache web_test_output

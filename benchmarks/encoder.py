@@ -36,7 +36,7 @@ import time
 import numpy as np
 import torch
 
-from clip2point_hf import CLIP2PointConfig, CLIP2PointModel, CLIP2PointProcessor
+from clip2point_hf import CLIP2PointConfig, CLIP2PointFeatureExtractor, CLIP2PointModel, CLIP2PointProcessor
 from clip2point_hf.pipeline_clip2point import ZeroShotPointCloudClassificationPipeline
 from clip2point_hf.rendering_clip2point import VIEW_PRESETS
 from clip2point_hf.testing_utils import make_tiny_tokenizer
@@ -84,7 +84,10 @@ def vit_b32_model(
 
 def zero_shot_pipeline(model, tokenizer, views="reference10", device="cpu", image_size=None):
     processor = CLIP2PointProcessor(
-        tokenizer=tokenizer, views=views, image_size=image_size or model.config.vision_config.image_size
+        CLIP2PointFeatureExtractor(
+            views=views, image_size=image_size or model.config.vision_config.image_size
+        ),
+        tokenizer,
     )
     return ZeroShotPointCloudClassificationPipeline(model=model, processor=processor, device=device)
 

@@ -45,8 +45,8 @@ import time
 import numpy as np
 import torch
 
+from clip2point_hf import CLIP2PointFeatureExtractor
 from clip2point_hf.points_clip2point import normalize_point_cloud
-from clip2point_hf.processing_clip2point import CLIP2PointProcessor
 from clip2point_hf.rendering_clip2point import VIEW_PRESETS, DepthRenderer, camera_basis
 
 # ------------------------------------------------------------------------------------------------
@@ -158,7 +158,7 @@ def run_one(mode: str, batch: int, args) -> dict:
         def step():
             return renderer.rasterize(points, views)
     elif mode == "processor":
-        processor = CLIP2PointProcessor(num_points=args.points, image_size=args.size, views=args.views)
+        processor = CLIP2PointFeatureExtractor(num_points=args.points, image_size=args.size, views=args.views)
 
         def step():
             return processor(host, device=device)["pixel_values"]

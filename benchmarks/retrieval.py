@@ -38,7 +38,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clip2point_hf import CLIP2PointModel, CLIP2PointProcessor, PointCloudFeatureExtractionPipeline
+from clip2point_hf import (
+    CLIP2PointFeatureExtractor,
+    CLIP2PointModel,
+    CLIP2PointProcessor,
+    PointCloudFeatureExtractionPipeline,
+)
 from clip2point_hf.retrieval import ShapeIndex, embed_texts
 
 # ---------------------------------------------------------------------------------------------------- quality
@@ -53,11 +58,13 @@ def load_embedder(path: str, views: str, point_radius: float) -> PointCloudFeatu
     else:
         model = CLIP2PointModel.from_pretrained(path)
     processor = CLIP2PointProcessor(
-        tokenizer=AutoTokenizer.from_pretrained(path),
-        num_points=1024,
-        views=views,
-        point_radius=point_radius,
-        image_size=model.config.vision_config.image_size,
+        CLIP2PointFeatureExtractor(
+            num_points=1024,
+            views=views,
+            point_radius=point_radius,
+            image_size=model.config.vision_config.image_size,
+        ),
+        AutoTokenizer.from_pretrained(path),
     )
     return PointCloudFeatureExtractionPipeline(model=model.eval(), processor=processor)
 

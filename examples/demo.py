@@ -15,6 +15,7 @@ from pathlib import Path
 
 from clip2point_hf.samples import SAMPLE_OBJECTS, make_sample_point_cloud
 from clip2point_hf.training import configure_console
+from clip2point_hf.visualization import save_views_image
 from clip2point_hf.weights import build_classifier, resolve_weights
 
 LABELS = ["airplane", "bottle", "bowl", "chair", "cone", "cup", "lamp", "table"]
@@ -36,7 +37,6 @@ def main() -> None:
     weights = resolve_weights(args.model)
     print(weights.describe(), flush=True)
     classifier = build_classifier(weights, device=args.device)
-    processor = classifier.processor
 
     tag = "  [untrained model: scores are meaningless]" if weights.untrained else ""
     for name in SAMPLE_OBJECTS:
@@ -44,7 +44,7 @@ def main() -> None:
         ranked = classifier(cloud, candidate_labels=LABELS)
         picture = output / f"{name}_views.png"
         title = f"{name} -> {ranked[0]['label']} {ranked[0]['score']:.2f}   weights: {weights.label}"
-        processor.save_views_image(cloud, picture, title=title)
+        save_views_image(classifier.front_end, cloud, picture, title=title)
         top = ", ".join(f"{r['label']} {r['score']:.2f}" for r in ranked[:3])
         print(f"{name:>9} -> {top}{tag}   (views: {picture})")
     print(f"Pictures of the rendered views are in {output}/")

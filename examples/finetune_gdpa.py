@@ -232,7 +232,7 @@ def main(argv=None) -> dict:
         data_args.depth_mode,
         up_axis,
     )
-    renderer = processor.renderer
+    renderer = processor.feature_extractor.renderer
 
     adapter_params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = None

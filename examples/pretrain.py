@@ -190,7 +190,7 @@ def main(argv=None) -> dict:
         data_args.point_radius,
         data_args.depth_mode,
     )
-    renderer = processor.renderer
+    renderer = processor.feature_extractor.renderer
 
     # ---- data: the train split, minus a stratified validation part; the test split is never used
     with accelerator.main_process_first():

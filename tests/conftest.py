@@ -9,6 +9,7 @@ import os
 import pytest
 import torch
 
+from clip2point_hf import CLIP2PointFeatureExtractor
 from clip2point_hf.testing_utils import make_tiny_clip as _make_tiny_clip
 from clip2point_hf.testing_utils import make_tiny_config, make_tiny_tokenizer, tiny_tower_configs
 
@@ -26,7 +27,8 @@ def save_tiny_model(folder, *, num_points: int = 256):
     torch.manual_seed(0)
     CLIP2PointModel(make_tiny_config(num_views=6)).save_pretrained(folder)
     CLIP2PointProcessor(
-        tokenizer=make_tiny_tokenizer(), views="reference6", image_size=32, num_points=num_points
+        CLIP2PointFeatureExtractor(views="reference6", image_size=32, num_points=num_points),
+        make_tiny_tokenizer(),
     ).save_pretrained(folder)
     return folder
 

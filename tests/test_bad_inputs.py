@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import save_file
 
 from clip2point_hf import (
+    CLIP2PointFeatureExtractor,
     CLIP2PointForPointCloudClassification,
     CLIP2PointForPreTraining,
     CLIP2PointModel,
@@ -71,7 +72,7 @@ def folders(tmp_path_factory, models):
     good = root / "good"
     models["base"].save_pretrained(good)
     CLIP2PointProcessor(
-        tokenizer=make_tiny_tokenizer(), views="reference6", image_size=SIZE, num_points=64
+        CLIP2PointFeatureExtractor(views="reference6", image_size=SIZE, num_points=64), make_tiny_tokenizer()
     ).save_pretrained(good)
     weights = (good / "model.safetensors").read_bytes()
     out = {"good": good, "root": root}
@@ -132,7 +133,7 @@ PROCESSOR_ARGS = [
 def test_processor_construction_is_checked(kwargs, culprit):
     start = time.perf_counter()
     with pytest.raises(ValueError) as error:
-        CLIP2PointProcessor(**kwargs)
+        CLIP2PointFeatureExtractor(**kwargs)
     assert_one_line(error.value, culprit)
     assert time.perf_counter() - start < 1  # refused when built, never at the first call
 
@@ -166,7 +167,7 @@ PROCESSOR_CALLS = [
     "make, culprit", [c[1:] for c in PROCESSOR_CALLS], ids=[c[0] for c in PROCESSOR_CALLS]
 )
 def test_processor_inputs_are_checked(make, culprit):
-    processor = CLIP2PointProcessor(image_size=SIZE, num_points=64, views="reference6")
+    processor = CLIP2PointFeatureExtractor(image_size=SIZE, num_points=64, views="reference6")
     with pytest.raises(ValueError) as error:
         processor(**make())
     assert_one_line(error.value, culprit)
@@ -176,7 +177,9 @@ def test_processor_inputs_are_checked(make, culprit):
 def test_extreme_scales_render_like_the_unit_cloud(scale):
     """Documented result: normalisation is scale-free and never overflows (1e20**2 is inf in float32)."""
     cloud = _cloud(300)
-    processor = CLIP2PointProcessor(image_size=SIZE, num_points=300, views="reference6", sampling="fps")
+    processor = CLIP2PointFeatureExtractor(
+        image_size=SIZE, num_points=300, views="reference6", sampling="fps"
+    )
     expected = processor(cloud)["pixel_values"]
     got = processor((cloud.astype(np.float64) * scale).astype(np.float32))["pixel_values"]
     assert torch.isfinite(got).all()

@@ -19,7 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clip2point_hf import CLIP2PointForPointCloudClassification, CLIP2PointModel, CLIP2PointProcessor
+from clip2point_hf import (
+    CLIP2PointFeatureExtractor,
+    CLIP2PointForPointCloudClassification,
+    CLIP2PointModel,
+)
 from clip2point_hf.conversion_clip2point import (
     PROVENANCE_FILE,
     CheckpointConversionError,
@@ -224,7 +228,7 @@ def test_selector_views_are_carried_into_the_saved_processor(clip, tmp_path):
     assert conversion.views == expected
     assert any("no preset" in line for line in conversion.set_aside)
     conversion.save_pretrained(tmp_path / "out")
-    assert CLIP2PointProcessor.from_pretrained(tmp_path / "out").views == expected
+    assert CLIP2PointFeatureExtractor.from_pretrained(tmp_path / "out").views == expected
     saved = json.loads((tmp_path / "out" / PROVENANCE_FILE).read_text())
     assert saved == json.loads(json.dumps(conversion.provenance))  # every field, as written
 
@@ -327,7 +331,7 @@ def test_cli_converts_both_layouts_and_the_folders_match_the_reference(openai_st
     tokenizer = make_tiny_tokenizer()
     tokens = tokenizer(["image of a chair", "image of a lamp"], padding=True, return_tensors="pt")
     model = CLIP2PointModel.from_pretrained(tmp_path / "out_pre")
-    assert CLIP2PointProcessor.from_pretrained(tmp_path / "out_pre").views == "reference10"
+    assert CLIP2PointFeatureExtractor.from_pretrained(tmp_path / "out_pre").views == "reference10"
     depth = depth_batch(10)
     with torch.no_grad():
         logits = model(pixel_values=depth, **tokens).logits_per_point_cloud
@@ -341,7 +345,7 @@ def test_cli_converts_both_layouts_and_the_folders_match_the_reference(openai_st
     assert provenance["layout"] == "pretraining" and provenance["checkpoint"] == "best_test.pth"
 
     classifier = CLIP2PointForPointCloudClassification.from_pretrained(tmp_path / "out_dpa")
-    assert CLIP2PointProcessor.from_pretrained(tmp_path / "out_dpa").views == "reference6"
+    assert CLIP2PointFeatureExtractor.from_pretrained(tmp_path / "out_dpa").views == "reference6"
     depth = depth_batch(6, seed=4)
     with torch.no_grad():
         logits = classifier(pixel_values=depth).logits

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from clip2point_hf import point_files
+from clip2point_hf import CLIP2PointFeatureExtractor, point_files
 from clip2point_hf.errors import DatasetFormatError
 from clip2point_hf.mesh_io import Mesh, read_mesh, sample_surface
 from clip2point_hf.point_files import POINT_FILE_TYPES, lzf_decompress, read_point_cloud
@@ -345,9 +345,9 @@ def test_cli_classify_reads_glb_and_pcd(tmp_path):
 
     model = tmp_path / "model"
     CLIP2PointModel(make_tiny_config(num_views=6)).save_pretrained(model)
-    CLIP2PointProcessor(tokenizer=make_tiny_tokenizer(), views="reference6", image_size=32).save_pretrained(
-        model
-    )
+    CLIP2PointProcessor(
+        CLIP2PointFeatureExtractor(views="reference6", image_size=32), make_tiny_tokenizer()
+    ).save_pretrained(model)
     document, blob = gltf_parts()
     (tmp_path / "scene.glb").write_bytes(glb_bytes(document, blob))
     cloud = np.random.default_rng(0).normal(size=(300, 3)).astype(np.float32)

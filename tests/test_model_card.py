@@ -9,7 +9,7 @@ import json
 import pytest
 import yaml
 
-from clip2point_hf import CLIP2PointModel, CLIP2PointProcessor
+from clip2point_hf import CLIP2PointFeatureExtractor, CLIP2PointModel, CLIP2PointProcessor
 from clip2point_hf.conversion_clip2point import PROVENANCE_FILE, convert_checkpoint, load_openai_clip
 from clip2point_hf.hub import HubFolderError, build_model_card, export_hub_folder, read_results
 from clip2point_hf.testing_utils import make_tiny_config
@@ -55,7 +55,9 @@ def model_index(text: str) -> list[dict]:
 @pytest.fixture(scope="module")
 def tiny():
     model = CLIP2PointModel(make_tiny_config(num_views=6))
-    return model, CLIP2PointProcessor(tokenizer=make_tiny_tokenizer(), views="reference6", image_size=32)
+    return model, CLIP2PointProcessor(
+        CLIP2PointFeatureExtractor(views="reference6", image_size=32), make_tiny_tokenizer()
+    )
 
 
 def test_converted_checkpoint_card_states_provenance_apart_from_the_package_protocol(tmp_path):
@@ -85,7 +87,7 @@ def test_converted_checkpoint_card_states_provenance_apart_from_the_package_prot
         "These hold for weights trained with this package's scripts, not for the converted weights above."
     )
     assert "never on a test set" in guarantee
-    assert CLIP2PointProcessor.from_pretrained(export).views == "reference10"
+    assert CLIP2PointFeatureExtractor.from_pretrained(export).views == "reference10"
 
 
 def test_cards_without_provenance_say_what_is_known(tiny):

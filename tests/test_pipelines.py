@@ -16,7 +16,12 @@ import torch
 from transformers import pipeline
 
 import clip2point_hf  # noqa: F401  (registers the tasks)
-from clip2point_hf import CLIP2PointForPointCloudClassification, CLIP2PointModel, CLIP2PointProcessor
+from clip2point_hf import (
+    CLIP2PointFeatureExtractor,
+    CLIP2PointForPointCloudClassification,
+    CLIP2PointModel,
+    CLIP2PointProcessor,
+)
 from clip2point_hf.hub import PIPELINE_CODE_FILES, export_hub_folder
 from clip2point_hf.point_files import read_point_cloud
 from clip2point_hf.samples import make_sample_point_cloud
@@ -28,7 +33,8 @@ LABELS = ["chair", "cone", "lamp"]
 
 def _processor(image_size: int) -> CLIP2PointProcessor:
     return CLIP2PointProcessor(
-        tokenizer=make_tiny_tokenizer(), views="reference6", image_size=image_size, num_points=128
+        CLIP2PointFeatureExtractor(views="reference6", image_size=image_size, num_points=128),
+        make_tiny_tokenizer(),
     )
 
 

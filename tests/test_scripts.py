@@ -257,7 +257,7 @@ def test_pretrain_end_to_end(pretrained, pairs):
     model = AutoModel.from_pretrained(out)
     assert isinstance(model, CLIP2PointModel)
     processor = CLIP2PointProcessor.from_pretrained(out)
-    assert processor.image_size == model.config.vision_config.image_size
+    assert processor.feature_extractor.image_size == model.config.vision_config.image_size
     results = json.loads((out / "all_results.json").read_text())
     assert results["best_eval_zero_shot_accuracy"] == max(e["eval/zero_shot_accuracy"] for e in evals)
 

@@ -18,10 +18,11 @@ from PIL import Image
 from transformers import pipeline
 
 import clip2point_hf  # noqa: F401  (registers the task)
-from clip2point_hf import CLIP2PointModel, CLIP2PointProcessor
+from clip2point_hf import CLIP2PointFeatureExtractor, CLIP2PointModel, CLIP2PointProcessor
 from clip2point_hf.mesh_io import read_mesh
 from clip2point_hf.points_clip2point import convert_up_axis
 from clip2point_hf.samples import make_sample_point_cloud
+from clip2point_hf.visualization import save_views_image
 from clip2point_hf.web import PageBackend, write_preview_glb
 from conftest import make_tiny_config, make_tiny_tokenizer
 
@@ -33,7 +34,7 @@ def save_model(folder: Path, **processor_settings) -> Path:
     torch.manual_seed(0)
     CLIP2PointModel(make_tiny_config(num_views=6)).save_pretrained(folder)
     CLIP2PointProcessor(
-        tokenizer=make_tiny_tokenizer(), image_size=32, num_points=256, **processor_settings
+        CLIP2PointFeatureExtractor(image_size=32, num_points=256, **processor_settings), make_tiny_tokenizer()
     ).save_pretrained(folder)
     return folder
 
@@ -102,8 +103,10 @@ def test_up_axis_and_views_match_a_folder_saved_with_them(backend, tmp_path):
 
 def test_views_image_is_the_processors_picture(backend, tmp_path):
     result = backend.classify(None, "cone", LABELS, "y", "reference6")
-    reference = backend.pipeline_for("y", "reference6").processor.save_views_image(
-        make_sample_point_cloud("cone", 4096, seed=0), tmp_path / "ref.png"
+    reference = save_views_image(
+        backend.pipeline_for("y", "reference6").front_end,
+        make_sample_point_cloud("cone", 4096, seed=0),
+        tmp_path / "ref.png",
     )
     got = Image.open(result.views_image)
     assert got.size == reference.size

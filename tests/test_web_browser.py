@@ -24,6 +24,7 @@ from PIL import Image
 import clip2point_hf  # noqa: F401  (registers the task)
 from clip2point_hf.point_files import read_point_cloud
 from clip2point_hf.samples import make_sample_point_cloud
+from clip2point_hf.visualization import save_views_image
 from clip2point_hf.weights import UNTRAINED_LABEL, Weights, build_classifier
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -151,8 +152,7 @@ def test_upload_classify_and_read_back_the_page(served, browser, tmp_path):
     # The views picture the page shows is the processor's picture of the uploaded cloud, pixel for pixel.
     source = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#views img").get_attribute("src"))
     shown = Image.open(io.BytesIO(urllib.request.urlopen(source, timeout=30).read()))
-    processor = model.processor
-    reference = processor.save_views_image(read_point_cloud(upload), tmp_path / "reference.png")
+    reference = save_views_image(model.front_end, read_point_cloud(upload), tmp_path / "reference.png")
     assert shown.size == reference.size
     assert np.array_equal(np.asarray(shown.convert("L")), np.asarray(reference))
 

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from transformers import CLIPModel
 
-from clip2point_hf import CLIP2PointModel, CLIP2PointProcessor
+from clip2point_hf import CLIP2PointFeatureExtractor, CLIP2PointModel, CLIP2PointProcessor
 from clip2point_hf.testing_utils import make_tiny_clip, make_tiny_config, make_tiny_tokenizer
 from clip2point_hf.weights import (
     CONVERTED_MODEL_ENV,
@@ -52,9 +52,9 @@ def save_clip(folder: Path) -> None:
 def save_clip2point(folder: Path) -> None:
     torch.manual_seed(2)
     CLIP2PointModel(make_tiny_config()).save_pretrained(folder)
-    CLIP2PointProcessor(tokenizer=make_tiny_tokenizer(), image_size=32, views="reference6").save_pretrained(
-        folder
-    )
+    CLIP2PointProcessor(
+        CLIP2PointFeatureExtractor(image_size=32, views="reference6"), make_tiny_tokenizer()
+    ).save_pretrained(folder)
 
 
 def convert_authors_checkpoint(tmp_path: Path, output: Path) -> None:
@@ -81,7 +81,7 @@ def test_default_hub_id_from_the_cache(tmp_path):
     classifier = build_classifier(weights)
     expected = CLIP2PointModel.from_pretrained(snapshot)
     assert torch.equal(first_weight(classifier.model), first_weight(expected))
-    assert classifier.processor.num_views == 6  # the saved processor, not a default one
+    assert classifier.front_end.num_views == 6  # the saved processor, not a default one
 
 
 def test_converted_folder_when_the_default_id_is_absent(tmp_path, monkeypatch):
@@ -125,7 +125,7 @@ def test_plain_clip_from_the_cache_and_from_a_folder(tmp_path):
     # The depth encoder is CLIP's image tower, untouched by any depth pre-training.
     clip = CLIPModel.from_pretrained(snapshot)
     assert torch.equal(first_weight(classifier.model), clip.vision_model.embeddings.patch_embedding.weight)
-    assert classifier.processor.renderer.image_size == clip.config.vision_config.image_size
+    assert classifier.front_end.renderer.image_size == clip.config.vision_config.image_size
 
     # Any CLIP folder given as --model is used the same way, and named as given.
     save_clip(tmp_path / "my-clip")

@@ -2,6 +2,7 @@
 
 from transformers import (
     AutoConfig,
+    AutoFeatureExtractor,
     AutoModel,
     AutoModelForImageClassification,
     AutoModelForPreTraining,
@@ -10,6 +11,7 @@ from transformers import (
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_clip2point import CLIP2PointConfig
+from .feature_extraction_clip2point import CLIP2PointFeatureExtractor
 from .modeling_clip2point import (
     CLIP2PointClassifierOutput,
     CLIP2PointForPointCloudClassification,
@@ -38,11 +40,13 @@ AutoModelForPreTraining.register(CLIP2PointConfig, CLIP2PointForPreTraining, exi
 AutoModelForImageClassification.register(
     CLIP2PointConfig, CLIP2PointForPointCloudClassification, exist_ok=True
 )
+AutoFeatureExtractor.register(CLIP2PointConfig, CLIP2PointFeatureExtractor, exist_ok=True)
 AutoProcessor.register(CLIP2PointConfig, CLIP2PointProcessor, exist_ok=True)
 CLIP2PointConfig.register_for_auto_class()
 CLIP2PointModel.register_for_auto_class("AutoModel")
 CLIP2PointForPreTraining.register_for_auto_class("AutoModelForPreTraining")
 CLIP2PointForPointCloudClassification.register_for_auto_class("AutoModelForImageClassification")
+CLIP2PointFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
 CLIP2PointProcessor.register_for_auto_class("AutoProcessor")
 
 PIPELINE_REGISTRY.register_pipeline(
@@ -68,6 +72,7 @@ __all__ = [
     "VIEW_PRESETS",
     "CLIP2PointClassifierOutput",
     "CLIP2PointConfig",
+    "CLIP2PointFeatureExtractor",
     "CLIP2PointForPointCloudClassification",
     "CLIP2PointForPreTraining",
     "CLIP2PointModel",

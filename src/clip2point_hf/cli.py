@@ -112,7 +112,7 @@ def cmd_classify(args: argparse.Namespace) -> None:
             kwargs["hypothesis_template"] = args.template
     if args.up_axis:
         kwargs["up_axis"] = args.up_axis
-    note = _up_axis_note(args.up_axis, classifier.processor.up_axis, "the model's processor")
+    note = _up_axis_note(args.up_axis, classifier.front_end.up_axis, "the model's processor")
     print(note, file=sys.stderr if args.json else sys.stdout)
     results = classifier(list(args.files), **kwargs)
     if labels is not None:
@@ -126,15 +126,16 @@ def cmd_classify(args: argparse.Namespace) -> None:
 
 
 def cmd_render(args: argparse.Namespace) -> None:
+    from .feature_extraction_clip2point import CLIP2PointFeatureExtractor
     from .point_files import read_point_cloud
-    from .processing_clip2point import CLIP2PointProcessor
+    from .visualization import save_views_image
 
     points = read_point_cloud(args.file, seed=args.seed)
-    processor = CLIP2PointProcessor(
+    front_end = CLIP2PointFeatureExtractor(
         num_points=args.num_points, up_axis=args.up_axis, views=_views(args.views), depth_mode=args.depth_mode
     )
-    processor.save_views_image(points, args.output)
-    print(f"wrote {args.output} ({processor.num_views} views of {args.file}; up axis {args.up_axis})")
+    save_views_image(front_end, points, args.output)
+    print(f"wrote {args.output} ({front_end.num_views} views of {args.file}; up axis {args.up_axis})")
 
 
 def cmd_convert(args: argparse.Namespace) -> None:

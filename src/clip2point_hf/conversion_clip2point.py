@@ -305,12 +305,16 @@ class Conversion:
     provenance: dict = field(default_factory=dict)
 
     def save_pretrained(self, output_dir: str | os.PathLike, tokenizer=None) -> None:
+        from .feature_extraction_clip2point import CLIP2PointFeatureExtractor
         from .processing_clip2point import CLIP2PointProcessor
 
         self.model.save_pretrained(output_dir)
         views = {} if self.views is None else {"views": self.views}
-        image_size = self.model.config.vision_config.image_size
-        CLIP2PointProcessor(tokenizer=tokenizer, image_size=image_size, **views).save_pretrained(output_dir)
+        front_end = CLIP2PointFeatureExtractor(image_size=self.model.config.vision_config.image_size, **views)
+        # Without a tokenizer the front end is saved alone (AutoProcessor loads it as it is).
+        (front_end if tokenizer is None else CLIP2PointProcessor(front_end, tokenizer)).save_pretrained(
+            output_dir
+        )
         (Path(output_dir) / PROVENANCE_FILE).write_text(json.dumps(self.provenance, indent=2) + "\n")
 
 

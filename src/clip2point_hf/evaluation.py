@@ -39,6 +39,7 @@ from .hub import RUN_ARGS_FILE
 from .loading import resolve_model
 from .modeling_clip2point import CLIP2PointForPointCloudClassification, CLIP2PointModel
 from .pipeline_clip2point import CLASSIFICATION_TASK, task_for_architecture
+from .processing_clip2point import point_cloud_front_end
 from .prompts import PROMPT_NAMINGS, encode_class_prompts, prompt_names, resolve_templates
 from .rendering_clip2point import VIEW_PRESETS, resolve_views
 from .training import (
@@ -381,11 +382,11 @@ def main(argv=None) -> dict:
     if classifier:
         # Scored as it was trained: the processor saved with it gives the number of points, the render settings
         # and (unless --views is given) the views.
-        from .processing_clip2point import CLIP2PointProcessor
+        from transformers import AutoProcessor
 
-        processor = CLIP2PointProcessor.from_pretrained(args.model)
-        args.num_points = processor.num_points
-        views = parse_views(args.views) if views_given else processor.views
+        processor = AutoProcessor.from_pretrained(args.model)
+        args.num_points = point_cloud_front_end(processor).num_points
+        views = parse_views(args.views) if views_given else point_cloud_front_end(processor).views
         templates = None
 
     dataset, meta, up_axis = args.load(args.seed, accelerator, [args.split])  # checked before the model loads
@@ -428,7 +429,7 @@ def main(argv=None) -> dict:
             tokenizer, image_size, views, args.num_points, args.point_radius, args.depth_mode, up_axis
         )
         text_embeds = encode_class_prompts(model, tokenizer, prompts, templates)
-    renderer = processor.renderer
+    renderer = point_cloud_front_end(processor).renderer
     config = {
         **args_to_dict(args, backbone),
         "num_processes": accelerator.num_processes,

@@ -20,6 +20,7 @@ import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .conversion_clip2point import PROVENANCE_FILE
+from .feature_extraction_clip2point import SAVED_BY_TRANSFORMERS
 from .modeling_clip2point import (
     CLIP2PointForPointCloudClassification,
     CLIP2PointForPreTraining,
@@ -27,12 +28,18 @@ from .modeling_clip2point import (
     CLIP2PointPreTrainedModel,
 )
 from .pipeline_clip2point import CLASSIFICATION_TASK, task_for_architecture
+from .processing_clip2point import point_cloud_front_end
 
 REMOTE_CODE_FILES = ("configuration_clip2point.py", "modeling_clip2point.py")
 #: A training run's arguments, written beside the saved model by ``TrainingRun.record_config``: the card shows
 #: them, the evaluation reads the run's seed from them.
 RUN_ARGS_FILE = "run_args.json"
-PROCESSOR_CODE_FILES = ("processing_clip2point.py", "points_clip2point.py", "rendering_clip2point.py")
+PROCESSOR_CODE_FILES = (
+    "processing_clip2point.py",
+    "feature_extraction_clip2point.py",
+    "points_clip2point.py",
+    "rendering_clip2point.py",
+)
 #: The pipeline (named by `custom_pipelines` in config.json) and the flat modules it imports.
 PIPELINE_CODE_FILES = (
     "pipeline_clip2point.py",
@@ -286,8 +293,8 @@ def build_model_card(
         model_name=name,
         eval_results=eval_results or None,
     )
-    settings = processor.to_dict() if hasattr(processor, "to_dict") else {}
-    render = {k: v for k, v in settings.items() if k not in ("tokenizer", "processor_class", "auto_map")}
+    settings = point_cloud_front_end(processor).to_dict()
+    render = {k: v for k, v in settings.items() if k not in SAVED_BY_TRANSFORMERS}
     table = (
         "| dataset (as scored) | split | objects | classes present | views | up axis | overall acc. (%) | "
         "mean class acc. (%) |\n|---|---|---|---|---|---|---|---|\n" + "\n".join(rows)
@@ -371,8 +378,6 @@ def export_hub_folder(
         processor = CLIP2PointProcessor.from_pretrained(model_dir)
     except (OSError, ValueError) as error:
         raise HubFolderError(f"{model_dir}: no usable processor/tokenizer files ({error})") from error
-    if processor.tokenizer is None:
-        raise HubFolderError(f"{model_dir}: the processor has no tokenizer; the Hub folder needs one")
     results = read_results(result_files)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -20,8 +20,10 @@ import numpy as np
 import torch
 from transformers import Pipeline
 
+from .feature_extraction_clip2point import CLIP2PointFeatureExtractor
 from .point_files import read_point_cloud
 from .points_clip2point import UP_AXES
+from .processing_clip2point import point_cloud_front_end
 from .prompts import encode_class_prompts
 
 ZERO_SHOT_TASK = "zero-shot-point-cloud-classification"
@@ -44,6 +46,12 @@ class PointCloudPipeline(Pipeline):
     _load_image_processor = False
     _load_feature_extractor = False
 
+    @property
+    def front_end(self) -> CLIP2PointFeatureExtractor:
+        """The point-cloud front end of the loaded processor (which is the feature extractor itself for a model
+        folder without tokenizer files)."""
+        return point_cloud_front_end(self.processor)
+
     def __call__(self, inputs, **kwargs):
         if isinstance(inputs, np.ndarray | torch.Tensor) and inputs.ndim == 3:
             inputs = list(inputs)  # a (B, N, C) array is B clouds
@@ -64,12 +72,12 @@ class PointCloudPipeline(Pipeline):
     ) -> dict:
         points = read_point_cloud(inputs, seed=seed) if isinstance(inputs, str | os.PathLike) else inputs
         # Sampling and normalisation here (CPU, possibly in loader workers); rendering in `_forward`.
-        return {"points": self.processor.prepare_point_clouds([points], up_axis=up_axis)}
+        return {"points": self.front_end.prepare_point_clouds([points], up_axis=up_axis)}
 
     def _pixel_values(self, model_inputs: dict) -> torch.Tensor:
         """The depth views `(B, V, 3, S, S)` of the sampled clouds, rendered on the pipeline's device."""
         points = model_inputs["points"].to(self.device)
-        return self.processor.renderer.render(points, self.processor.views).to(self.model.dtype)
+        return self.front_end.renderer.render(points, self.front_end.views).to(self.model.dtype)
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
         """Save the model, this pipeline's code (`custom_pipelines`) and the processor (which transformers'

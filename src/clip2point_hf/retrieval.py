@@ -48,6 +48,7 @@ import torch
 from .errors import DatasetFormatError
 from .pipeline_point_cloud_feature_extraction import PointCloudFeatureExtractionPipeline
 from .point_files import POINT_FILE_TYPES, read_point_cloud
+from .points_clip2point import UP_AXES
 
 logger = logging.getLogger(__name__)
 
@@ -88,9 +89,9 @@ def load_embedder(
 
         embedder = pipeline("point-cloud-feature-extraction", model=os.fspath(model), device=device)
     if up_axis is not None:
-        if up_axis not in ("y", "z"):
-            raise ValueError(f'`up_axis` must be "y" or "z", got {up_axis!r}')
-        embedder.processor.up_axis = up_axis
+        if up_axis not in UP_AXES:
+            raise ValueError(f"`up_axis` must be one of {list(UP_AXES)}, got {up_axis!r}")
+        embedder.front_end.up_axis = up_axis
     return embedder
 
 
@@ -101,7 +102,7 @@ def embed_texts(
     template, e.g. ``"image of a {}"``) and CLIP's text tower."""
     from .prompts import encode_class_prompts
 
-    tokenizer = embedder.processor.tokenizer
+    tokenizer = getattr(embedder.processor, "tokenizer", None)
     if tokenizer is None:
         raise ValueError("the model's processor has no tokenizer, so it cannot embed a query text")
     template = template or embedder.model.config.prompt_template
@@ -593,13 +594,13 @@ class ShapeIndex:
 
 
 def _query_config(embedder: PointCloudFeatureExtractionPipeline, model: Any) -> dict:
-    processor = embedder.processor
+    front_end = embedder.front_end
     name = model if isinstance(model, str | os.PathLike) else embedder.model.name_or_path
     return {
         "model": os.fspath(name) if name else None,
-        "up_axis": processor.up_axis,
-        "views": processor.views,
-        "num_points": processor.num_points,
+        "up_axis": front_end.up_axis,
+        "views": front_end.views,
+        "num_points": front_end.num_points,
         "template": embedder.model.config.prompt_template,
     }
 
@@ -694,11 +695,11 @@ def save_hits_image(
     """
     from PIL import Image, ImageDraw
 
-    from .processing_clip2point import CLIP2PointProcessor
+    from .feature_extraction_clip2point import CLIP2PointFeatureExtractor
 
     if not hits:
         raise ValueError("no hits to draw")
-    processor = CLIP2PointProcessor(
+    front_end = CLIP2PointFeatureExtractor(
         num_points=2048, up_axis=up_axis, views=[[0.0, 0.0]], image_size=image_size
     )
     cols = min(columns, len(hits))
@@ -715,8 +716,8 @@ def save_hits_image(
         r, c = divmod(rank, cols)
         x0, y0 = pad + c * (image_size + pad), head + pad + r * (image_size + caption + pad)
         try:
-            points = processor.prepare_point_clouds([read_point_cloud(hit.path)])
-            grey = processor.renderer.render_intensity(points, processor.views)[0, 0]
+            points = front_end.prepare_point_clouds([read_point_cloud(hit.path)])
+            grey = front_end.renderer.render_intensity(points, front_end.views)[0, 0]
             cell = Image.fromarray((grey.clamp(0, 1) * 255).round().to(torch.uint8).numpy())
         except (DatasetFormatError, OSError, ValueError):
             cell = Image.new("L", (image_size, image_size), 230)

@@ -11,7 +11,6 @@ published weights, else (the Hub unreachable) a small random model that the page
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import tempfile
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from .feature_extraction_clip2point import CLIP2PointFeatureExtractor
 from .mesh_io import read_mesh
 from .pipeline_clip2point import ZeroShotPointCloudClassificationPipeline, _check_labels
 from .point_files import MESH_FILES, POINT_FILE_TYPES, read_point_cloud
@@ -29,6 +29,7 @@ from .points_clip2point import UP_AXES, convert_up_axis
 from .processing_clip2point import CLIP2PointProcessor
 from .rendering_clip2point import VIEW_PRESETS
 from .samples import SAMPLE_OBJECTS, make_sample_point_cloud
+from .visualization import save_views_image
 from .weights import build_classifier, resolve_weights
 
 if TYPE_CHECKING:
@@ -83,19 +84,18 @@ class PageBackend:
 
     @property
     def default_views(self) -> str:
-        views = self.base.processor.views
+        views = self.base.front_end.views
         return views if isinstance(views, str) and views in self.view_choices else self.view_choices[0]
 
     def pipeline_for(self, up_axis: str, views: str) -> ZeroShotPointCloudClassificationPipeline:
         key = (up_axis, views)
         if key not in self._pipelines:
-            processor = self.base.processor
-            accepted = inspect.signature(CLIP2PointProcessor.__init__).parameters
-            settings = {k: v for k, v in processor.to_dict().items() if k in accepted and k != "tokenizer"}
-            settings.update(up_axis=up_axis, views=views)
+            front_end = CLIP2PointFeatureExtractor.from_dict(
+                {**self.base.front_end.to_dict(), "up_axis": up_axis, "views": views}
+            )
             self._pipelines[key] = ZeroShotPointCloudClassificationPipeline(
                 model=self.base.model,
-                processor=CLIP2PointProcessor(tokenizer=processor.tokenizer, **settings),
+                processor=CLIP2PointProcessor(front_end, self.base.processor.tokenizer),
                 device=self.base.device,
             )
         return self._pipelines[key]
@@ -121,7 +121,7 @@ class PageBackend:
         classifier = self.pipeline_for(up_axis, views)
         scores = classifier(cloud, candidate_labels=list(candidate_labels))
         picture, preview = self.new_file("views.png"), self.new_file("preview.glb")
-        classifier.processor.save_views_image(cloud, picture)
+        save_views_image(classifier.front_end, cloud, picture)
         write_preview_glb(preview, cloud, mesh, up_axis)
         return PageResult(str(preview), str(picture), scores)
 
@@ -286,7 +286,7 @@ def build_demo(
                     with gr.Row():
                         up_axis = gr.Radio(
                             list(UP_AXES),
-                            value=backend.base.processor.up_axis,
+                            value=backend.base.front_end.up_axis,
                             label="up axis (z for ModelNet OFF; y for glTF, ShapeNet, ScanObjectNN)",
                         )
                         views = gr.Dropdown(backend.view_choices, value=backend.default_views, label="views")

@@ -202,6 +202,7 @@ def _untrained_model():
     """A small random CLIP2Point model at the real rendering settings (10 views, 224 x 224) and its processor."""
     import torch
 
+    from .feature_extraction_clip2point import CLIP2PointFeatureExtractor
     from .modeling_clip2point import CLIP2PointModel
     from .processing_clip2point import CLIP2PointProcessor
     from .testing_utils import make_tiny_config, make_tiny_tokenizer
@@ -216,7 +217,7 @@ def _untrained_model():
         "patch_size": 32,
     }
     model = CLIP2PointModel(make_tiny_config(num_views=10, vision_config=vision)).eval()
-    return model, CLIP2PointProcessor(tokenizer=make_tiny_tokenizer())
+    return model, CLIP2PointProcessor(CLIP2PointFeatureExtractor(), make_tiny_tokenizer())
 
 
 def build_classifier(weights: Weights, device: str | None = None):
@@ -224,6 +225,7 @@ def build_classifier(weights: Weights, device: str | None = None):
     ``CLIP2PointModel.from_clip`` with the reference's rendering settings, or the untrained model."""
     from transformers import AutoConfig, AutoTokenizer, pipeline
 
+    from .feature_extraction_clip2point import CLIP2PointFeatureExtractor
     from .modeling_clip2point import CLIP2PointModel
     from .pipeline_clip2point import task_for_architecture
     from .processing_clip2point import CLIP2PointProcessor
@@ -234,8 +236,8 @@ def build_classifier(weights: Weights, device: str | None = None):
     if weights.kind == "clip":
         model = CLIP2PointModel.from_clip(str(weights.folder)).eval()
         processor = CLIP2PointProcessor(
-            tokenizer=AutoTokenizer.from_pretrained(weights.folder),
-            image_size=model.config.vision_config.image_size,
+            CLIP2PointFeatureExtractor(image_size=model.config.vision_config.image_size),
+            AutoTokenizer.from_pretrained(weights.folder),
         )
     else:
         model, processor = _untrained_model()

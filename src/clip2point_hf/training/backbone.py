@@ -138,11 +138,12 @@ def make_processor(
     depth_mode: str = "parity",
     up_axis: str = "y",
 ):
-    """The ``CLIP2PointProcessor`` saved with a run; its ``renderer`` is the one the run's steps use."""
+    """The ``CLIP2PointProcessor`` saved with a run; its feature extractor's ``renderer`` is the one the run's
+    steps use."""
+    from ..feature_extraction_clip2point import CLIP2PointFeatureExtractor
     from ..processing_clip2point import CLIP2PointProcessor
 
-    return CLIP2PointProcessor(
-        tokenizer=tokenizer,
+    front_end = CLIP2PointFeatureExtractor(
         num_points=num_points,
         views=views,
         image_size=image_size,
@@ -150,3 +151,4 @@ def make_processor(
         depth_mode=depth_mode,
         up_axis=up_axis,
     )
+    return CLIP2PointProcessor(front_end, tokenizer)

@@ -57,3 +57,10 @@ def tiny_config():
 @pytest.fixture
 def tiny_clip():
     return make_tiny_clip()
+
+
+def enable_activation_checkpointing(model) -> None:
+    """transformers 5.24 renamed `gradient_checkpointing_enable` (kept as a deprecated alias) to
+    `activation_checkpointing_enable`; the oldest supported release has only the first."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()

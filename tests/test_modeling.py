@@ -21,7 +21,7 @@ from clip2point_hf import (
     CLIP2PointModel,
 )
 from clip2point_hf.modeling_clip2point import nt_xent_loss, pretraining_loss
-from conftest import make_tiny_config, make_tiny_tokenizer
+from conftest import enable_activation_checkpointing, make_tiny_config, make_tiny_tokenizer
 
 MODEL_CLASSES = [CLIP2PointModel, CLIP2PointForPreTraining, CLIP2PointForPointCloudClassification]
 
@@ -279,7 +279,7 @@ def test_activation_checkpointing_gives_the_same_gradients():
     model(**inputs).loss.backward()
     reference = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
     model.zero_grad()
-    model.activation_checkpointing_enable()
+    enable_activation_checkpointing(model)
     assert model.clip2point.depth_model.encoder.gradient_checkpointing
     model(**inputs).loss.backward()
     for name, grad in reference.items():

@@ -27,6 +27,7 @@ from clip2point_hf import (
     CLIP2PointModel,
 )
 from clip2point_hf.testing_utils import make_tiny_clip, make_tiny_config, make_tiny_tokenizer
+from conftest import enable_activation_checkpointing
 
 LAYERS, HEADS, HIDDEN, PROJECTION = 2, 4, 32, 16  # the towers of `tiny_tower_configs`
 VISION_SEQ = (32 // 8) ** 2 + 1  # 32 px images, 8 px patches, plus the class token
@@ -408,7 +409,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(case):
     reference = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     assert reference
     model.zero_grad()
-    model.activation_checkpointing_enable()
+    enable_activation_checkpointing(model)
     assert all(m.gradient_checkpointing for m in model.modules() if hasattr(m, "gradient_checkpointing"))
     scalar_objective(case, model, inputs).backward()
     grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}

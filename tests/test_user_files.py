@@ -204,6 +204,21 @@ def test_off_only_folder_is_modelnet_and_an_ambiguous_folder_is_refused(tmp_path
     assert "--dataset_format mesh_folder" in str(error.value)
 
 
+def test_a_dataset_one_level_away_is_named_in_the_error(tmp_path):
+    """`--dataset X` where X only holds `ModelNet10/`, or a class folder of it, says where the dataset is."""
+    for name in ("sofa", "table"):
+        for split in ("train", "test"):
+            write_off(tmp_path / "X" / "ModelNet10" / name / split / f"{name}_0001.off", box((1, 1, 1)))
+    dataset = tmp_path / "X" / "ModelNet10"
+    assert detect_dataset_format(dataset) == "modelnet"
+    with pytest.raises(DatasetFormatError) as error:
+        detect_dataset_format(tmp_path / "X")
+    assert f"pass --dataset {dataset}" in str(error.value) and "\n" not in str(error.value)
+    with pytest.raises(DatasetFormatError) as error:
+        detect_dataset_format(dataset / "sofa")
+    assert f"the dataset at {dataset}" in str(error.value)
+
+
 # --------------------------------------------------------------------------------------------------------- 4: OFF
 
 

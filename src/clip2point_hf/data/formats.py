@@ -20,6 +20,8 @@ __all__ = ["DATASET_FORMATS", "detect_dataset_format", "load_point_cloud_dataset
 
 #: ``--dataset_format`` values: ``auto`` detects the format with :func:`detect_dataset_format`.
 DATASET_FORMATS = ("auto", "modelnet", "scanobjectnn", "mesh_folder", "shapenet_pairs")
+#: Folder names of splits in the ``<class>/<split>/`` layouts: a folder holding them is one class of a dataset.
+SPLIT_FOLDERS = {"train", "test"}
 
 
 def detect_dataset_format(path: str | os.PathLike) -> str:
@@ -32,13 +34,48 @@ def detect_dataset_format(path: str | os.PathLike) -> str:
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"dataset folder {root} does not exist")
+    if {child.name for child in root.iterdir() if child.is_dir()} & SPLIT_FOLDERS:
+        _raise_if_the_dataset_is_above(root)  # split folders directly inside: a class folder of a dataset
     found = _format_evidence(root)
     if len(found) == 1:
         return next(iter(found))
     if not found:
+        _raise_if_the_dataset_is_nearby(root)
         return "mesh_folder"  # its loader says what it expected
     choices = "; ".join(f"--dataset_format {fmt} ({why})" for fmt, why in found.items())
     raise DatasetFormatError(root, f"the folder fits several dataset formats; choose one: {choices}")
+
+
+def _raise_if_the_dataset_is_nearby(root: Path) -> None:
+    """A folder with no dataset of its own, but one just below it (``X/ModelNet10/``) or just above it (a class
+    folder of one), is named in the error: that is where the user's dataset probably is."""
+    below = {
+        child: evidence
+        for child in sorted(root.iterdir())
+        if child.is_dir() and (evidence := _format_evidence(child))
+    }
+    if len(below) == 1:
+        child, evidence = next(iter(below.items()))
+        fmt, why = next(iter(evidence.items()))
+        raise DatasetFormatError(
+            root,
+            f"holds no dataset itself, but {child} looks like one ({fmt}: {why}); pass --dataset {child}",
+        )
+    if below:
+        candidates = ", ".join(str(child) for child in below)
+        raise DatasetFormatError(
+            root, f"holds no dataset itself; its sub-folders {candidates} look like datasets: pass one"
+        )
+    _raise_if_the_dataset_is_above(root)
+
+
+def _raise_if_the_dataset_is_above(root: Path) -> None:
+    above = root.parent
+    if above != root and (evidence := _format_evidence(above)):
+        fmt, why = next(iter(evidence.items()))
+        raise DatasetFormatError(
+            root, f"looks like one folder of the dataset at {above} ({fmt}: {why}); pass --dataset {above}"
+        )
 
 
 def _format_evidence(root: Path) -> dict[str, str]:

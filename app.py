@@ -14,7 +14,7 @@ try:
 except ImportError:  # a Space runs this file in a checkout of the repository, without installing it
     sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
 
-from clip2point_hf.web import build_demo
+from clip2point_apps.web import build_demo
 
 demo = build_demo(
     model=os.environ.get("CLIP2POINT_MODEL") or None, index=os.environ.get("CLIP2POINT_INDEX") or None

@@ -1,6 +1,6 @@
 """Retrieval: quality on SHREC'16 before and after image-depth pre-training, and the index's scale.
 
-``quality``: two models embed SHREC'16 (``clip2point_hf.retrieval.ShapeIndex`` over the loader's train and test
+``quality``: two models embed SHREC'16 (``clip2point_apps.retrieval.ShapeIndex`` over the loader's train and test
 splits; 1024 points, the given views and point radius):
 
 * text -> shape: for each of the 30 classes, the class prompt (``"image of a {name}"``, the zero-shot prompt) is the
@@ -38,13 +38,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from clip2point_apps.retrieval import ShapeIndex, embed_texts
 from clip2point_hf import (
     CLIP2PointFeatureExtractor,
     CLIP2PointModel,
     CLIP2PointProcessor,
     PointCloudFeatureExtractionPipeline,
 )
-from clip2point_hf.retrieval import ShapeIndex, embed_texts
 
 # ---------------------------------------------------------------------------------------------------- quality
 

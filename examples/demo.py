@@ -2,7 +2,7 @@
 
     python examples/demo.py --output_dir demo_output [--model org/name-or-folder]
 
-Without --model it uses the best weights it can reach (`clip2point_hf.weights`): the published CLIP2Point
+Without --model it uses the best weights it can reach (`clip2point_apps.weights`): the published CLIP2Point
 checkpoint, a folder converted from the authors' best_eval.pth ($CLIP2POINT_MODEL), plain CLIP without depth
 pre-training, and only when none of these is here or on the Hub a small random model, labelled untrained.
 One line, and each picture's title, name the weights used. It never waits on the network for long.
@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from clip2point_apps.training import configure_console
+from clip2point_apps.visualization import save_views_image
+from clip2point_apps.weights import build_classifier, resolve_weights
 from clip2point_hf.samples import SAMPLE_OBJECTS, make_sample_point_cloud
-from clip2point_hf.training import configure_console
-from clip2point_hf.visualization import save_views_image
-from clip2point_hf.weights import build_classifier, resolve_weights
 
 LABELS = ["airplane", "bottle", "bowl", "chair", "cone", "cup", "lamp", "table"]
 

@@ -24,14 +24,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from clip2point_hf import CLIP2PointForPointCloudClassification
-from clip2point_hf.data import PointCloudBatchTransform, random_subset, sample_k_shot, stratified_split
-from clip2point_hf.errors import run_script
-from clip2point_hf.evaluation import classification_metrics, save_confusion_matrix_image
-from clip2point_hf.loading import resolve_model
-from clip2point_hf.prompts import prompt_names, resolve_templates
-from clip2point_hf.rendering_clip2point import resolve_views
-from clip2point_hf.training import (
+from clip2point_apps.evaluation import classification_metrics, save_confusion_matrix_image
+from clip2point_apps.training import (
     BackboneArguments,
     KeyedDataset,
     PointCloudDataArguments,
@@ -48,6 +42,12 @@ from clip2point_hf.training import (
     render_point_clouds,
     write_json,
 )
+from clip2point_hf import CLIP2PointForPointCloudClassification
+from clip2point_hf.data import PointCloudBatchTransform, random_subset, sample_k_shot, stratified_split
+from clip2point_hf.errors import run_script
+from clip2point_hf.loading import resolve_model
+from clip2point_hf.prompts import prompt_names, resolve_templates
+from clip2point_hf.rendering_clip2point import resolve_views
 
 
 @dataclass

@@ -31,21 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clip2point_hf import CLIP2PointForPreTraining, CLIP2PointModel
-from clip2point_hf.data import (
-    PointCloudBatchTransform,
-    PretrainingPairTransform,
-    dataset_metadata,
-    load_shapenet_pairs,
-    random_subset,
-    stratified_split,
-)
-from clip2point_hf.data.shapenet import PAIRS_META_FILE
-from clip2point_hf.errors import run_script
-from clip2point_hf.evaluation import classification_metrics
-from clip2point_hf.prompts import encode_class_prompts, prompt_names, resolve_templates
-from clip2point_hf.rendering_clip2point import VIEW_PRESETS
-from clip2point_hf.training import (
+from clip2point_apps.evaluation import classification_metrics
+from clip2point_apps.training import (
     BackboneArguments,
     KeyedDataset,
     TrainingArguments,
@@ -62,6 +49,19 @@ from clip2point_hf.training import (
     render_point_clouds,
     write_json,
 )
+from clip2point_hf import CLIP2PointForPreTraining, CLIP2PointModel
+from clip2point_hf.data import (
+    PointCloudBatchTransform,
+    PretrainingPairTransform,
+    dataset_metadata,
+    load_shapenet_pairs,
+    random_subset,
+    stratified_split,
+)
+from clip2point_hf.data.shapenet import PAIRS_META_FILE
+from clip2point_hf.errors import run_script
+from clip2point_hf.prompts import encode_class_prompts, prompt_names, resolve_templates
+from clip2point_hf.rendering_clip2point import VIEW_PRESETS
 
 
 @dataclass

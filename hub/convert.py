@@ -7,7 +7,7 @@ Same as `clip2point convert`; see `clip2point convert --help`.
 
 import sys
 
-from clip2point_hf.cli import main
+from clip2point_apps.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["convert", *sys.argv[1:]]))

@@ -7,7 +7,7 @@ Same as `clip2point push`; the card's model-index is built from the zero-shot re
 
 import sys
 
-from clip2point_hf.cli import main
+from clip2point_apps.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["push", *sys.argv[1:]]))

@@ -23,6 +23,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from clip2point_apps.training.arguments import TrainingArguments
+from clip2point_apps.training.checkpointing import PROGRESS_FILE, clean_partial_checkpoints, latest_checkpoint
 from clip2point_hf import (
     CLIP2PointFeatureExtractor,
     CLIP2PointForPointCloudClassification,
@@ -37,8 +39,6 @@ from clip2point_hf.errors import first_line, run_script
 from clip2point_hf.loading import ModelLoadError, load_pretrained, resolve_model
 from clip2point_hf.pipeline_clip2point import _check_labels
 from clip2point_hf.points_clip2point import normalize_point_cloud
-from clip2point_hf.training.arguments import TrainingArguments
-from clip2point_hf.training.checkpointing import PROGRESS_FILE, clean_partial_checkpoints, latest_checkpoint
 from conftest import make_tiny_config, make_tiny_tokenizer
 
 SIZE = 32  # the tiny towers' image size
@@ -400,7 +400,7 @@ def test_unreachable_hub_fails_fast_naming_the_id(monkeypatch):
 
 
 def run_cli(capsys, *args):
-    from clip2point_hf.cli import main
+    from clip2point_apps.cli import main
 
     capsys.readouterr()
     code = main([str(a) for a in args])
@@ -731,7 +731,7 @@ def test_safetensors_state_dict_with_a_scalar_is_read(tmp_path):
 def test_resuming_a_damaged_checkpoint_names_it(tmp_path, resume):
     from accelerate import Accelerator
 
-    from clip2point_hf.training.checkpointing import TrainingProgress, resume_from_checkpoint
+    from clip2point_apps.training.checkpointing import TrainingProgress, resume_from_checkpoint
 
     root = tmp_path / "checkpoints"
     folder = _checkpoint(root, "checkpoint_0")

@@ -298,7 +298,7 @@ def save_pretraining_path(tmp_path):
 
 def run_convert(*args):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "clip2point_hf.cli", "convert", *map(str, args)]
+    command = [sys.executable, "-m", "clip2point_apps.cli", "convert", *map(str, args)]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
 
 
@@ -355,7 +355,7 @@ def test_cli_converts_both_layouts_and_the_folders_match_the_reference(openai_st
 
 
 def test_cli_forced_layout_and_unknown_layout_errors(openai_state, tmp_path, capsys):
-    from clip2point_hf.cli import main
+    from clip2point_apps.cli import main
 
     torch.save(openai_state, tmp_path / "clip.pt")
     save_dpa(tmp_path / "best_test.pth")

@@ -13,12 +13,12 @@ import sys
 import numpy as np
 import pytest
 
+from clip2point_apps.web import write_preview_glb
 from clip2point_hf import CLIP2PointFeatureExtractor, point_files
 from clip2point_hf.errors import DatasetFormatError
 from clip2point_hf.mesh_io import Mesh, read_mesh, sample_surface
 from clip2point_hf.point_files import POINT_FILE_TYPES, lzf_decompress, read_point_cloud
 from clip2point_hf.seeding import seeded_rng
-from clip2point_hf.web import write_preview_glb
 
 
 def assert_one_line_error(call, path, *fragments):
@@ -359,7 +359,7 @@ def test_cli_classify_reads_glb_and_pcd(tmp_path):
         [
             sys.executable,
             "-m",
-            "clip2point_hf.cli",
+            "clip2point_apps.cli",
             "classify",
             *files,
             "--labels",

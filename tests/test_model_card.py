@@ -9,9 +9,9 @@ import json
 import pytest
 import yaml
 
+from clip2point_apps.hub import HubFolderError, build_model_card, export_hub_folder, read_results
 from clip2point_hf import CLIP2PointFeatureExtractor, CLIP2PointModel, CLIP2PointProcessor
 from clip2point_hf.conversion_clip2point import PROVENANCE_FILE, convert_checkpoint, load_openai_clip
-from clip2point_hf.hub import HubFolderError, build_model_card, export_hub_folder, read_results
 from clip2point_hf.testing_utils import make_tiny_config
 from conftest import make_tiny_tokenizer
 from test_conversion import random_openai_clip
@@ -21,7 +21,7 @@ MODELNET40 = [f"class{i}" for i in range(40)]
 
 
 def result(dataset_name, split, counts, accuracy=0.5, mean_class=0.4, class_names=MODELNET40, **extra):
-    """A zero-shot result as `clip2point_hf.evaluation` writes it; `counts[c]` objects of class c scored."""
+    """A zero-shot result as `clip2point_apps.evaluation` writes it; `counts[c]` objects of class c scored."""
     k = len(class_names)
     confusion = [[counts.get(c, 0) if c == r else 0 for c in range(k)] for r in range(k)]
     return {

@@ -15,8 +15,8 @@ import yaml
 from transformers import pipeline
 
 import clip2point_hf  # noqa: F401  (registers the task)
+from clip2point_apps.hub import build_model_card, export_hub_folder, verify_hub_folder
 from clip2point_hf import CLIP2PointModel, CLIP2PointProcessor
-from clip2point_hf.hub import build_model_card, export_hub_folder, verify_hub_folder
 from clip2point_hf.point_files import read_point_cloud
 from clip2point_hf.samples import make_sample_point_cloud
 from conftest import make_tiny_tokenizer
@@ -120,7 +120,7 @@ def test_pipeline_rejects_bad_labels_and_files(tiny_model_dir, tmp_path):
 def run_cli(*args, cwd=None):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "clip2point_hf.cli", *map(str, args)],
+        [sys.executable, "-m", "clip2point_apps.cli", *map(str, args)],
         capture_output=True,
         text=True,
         env=env,
@@ -140,7 +140,7 @@ def assert_user_error(result, *fragments):
 
 def run_cli_in_process(capsys, *args):
     """The same entry point without a new interpreter (for the many error cases)."""
-    from clip2point_hf.cli import main
+    from clip2point_apps.cli import main
 
     capsys.readouterr()
     code = main([str(a) for a in args])
@@ -313,7 +313,7 @@ def test_exported_folder_loads_as_remote_code_and_matches(tiny_model_dir, tmp_pa
 def test_cli_evaluate_writes_results_that_the_card_reads(tiny_model_dir, tmp_path):
     import csv
 
-    from clip2point_hf.hub import read_results
+    from clip2point_apps.hub import read_results
 
     tetra = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], float)
     faces = "f 1 3 2\nf 1 2 4\nf 1 4 3\nf 2 3 4\n"
@@ -343,8 +343,8 @@ def test_card_carries_the_arguments_the_training_scripts_write(tiny_model_dir, t
     them under Training (it used to look for a file no script writes, so no card had them)."""
     import shutil
 
-    from clip2point_hf.hub import RUN_ARGS_FILE
-    from clip2point_hf.training import write_json
+    from clip2point_apps.hub import RUN_ARGS_FILE
+    from clip2point_apps.training import write_json
 
     bare = export_hub_folder(tiny_model_dir, tmp_path / "bare", repo_id="org/clip2point")
     assert "## Training" not in (bare / "README.md").read_text()

@@ -16,13 +16,13 @@ import torch
 from transformers import pipeline
 
 import clip2point_hf  # noqa: F401  (registers the tasks)
+from clip2point_apps.hub import PIPELINE_CODE_FILES, export_hub_folder
 from clip2point_hf import (
     CLIP2PointFeatureExtractor,
     CLIP2PointForPointCloudClassification,
     CLIP2PointModel,
     CLIP2PointProcessor,
 )
-from clip2point_hf.hub import PIPELINE_CODE_FILES, export_hub_folder
 from clip2point_hf.point_files import read_point_cloud
 from clip2point_hf.samples import make_sample_point_cloud
 from conftest import make_tiny_clip, make_tiny_config, make_tiny_tokenizer
@@ -206,7 +206,7 @@ def test_pipeline_save_pretrained_round_trips_without_the_package(zero_shot_dir,
 
 
 def test_cli_classify_chooses_the_pipeline_from_the_config(zero_shot_dir, classifier_dir, tmp_path, capsys):
-    from clip2point_hf.cli import main
+    from clip2point_apps.cli import main
 
     np.save(tmp_path / "c.npy", clouds(1)[0])
     file = str(tmp_path / "c.npy")

@@ -16,11 +16,11 @@ from PIL import Image
 from transformers import pipeline
 
 import clip2point_hf  # noqa: F401  (registers the tasks)
+from clip2point_apps.cli import main
+from clip2point_apps.retrieval import ShapeIndex, _Source
 from clip2point_hf import CLIP2PointModel, CLIP2PointProcessor
-from clip2point_hf.cli import main
 from clip2point_hf.errors import DatasetFormatError
 from clip2point_hf.point_files import read_point_cloud
-from clip2point_hf.retrieval import ShapeIndex, _Source
 from conftest import save_tiny_model
 
 NUM_SHAPES = 11
@@ -254,7 +254,7 @@ def test_build_over_a_dataset(model_dir, tmp_path):
 
 def clip2point(*args, cwd=None):
     return subprocess.run(
-        [sys.executable, "-m", "clip2point_hf.cli", *map(str, args)],
+        [sys.executable, "-m", "clip2point_apps.cli", *map(str, args)],
         capture_output=True,
         text=True,
         cwd=cwd,
@@ -344,7 +344,7 @@ def test_cli_user_errors_are_one_line(model_dir, shapes_dir, tmp_path, capsys, m
 
 def test_auto_faiss_above_the_exact_search_limit(model_dir, shapes_dir, tmp_path, monkeypatch):
     pytest.importorskip("faiss")
-    from clip2point_hf import retrieval
+    from clip2point_apps import retrieval
 
     monkeypatch.setattr(retrieval, "EXACT_SEARCH_MAX", 8)  # 11 shapes: above it
     index = ShapeIndex.build(shapes_dir, model_dir, tmp_path / "idx", progress=False)

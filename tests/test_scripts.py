@@ -136,7 +136,7 @@ def run_script(
 
 
 def run_cli(args: list, env: dict, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "clip2point_hf.cli", *map(str, args)]
+    command = [sys.executable, "-m", "clip2point_apps.cli", *map(str, args)]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     if check and result.returncode != 0:
         raise AssertionError(f"clip2point {args[0]} failed ({result.returncode}):\n{result.stderr[-5000:]}")
@@ -146,7 +146,7 @@ def run_cli(args: list, env: dict, check: bool = True, timeout: float = 300) -> 
 def assert_cli_scores_the_fine_tuned_run(run: Path, dataset: Path, test_file: Path, env: dict) -> None:
     """`clip2point classify` answers with the run's classes (no --labels needed); `clip2point evaluate` gives the
     run's own test accuracy and confusion matrix, in the zero-shot result format the model card reads."""
-    from clip2point_hf.hub import read_results
+    from clip2point_apps.hub import read_results
     from clip2point_hf.prompts import prompt_names
 
     classes = json.loads((run / "test_results.json").read_text())["class_names"]
@@ -263,8 +263,8 @@ def test_pretrain_end_to_end(pretrained, pairs):
 
 
 def test_finetune_kshot_end_to_end(pretrained, meshes, workdir, env):
+    from clip2point_apps.training import BackboneArguments, build_clip, load_tokenizer
     from clip2point_hf import CLIP2PointForPointCloudClassification
-    from clip2point_hf.training import BackboneArguments, build_clip, load_tokenizer
 
     out = workdir / "gdpa"
     config = workdir / "gdpa.json"
@@ -672,11 +672,11 @@ def test_supervised_gdpa_learns_on_shrec(workdir, env):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The shared pieces (clip2point_hf.training), in-process
+# The shared pieces (clip2point_apps.training), in-process
 
 
 def test_parse_args_from_files_and_overrides(tmp_path):
-    from clip2point_hf.training import BackboneArguments, TrainingArguments, parse_args
+    from clip2point_apps.training import BackboneArguments, TrainingArguments, parse_args
 
     (tmp_path / "a.yaml").write_text("output_dir: x\nlearning_rate: 0.5\nclip_config: tiny\n")
     backbone, args = parse_args(
@@ -696,8 +696,8 @@ def test_parse_args_from_files_and_overrides(tmp_path):
 
 
 def test_epoch_sampler_and_keyed_draws_are_reproducible():
+    from clip2point_apps.training import EpochSampler
     from clip2point_hf.seeding import keyed_generator
-    from clip2point_hf.training import EpochSampler
 
     sampler = EpochSampler(10, seed=3)
     sampler.set_epoch(2)
@@ -737,7 +737,7 @@ def test_random_subset_is_a_seeded_sorted_subset():
 
 
 def test_lr_schedules():
-    from clip2point_hf.training import lr_multiplier
+    from clip2point_apps.training import lr_multiplier
 
     cosine = [lr_multiplier(s, "cosine", 10, 0, 1, 0.0) for s in range(11)]
     assert (
@@ -753,7 +753,7 @@ def test_lr_schedules():
 def test_trackers_are_optional():
     import importlib.util
 
-    from clip2point_hf.training import resolve_trackers
+    from clip2point_apps.training import resolve_trackers
 
     assert resolve_trackers("none") is None
     if importlib.util.find_spec("tensorboard") is None:
@@ -771,8 +771,8 @@ def test_trackers_are_optional():
 #: Runs a script's main with a real SIGKILL at one point of its KILL_AT_SAVE-th checkpoint save.
 _KILL_DRIVER = """
 import os, runpy, shutil, signal, sys, torch
-import clip2point_hf.training.checkpointing as ck
-import clip2point_hf.training.loop as loop
+import clip2point_apps.training.checkpointing as ck
+import clip2point_apps.training.loop as loop
 
 point, nth, saves = os.environ["KILL_POINT"], int(os.environ["KILL_AT_SAVE"]), [0]
 

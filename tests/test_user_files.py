@@ -66,7 +66,7 @@ def write_mesh(path, vertices, faces=BOX_FACES) -> None:
 
 
 def run_cli(capsys, *args) -> subprocess.CompletedProcess:
-    from clip2point_hf.cli import main
+    from clip2point_apps.cli import main
 
     capsys.readouterr()
     code = main([str(a) for a in args])
@@ -256,7 +256,7 @@ def normal_resampled(root, test_names=("cone_0099",)):
 
 
 def test_empty_split_and_missing_files_are_reported_before_any_work(tmp_path):
-    from clip2point_hf.evaluation import main
+    from clip2point_apps.evaluation import main
 
     root = normal_resampled(tmp_path / "mn40")
     common = [
@@ -277,8 +277,8 @@ def test_empty_split_and_missing_files_are_reported_before_any_work(tmp_path):
 
 
 def test_argument_file_takes_numbers_for_text_fields(tmp_path):
-    from clip2point_hf.evaluation import ZeroShotArguments, parse_views
-    from clip2point_hf.training import BackboneArguments, parse_args
+    from clip2point_apps.evaluation import ZeroShotArguments, parse_views
+    from clip2point_apps.training import BackboneArguments, parse_args
 
     for name, text in (("a.json", json.dumps({"views": 6, "split": "test"})), ("a.yaml", "views: 10\n")):
         (tmp_path / name).write_text(text)
@@ -289,7 +289,7 @@ def test_argument_file_takes_numbers_for_text_fields(tmp_path):
 def test_cli_options_are_one_family_and_device_cuda_without_cuda_is_one_line(
     tiny_model_dir, tmp_path, capsys
 ):
-    from clip2point_hf.cli import build_parser
+    from clip2point_apps.cli import build_parser
 
     parser = build_parser()
     a = parser.parse_args(
@@ -324,7 +324,7 @@ def test_quiet_console_and_one_line_warnings():
     import datasets
     from transformers.utils import logging
 
-    from clip2point_hf.training import configure_console
+    from clip2point_apps.training import configure_console
 
     saved = warnings.formatwarning
     try:

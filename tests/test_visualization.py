@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from clip2point_apps.visualization import save_views_image
 from clip2point_hf.feature_extraction_clip2point import CLIP2PointFeatureExtractor
-from clip2point_hf.visualization import save_views_image
 
 
 def test_save_views_image(tmp_path):

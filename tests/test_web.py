@@ -18,12 +18,12 @@ from PIL import Image
 from transformers import pipeline
 
 import clip2point_hf  # noqa: F401  (registers the task)
+from clip2point_apps.visualization import save_views_image
+from clip2point_apps.web import PageBackend, write_preview_glb
 from clip2point_hf import CLIP2PointFeatureExtractor, CLIP2PointModel, CLIP2PointProcessor
 from clip2point_hf.mesh_io import read_mesh
 from clip2point_hf.points_clip2point import convert_up_axis
 from clip2point_hf.samples import make_sample_point_cloud
-from clip2point_hf.visualization import save_views_image
-from clip2point_hf.web import PageBackend, write_preview_glb
 from conftest import make_tiny_config, make_tiny_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -169,7 +169,7 @@ def test_requirements_txt_is_install_requires_plus_the_demo_extra():
 
 def test_serve_without_gradio_says_how_to_install_it(tmp_path):
     """A `gradio` that cannot be imported (a None entry in sys.modules) stands for an install without it."""
-    code = "import sys; sys.modules['gradio'] = None; from clip2point_hf.cli import main; sys.exit(main(['serve']))"
+    code = "import sys; sys.modules['gradio'] = None; from clip2point_apps.cli import main; sys.exit(main(['serve']))"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert run.returncode == 2
     assert (
@@ -180,15 +180,17 @@ def test_serve_without_gradio_says_how_to_install_it(tmp_path):
 
 
 def test_core_package_does_not_import_gradio():
-    code = "import sys, clip2point_hf, clip2point_hf.cli, clip2point_hf.web; print('gradio' in sys.modules)"
+    code = (
+        "import sys, clip2point_hf, clip2point_apps.cli, clip2point_apps.web; print('gradio' in sys.modules)"
+    )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert run.stdout.strip() == "False", run.stderr
 
 
 def test_search_tab_finds_a_shape_itself_first(model_dir, tmp_path):
-    """The search tab's callback over a real index (skipped where `clip2point_hf.retrieval` is absent)."""
-    retrieval = pytest.importorskip("clip2point_hf.retrieval")
-    from clip2point_hf.web import search_index
+    """The search tab's callback over a real index (skipped where `clip2point_apps.retrieval` is absent)."""
+    retrieval = pytest.importorskip("clip2point_apps.retrieval")
+    from clip2point_apps.web import search_index
 
     folder = tmp_path / "shapes"
     folder.mkdir()

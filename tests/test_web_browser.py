@@ -22,10 +22,10 @@ import pytest
 from PIL import Image
 
 import clip2point_hf  # noqa: F401  (registers the task)
+from clip2point_apps.visualization import save_views_image
+from clip2point_apps.weights import UNTRAINED_LABEL, Weights, build_classifier
 from clip2point_hf.point_files import read_point_cloud
 from clip2point_hf.samples import make_sample_point_cloud
-from clip2point_hf.visualization import save_views_image
-from clip2point_hf.weights import UNTRAINED_LABEL, Weights, build_classifier
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -77,7 +77,7 @@ def served(tmp_path_factory):
         "CLIP2POINT_MODEL": str(work / "no-converted-model"),
         "GRADIO_ANALYTICS_ENABLED": "False",
     }
-    command = [sys.executable, "-m", "clip2point_hf.cli", "serve", "--port", str(port)]
+    command = [sys.executable, "-m", "clip2point_apps.cli", "serve", "--port", str(port)]
     server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
     try:

@@ -16,9 +16,7 @@ import torch
 from PIL import Image
 from transformers import CLIPModel
 
-from clip2point_hf import CLIP2PointFeatureExtractor, CLIP2PointModel, CLIP2PointProcessor
-from clip2point_hf.testing_utils import make_tiny_clip, make_tiny_config, make_tiny_tokenizer
-from clip2point_hf.weights import (
+from clip2point_apps.weights import (
     CONVERTED_MODEL_ENV,
     DEFAULT_CLIP_ID,
     DEFAULT_MODEL_ID,
@@ -27,6 +25,8 @@ from clip2point_hf.weights import (
     converted_model_dir,
     resolve_weights,
 )
+from clip2point_hf import CLIP2PointFeatureExtractor, CLIP2PointModel, CLIP2PointProcessor
+from clip2point_hf.testing_utils import make_tiny_clip, make_tiny_config, make_tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,7 +59,7 @@ def save_clip2point(folder: Path) -> None:
 
 def convert_authors_checkpoint(tmp_path: Path, output: Path) -> None:
     """A folder as `clip2point convert best_eval.pth` writes it (random weights in the authors' layout)."""
-    from clip2point_hf.cli import main
+    from clip2point_apps.cli import main
     from test_conversion import random_openai_clip, random_visual
 
     torch.save(random_openai_clip(), tmp_path / "clip.pt")
@@ -164,7 +164,7 @@ def test_an_unreachable_hub_fails_fast(tmp_path):
     env = clean_env(
         tmp_path, HF_HUB_OFFLINE="0", HF_ENDPOINT="http://127.0.0.1:9", NO_PROXY="*", no_proxy="*"
     )
-    code = "from clip2point_hf.weights import resolve_weights; print(resolve_weights().describe())"
+    code = "from clip2point_apps.weights import resolve_weights; print(resolve_weights().describe())"
     start = time.perf_counter()
     result = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
@@ -185,7 +185,7 @@ def test_classify_without_model_uses_cached_clip(tmp_path):
     command = [
         sys.executable,
         "-m",
-        "clip2point_hf.cli",
+        "clip2point_apps.cli",
         "classify",
         str(tmp_path / "c.npy"),
         "--labels",

@@ -2,7 +2,7 @@
 
 The embedding is the model's `point_cloud_embeds` (the view-weighted sum of the L2-normalised depth-view embeddings)
 L2-normalised, so the cosine with a normalised CLIP text embedding is a plain dot product: what text-to-shape and
-shape-to-shape search (`clip2point_hf.retrieval`) rank by. Inputs are read exactly as the zero-shot pipeline reads
+shape-to-shape search (`clip2point_apps.retrieval`) rank by. Inputs are read exactly as the zero-shot pipeline reads
 them (every supported file type, arrays, lists of either; `batch_size`, `device`).
 """
 

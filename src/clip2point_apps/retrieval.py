@@ -5,7 +5,7 @@ and the model's prompt template) or a query shape (through `pipeline("point-clou
 ranked against stored shapes by cosine similarity.
 
 ```python
-from clip2point_hf.retrieval import ShapeIndex
+from clip2point_apps.retrieval import ShapeIndex
 index = ShapeIndex.build("path/to/folder", "runs/pretrain", "shapes.index")   # resumable, shardable
 index = ShapeIndex.load("shapes.index")
 index.search_text("a chair with armrests", k=8)    # [SearchHit(index, name, path, score), ...]
@@ -45,10 +45,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import DatasetFormatError
-from .pipeline_point_cloud_feature_extraction import PointCloudFeatureExtractionPipeline
-from .point_files import POINT_FILE_TYPES, read_point_cloud
-from .points_clip2point import UP_AXES
+from clip2point_hf.errors import DatasetFormatError
+from clip2point_hf.pipeline_point_cloud_feature_extraction import PointCloudFeatureExtractionPipeline
+from clip2point_hf.point_files import POINT_FILE_TYPES, read_point_cloud
+from clip2point_hf.points_clip2point import UP_AXES
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def embed_texts(
 ) -> np.ndarray:
     """(len(texts), D) L2-normalised text embeddings: each text through `template` (default: the model's prompt
     template, e.g. ``"image of a {}"``) and CLIP's text tower."""
-    from .prompts import encode_class_prompts
+    from clip2point_hf.prompts import encode_class_prompts
 
     tokenizer = getattr(embedder.processor, "tokenizer", None)
     if tokenizer is None:
@@ -149,7 +149,7 @@ class _Source:
 def _open_source(source: Any, split: str | None, paths_root: str | os.PathLike | None = None) -> _Source:
     from datasets import Dataset, DatasetDict, load_from_disk
 
-    from .data import dataset_metadata
+    from clip2point_hf.data import dataset_metadata
 
     if isinstance(source, str | os.PathLike):
         root = Path(source)
@@ -695,7 +695,7 @@ def save_hits_image(
     """
     from PIL import Image, ImageDraw
 
-    from .feature_extraction_clip2point import CLIP2PointFeatureExtractor
+    from clip2point_hf.feature_extraction_clip2point import CLIP2PointFeatureExtractor
 
     if not hits:
         raise ValueError("no hits to draw")

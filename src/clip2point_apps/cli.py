@@ -14,9 +14,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .data.formats import DATASET_FORMATS
-from .errors import first_line
-from .points_clip2point import UP_AXES
+from clip2point_hf.data.formats import DATASET_FORMATS
+from clip2point_hf.errors import first_line
+from clip2point_hf.points_clip2point import UP_AXES
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, OSError, KeyError, RuntimeError)
 
@@ -29,7 +29,7 @@ class CommandError(Exception):
 
 
 def _labels(text: str) -> list[str]:
-    from .pipeline_clip2point import _check_labels
+    from clip2point_hf.pipeline_clip2point import _check_labels
 
     return list(_check_labels(text))
 
@@ -46,7 +46,7 @@ def _views(text: str):
 
 
 def _load_pipeline(model: str | None, device: str | None):
-    """The pipeline on ``--model``, or without it on the best weights reachable (`clip2point_hf.weights`); one
+    """The pipeline on ``--model``, or without it on the best weights reachable (`clip2point_apps.weights`); one
     line on stderr names the weights used."""
     from .weights import WeightsUnavailable, build_classifier, resolve_weights
 
@@ -84,7 +84,7 @@ def _up_axis_note(up_axis: str | None, default: str, source: str) -> str:
 
 
 def cmd_classify(args: argparse.Namespace) -> None:
-    from .pipeline_clip2point import CLASSIFICATION_TASK
+    from clip2point_hf.pipeline_clip2point import CLASSIFICATION_TASK
 
     labels = _labels(args.labels) if args.labels is not None else None
     for path in args.files:
@@ -126,8 +126,9 @@ def cmd_classify(args: argparse.Namespace) -> None:
 
 
 def cmd_render(args: argparse.Namespace) -> None:
-    from .feature_extraction_clip2point import CLIP2PointFeatureExtractor
-    from .point_files import read_point_cloud
+    from clip2point_hf.feature_extraction_clip2point import CLIP2PointFeatureExtractor
+    from clip2point_hf.point_files import read_point_cloud
+
     from .visualization import save_views_image
 
     points = read_point_cloud(args.file, seed=args.seed)
@@ -139,7 +140,12 @@ def cmd_render(args: argparse.Namespace) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
-    from .conversion_clip2point import convert_checkpoint, detect_layout, load_clip, load_state_dict_file
+    from clip2point_hf.conversion_clip2point import (
+        convert_checkpoint,
+        detect_layout,
+        load_clip,
+        load_state_dict_file,
+    )
 
     state = load_state_dict_file(args.checkpoint)
     layout = args.layout
@@ -173,7 +179,7 @@ def _tokenizer(spec: str | None):
         return None
     from transformers import AutoTokenizer
 
-    from .loading import resolve_model
+    from clip2point_hf.loading import resolve_model
 
     try:
         return AutoTokenizer.from_pretrained(resolve_model(spec, "tokenizer", required_file=None))
@@ -182,8 +188,8 @@ def _tokenizer(spec: str | None):
 
 
 def _class_names(spec: str) -> list[str]:
-    from .data.names import MODELNET10_CLASSES, MODELNET40_CLASSES, SCANOBJECTNN_CLASSES
-    from .prompts import prompt_names
+    from clip2point_hf.data.names import MODELNET10_CLASSES, MODELNET40_CLASSES, SCANOBJECTNN_CLASSES
+    from clip2point_hf.prompts import prompt_names
 
     known = {
         "modelnet40": MODELNET40_CLASSES,
@@ -382,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_render)
 
     p = commands.add_parser(
-        "evaluate", help="accuracy on a dataset, zero-shot or fine-tuned (clip2point_hf.evaluation)"
+        "evaluate", help="accuracy on a dataset, zero-shot or fine-tuned (clip2point_apps.evaluation)"
     )
     o = _Options(p)
     o("--dataset", required=True, help="a dataset folder (ModelNet, ScanObjectNN, mesh folder)")
@@ -495,7 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _file_types() -> tuple[str, ...]:
-    from .point_files import POINT_FILE_TYPES
+    from clip2point_hf.point_files import POINT_FILE_TYPES
 
     return POINT_FILE_TYPES
 

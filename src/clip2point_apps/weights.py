@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .errors import first_line
-from .loading import ModelLoadError, check_safetensors_files, is_hub_id, is_offline
+from clip2point_hf.errors import first_line
+from clip2point_hf.loading import ModelLoadError, check_safetensors_files, is_hub_id, is_offline
 
 __all__ = [
     "CONVERTED_MODEL_ENV",
@@ -202,10 +202,10 @@ def _untrained_model():
     """A small random CLIP2Point model at the real rendering settings (10 views, 224 x 224) and its processor."""
     import torch
 
-    from .feature_extraction_clip2point import CLIP2PointFeatureExtractor
-    from .modeling_clip2point import CLIP2PointModel
-    from .processing_clip2point import CLIP2PointProcessor
-    from .testing_utils import make_tiny_config, make_tiny_tokenizer
+    from clip2point_hf.feature_extraction_clip2point import CLIP2PointFeatureExtractor
+    from clip2point_hf.modeling_clip2point import CLIP2PointModel
+    from clip2point_hf.processing_clip2point import CLIP2PointProcessor
+    from clip2point_hf.testing_utils import make_tiny_config, make_tiny_tokenizer
 
     torch.manual_seed(0)
     vision = {
@@ -225,10 +225,10 @@ def build_classifier(weights: Weights, device: str | None = None):
     ``CLIP2PointModel.from_clip`` with the reference's rendering settings, or the untrained model."""
     from transformers import AutoConfig, AutoTokenizer, pipeline
 
-    from .feature_extraction_clip2point import CLIP2PointFeatureExtractor
-    from .modeling_clip2point import CLIP2PointModel
-    from .pipeline_clip2point import task_for_architecture
-    from .processing_clip2point import CLIP2PointProcessor
+    from clip2point_hf.feature_extraction_clip2point import CLIP2PointFeatureExtractor
+    from clip2point_hf.modeling_clip2point import CLIP2PointModel
+    from clip2point_hf.pipeline_clip2point import task_for_architecture
+    from clip2point_hf.processing_clip2point import CLIP2PointProcessor
 
     if weights.kind == "clip2point":  # zero-shot, or a fine-tuned classifier's own pipeline
         architecture = (AutoConfig.from_pretrained(weights.folder).architectures or [None])[0]

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .feature_extraction_clip2point import CLIP2PointFeatureExtractor
-from .rendering_clip2point import resolve_views, view_name
+from clip2point_hf.feature_extraction_clip2point import CLIP2PointFeatureExtractor
+from clip2point_hf.rendering_clip2point import resolve_views, view_name
 
 __all__ = ["save_views_image"]
 

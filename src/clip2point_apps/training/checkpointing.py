@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..errors import first_line
+from clip2point_hf.errors import first_line
 
 __all__ = [
     "PROGRESS_FILE",
@@ -139,7 +139,7 @@ def save_checkpoint(
 def check_checkpoint_folder(folder: str | os.PathLike) -> Path:
     """``folder`` as a complete checkpoint of these scripts whose weight files are readable, else a
     ``ValueError`` naming the folder or the damaged file (a truncated copy is common)."""
-    from ..loading import check_safetensors_files
+    from clip2point_hf.loading import check_safetensors_files
 
     path = Path(folder)
     if not path.is_dir():

@@ -34,14 +34,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import PointCloudBatchTransform, random_subset
+from clip2point_hf.data import PointCloudBatchTransform, random_subset
+from clip2point_hf.loading import resolve_model
+from clip2point_hf.modeling_clip2point import CLIP2PointForPointCloudClassification, CLIP2PointModel
+from clip2point_hf.pipeline_clip2point import CLASSIFICATION_TASK, task_for_architecture
+from clip2point_hf.processing_clip2point import point_cloud_front_end
+from clip2point_hf.prompts import PROMPT_NAMINGS, encode_class_prompts, prompt_names, resolve_templates
+from clip2point_hf.rendering_clip2point import VIEW_PRESETS, resolve_views
+
 from .hub import RUN_ARGS_FILE
-from .loading import resolve_model
-from .modeling_clip2point import CLIP2PointForPointCloudClassification, CLIP2PointModel
-from .pipeline_clip2point import CLASSIFICATION_TASK, task_for_architecture
-from .processing_clip2point import point_cloud_front_end
-from .prompts import PROMPT_NAMINGS, encode_class_prompts, prompt_names, resolve_templates
-from .rendering_clip2point import VIEW_PRESETS, resolve_views
 from .training import (
     BackboneArguments,
     KeyedDataset,
@@ -183,7 +184,7 @@ def apply_protocol(args: ZeroShotArguments) -> dict[str, Any]:
         if getattr(args, name) is None:
             setattr(args, name, list(value) if isinstance(value, list) else value)
     if args.protocol == "reference" and args.up_axis is None and args.dataset:
-        from .data.formats import detect_dataset_format
+        from clip2point_hf.data.formats import detect_dataset_format
 
         fmt = args.dataset_format if args.dataset_format != "auto" else detect_dataset_format(args.dataset)
         args.up_axis = REFERENCE_UP_AXIS.get(fmt)

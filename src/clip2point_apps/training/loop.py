@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from clip2point_hf.points_clip2point import normalize_point_cloud
+
 from ..hub import RUN_ARGS_FILE, HubPushError, push_to_hub
-from ..points_clip2point import normalize_point_cloud
 from .arguments import TrainingArguments
 from .checkpointing import (
     TrainingProgress,

@@ -76,10 +76,10 @@ def load_tokenizer(args: BackboneArguments):
                 "--tokenizer is required with an OpenAI-layout .pt backbone (e.g. --tokenizer openai/clip-vit-base-patch32)"
             )
     if name == "char":
-        from ..testing_utils import make_tiny_tokenizer
+        from clip2point_hf.testing_utils import make_tiny_tokenizer
 
         return make_tiny_tokenizer()
-    from ..loading import resolve_model
+    from clip2point_hf.loading import resolve_model
 
     return AutoTokenizer.from_pretrained(resolve_model(name, "tokenizer", required_file=None))
 
@@ -117,7 +117,7 @@ def build_clip(args: BackboneArguments, tokenizer=None, seed: int = 0):
     """A ``CLIPModel`` from ``--clip`` (Hub id, folder, OpenAI ``.pt``) or a seeded random one from ``--clip_config``."""
     from transformers import CLIPModel
 
-    from ..conversion_clip2point import load_clip
+    from clip2point_hf.conversion_clip2point import load_clip
 
     if (args.clip is None) == (args.clip_config is None):
         raise ValueError("give exactly one of --clip (pretrained CLIP) and --clip_config (random CLIP)")
@@ -140,8 +140,8 @@ def make_processor(
 ):
     """The ``CLIP2PointProcessor`` saved with a run; its feature extractor's ``renderer`` is the one the run's
     steps use."""
-    from ..feature_extraction_clip2point import CLIP2PointFeatureExtractor
-    from ..processing_clip2point import CLIP2PointProcessor
+    from clip2point_hf.feature_extraction_clip2point import CLIP2PointFeatureExtractor
+    from clip2point_hf.processing_clip2point import CLIP2PointProcessor
 
     front_end = CLIP2PointFeatureExtractor(
         num_points=num_points,

@@ -21,14 +21,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .feature_extraction_clip2point import CLIP2PointFeatureExtractor
-from .mesh_io import read_mesh
-from .pipeline_clip2point import ZeroShotPointCloudClassificationPipeline, _check_labels
-from .point_files import MESH_FILES, POINT_FILE_TYPES, read_point_cloud
-from .points_clip2point import UP_AXES, convert_up_axis
-from .processing_clip2point import CLIP2PointProcessor
-from .rendering_clip2point import VIEW_PRESETS
-from .samples import SAMPLE_OBJECTS, make_sample_point_cloud
+from clip2point_hf.feature_extraction_clip2point import CLIP2PointFeatureExtractor
+from clip2point_hf.mesh_io import read_mesh
+from clip2point_hf.pipeline_clip2point import ZeroShotPointCloudClassificationPipeline, _check_labels
+from clip2point_hf.point_files import MESH_FILES, POINT_FILE_TYPES, read_point_cloud
+from clip2point_hf.points_clip2point import UP_AXES, convert_up_axis
+from clip2point_hf.processing_clip2point import CLIP2PointProcessor
+from clip2point_hf.rendering_clip2point import VIEW_PRESETS
+from clip2point_hf.samples import SAMPLE_OBJECTS, make_sample_point_cloud
+
 from .visualization import save_views_image
 from .weights import build_classifier, resolve_weights
 
@@ -206,7 +207,7 @@ def _write_glb(path: Path, positions: np.ndarray, attributes: dict[str, np.ndarr
         "doubleSided": True,
     }
     document: dict[str, Any] = {
-        "asset": {"version": "2.0", "generator": "clip2point_hf.web"},
+        "asset": {"version": "2.0", "generator": "clip2point_apps.web"},
         "scene": 0,
         "scenes": [{"nodes": [0]}],
         "nodes": [{"mesh": 0}],
@@ -318,11 +319,11 @@ def build_demo(
 
 
 def _retrieval():
-    """`clip2point_hf.retrieval` (the index of `clip2point embed`); the page needs it only with an index."""
+    """`clip2point_apps.retrieval` (the index of `clip2point embed`); the page needs it only with an index."""
     try:
-        from . import retrieval
+        from clip2point_apps import retrieval
     except ImportError as error:
-        raise RuntimeError(f"a shape index needs clip2point_hf.retrieval, missing here ({error})") from None
+        raise RuntimeError(f"a shape index needs clip2point_apps.retrieval, missing here ({error})") from None
     return retrieval
 
 

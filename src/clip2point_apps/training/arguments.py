@@ -9,8 +9,9 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import get_args, get_type_hints
 
-from ..data.formats import DATASET_FORMATS
-from ..points_clip2point import UP_AXES
+from clip2point_hf.data.formats import DATASET_FORMATS
+from clip2point_hf.points_clip2point import UP_AXES
+
 from .checkpointing import check_checkpoint_folder
 
 __all__ = ["BackboneArguments", "PointCloudDataArguments", "TrainingArguments", "args_to_dict", "parse_args"]
@@ -215,8 +216,8 @@ class PointCloudDataArguments:
     def load(self, seed: int, accelerator, splits: Sequence[str | None] = ()) -> tuple:
         """``(DatasetDict, metadata, up_axis)``: the main process builds the dataset first, the others then read
         its cache; every split named in ``splits`` must exist; ``up_axis`` is ``--up_axis`` or the loader's."""
-        from ..data.formats import load_point_cloud_dataset
-        from ..errors import MissingFilesError
+        from clip2point_hf.data.formats import load_point_cloud_dataset
+        from clip2point_hf.errors import MissingFilesError
 
         with accelerator.main_process_first():
             try:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from ..seeding import keyed_generator, keyed_seed
+from clip2point_hf.seeding import keyed_generator, keyed_seed
 
 __all__ = ["EpochSampler", "KeyedDataset", "seed_step"]
 

@@ -10,7 +10,7 @@
   them).
 
 Batch transforms, dataset formats and K-shot sampling are in :mod:`clip2point_hf.data`; prompts in
-:mod:`clip2point_hf.prompts`; metrics and the confusion-matrix picture in :mod:`clip2point_hf.evaluation`.
+:mod:`clip2point_hf.prompts`; metrics and the confusion-matrix picture in :mod:`clip2point_apps.evaluation`.
 """
 
 from .arguments import (

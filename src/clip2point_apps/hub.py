@@ -19,16 +19,16 @@ import numpy as np
 import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .conversion_clip2point import PROVENANCE_FILE
-from .feature_extraction_clip2point import SAVED_BY_TRANSFORMERS
-from .modeling_clip2point import (
+from clip2point_hf.conversion_clip2point import PROVENANCE_FILE
+from clip2point_hf.feature_extraction_clip2point import SAVED_BY_TRANSFORMERS
+from clip2point_hf.modeling_clip2point import (
     CLIP2PointForPointCloudClassification,
     CLIP2PointForPreTraining,
     CLIP2PointModel,
     CLIP2PointPreTrainedModel,
 )
-from .pipeline_clip2point import CLASSIFICATION_TASK, task_for_architecture
-from .processing_clip2point import point_cloud_front_end
+from clip2point_hf.pipeline_clip2point import CLASSIFICATION_TASK, task_for_architecture
+from clip2point_hf.processing_clip2point import point_cloud_front_end
 
 REMOTE_CODE_FILES = ("configuration_clip2point.py", "modeling_clip2point.py")
 #: A training run's arguments, written beside the saved model by ``TrainingRun.record_config``: the card shows
@@ -131,7 +131,7 @@ def evaluated_dataset(result: dict, where: str = "result") -> dict:
 
 
 def read_results(paths: Sequence[str | os.PathLike]) -> list[dict]:
-    """Read zero-shot result JSON files (`zero_shot_results.json` of `clip2point_hf.evaluation`); `dataset`
+    """Read zero-shot result JSON files (`zero_shot_results.json` of `clip2point_apps.evaluation`); `dataset`
     becomes the dataset's name, `num_views` the number of views, and `evaluated` what `evaluated_dataset`
     finds in it."""
     results = []
@@ -371,7 +371,7 @@ def export_hub_folder(
     transformers' `Pipeline.save_pretrained`, so `pipeline(model=folder, trust_remote_code=True)` finds it."""
     from transformers import pipeline
 
-    from .processing_clip2point import CLIP2PointProcessor
+    from clip2point_hf.processing_clip2point import CLIP2PointProcessor
 
     model = load_for_export(model_dir)
     try:
@@ -445,7 +445,7 @@ def verify_hub_folder(folder: str | os.PathLike, reference_dir: str | os.PathLik
     produced = torch.load(folder / ".verify.pt", weights_only=True)
     (folder / ".verify.pt").unlink()
     if reference_dir is not None:
-        from .processing_clip2point import CLIP2PointProcessor
+        from clip2point_hf.processing_clip2point import CLIP2PointProcessor
 
         reference = load_for_export(reference_dir)
         processor = CLIP2PointProcessor.from_pretrained(reference_dir)

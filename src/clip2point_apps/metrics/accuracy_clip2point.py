@@ -2,7 +2,7 @@
 
 ```python
 import evaluate
-from clip2point_hf.metrics import ACCURACY_METRIC_PATH
+from clip2point_apps.metrics import ACCURACY_METRIC_PATH
 
 metric = evaluate.load(ACCURACY_METRIC_PATH)        # no Hub access: the module is read from the package
 metric.compute(predictions=[0, 2, 1, 1], references=[0, 1, 1, 1], num_classes=3)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from clip2point_hf.data.formats import DATASET_FORMATS
-from clip2point_hf.errors import first_line
+from clip2point_hf.errors import ModelLoadError, first_line
 from clip2point_hf.points_clip2point import UP_AXES
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, OSError, KeyError, RuntimeError)
@@ -48,12 +48,12 @@ def _views(text: str):
 def _load_pipeline(model: str | None, device: str | None):
     """The pipeline on ``--model``, or without it on the best weights reachable (`clip2point_apps.weights`); one
     line on stderr names the weights used."""
-    from .weights import WeightsUnavailable, build_classifier, resolve_weights
+    from .weights import build_classifier, resolve_weights
 
     _check_device(device)
     try:
         weights = resolve_weights(model)
-    except WeightsUnavailable as error:
+    except ModelLoadError as error:
         raise CommandError(f"--model: {error}") from None
     print(weights.describe(), file=sys.stderr, flush=True)
     try:
@@ -179,10 +179,10 @@ def _tokenizer(spec: str | None):
         return None
     from transformers import AutoTokenizer
 
-    from clip2point_hf.loading import resolve_model
+    from clip2point_hf.loading import resolve_tokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(resolve_model(spec, "tokenizer", required_file=None))
+        return AutoTokenizer.from_pretrained(resolve_tokenizer(spec))
     except (OSError, ValueError) as error:
         raise CommandError(f"--tokenizer: cannot load {spec!r}: {first_line(error)}") from None
 

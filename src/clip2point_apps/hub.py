@@ -21,6 +21,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from clip2point_hf.conversion_clip2point import PROVENANCE_FILE
 from clip2point_hf.feature_extraction_clip2point import SAVED_BY_TRANSFORMERS
+from clip2point_hf.loading import TOKENIZER_FILES
 from clip2point_hf.modeling_clip2point import (
     CLIP2PointForPointCloudClassification,
     CLIP2PointForPreTraining,
@@ -406,7 +407,7 @@ def verify_hub_folder(folder: str | os.PathLike, reference_dir: str | os.PathLik
     needed = ["config.json", "model.safetensors", "README.md", *REMOTE_CODE_FILES, *PROCESSOR_CODE_FILES]
     needed += PIPELINE_CODE_FILES
     missing = [name for name in needed if not (folder / name).is_file()]
-    if not any((folder / name).is_file() for name in ("tokenizer.json", "vocab.json")):
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
         missing.append("tokenizer.json")
     if missing:
         raise HubFolderError(f"{folder}: missing {missing}")

@@ -1,13 +1,13 @@
 """Which weights the demo and `clip2point classify` use: the one named, else the best that can be reached.
 
-Without ``--model`` the order is (SPEC: issue 16): the package's published CLIP2Point checkpoint
+Without ``--model`` the order is: the package's published CLIP2Point checkpoint
 (:data:`DEFAULT_MODEL_ID`), a folder written by ``clip2point convert`` from the authors' ``best_eval.pth``
 (``$CLIP2POINT_MODEL``, else :data:`DEFAULT_CONVERTED_DIR`), plain CLIP as the depth encoder without depth
 pre-training (:data:`DEFAULT_CLIP_ID`), and only then a small random model labelled untrained.
 
-Each Hub id is looked up in the local Hub cache first; the Hub itself is asked once (one ``model_info`` call
-with a short timeout, which huggingface_hub does not retry) and never under ``HF_HUB_OFFLINE``; only then is
-the checkpoint downloaded, with progress bars. So no step waits on an unreachable network.
+Each candidate is found by `clip2point_hf.loading.resolve_model`: a folder, else the id's snapshot in the local
+Hub cache, else the Hub, asked once through huggingface_hub (its proxy, endpoint, timeout and offline settings)
+and never under ``HF_HUB_OFFLINE``; a download shows progress. So no step waits on an unreachable network.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from clip2point_hf.errors import first_line
-from clip2point_hf.loading import ModelLoadError, check_safetensors_files, is_hub_id, is_offline
+from clip2point_hf.errors import ModelLoadError
+from clip2point_hf.loading import TOKENIZER_FILES, resolve_model
 
 __all__ = [
     "CONVERTED_MODEL_ENV",
@@ -29,10 +29,8 @@ __all__ = [
     "DEFAULT_MODEL_ID",
     "UNTRAINED_LABEL",
     "Weights",
-    "WeightsUnavailable",
     "build_classifier",
     "converted_model_dir",
-    "locate_model",
     "resolve_weights",
 ]
 
@@ -44,16 +42,7 @@ DEFAULT_CLIP_ID = "openai/clip-vit-base-patch32"
 CONVERTED_MODEL_ENV = "CLIP2POINT_MODEL"
 #: That folder when the variable is not set (README, Quick start: the command that fills it).
 DEFAULT_CONVERTED_DIR = "~/.cache/clip2point_hf/clip2point-vit-b-32"
-#: Seconds the single Hub lookup may take.
-HUB_TIMEOUT = 5.0
 UNTRAINED_LABEL = "a small UNTRAINED random model (scores are meaningless)"
-TASK = "zero-shot-point-cloud-classification"
-
-_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
-
-
-class WeightsUnavailable(Exception):
-    """A model that cannot be used here; the message is one line naming it and why."""
 
 
 @dataclass(frozen=True)
@@ -82,11 +71,6 @@ def converted_model_dir() -> Path:
     return Path(os.environ.get(CONVERTED_MODEL_ENV) or DEFAULT_CONVERTED_DIR).expanduser()
 
 
-def _usable(folder: Path) -> bool:
-    weights = any(folder.glob("*.safetensors")) or (folder / "pytorch_model.bin").is_file()
-    return (folder / "config.json").is_file() and weights
-
-
 @contextlib.contextmanager
 def _progress_bars() -> Iterator[None]:
     """Download progress shows even where a caller (the CLI) has turned huggingface_hub's bars off."""
@@ -101,67 +85,23 @@ def _progress_bars() -> Iterator[None]:
             disable_progress_bars()
 
 
-def locate_model(spec: str, cache_dir: str | os.PathLike | None = None, timeout: float = HUB_TIMEOUT) -> Path:
-    """A local folder holding the model ``spec`` (a folder or a Hub id): the folder itself, its snapshot in the
-    Hub cache, or a fresh download (config, tokenizer and safetensors files only, with progress).
-
-    Raises :class:`WeightsUnavailable` (one line) when it is neither here nor served by the Hub; the Hub is asked
-    at most once, with ``timeout``, and not at all under ``HF_HUB_OFFLINE``.
-    """
-    from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.errors import RepositoryNotFoundError
-
-    path = Path(spec).expanduser()
-    if path.exists() and not path.is_dir():
-        raise WeightsUnavailable(f"{spec}: is a file, not a model folder")
-    if path.is_dir():
-        if not _usable(path):
-            raise WeightsUnavailable(
-                f"{spec}: the folder has no config.json and weights (not a model folder)"
-            )
-        try:
-            check_safetensors_files(path)
-        except ModelLoadError as error:
-            raise WeightsUnavailable(str(error)) from None
-        return path
-    if not is_hub_id(spec):
-        raise WeightsUnavailable(f"{spec}: no such folder")
-    with contextlib.suppress(Exception):  # not cached (or an id the cache cannot hold)
-        cached = Path(snapshot_download(spec, cache_dir=cache_dir, local_files_only=True))
-        if _usable(cached):
-            return cached
-    if is_offline():
-        raise WeightsUnavailable(f"{spec}: not in the Hub cache, and offline mode is on (HF_HUB_OFFLINE=1)")
-    try:
-        info = HfApi().model_info(spec, timeout=timeout)
-    except RepositoryNotFoundError:
-        raise WeightsUnavailable(f"{spec}: no such folder, and not on the Hub") from None
-    except Exception as error:  # DNS failure, refused connection, timeout, HTTP error
-        raise WeightsUnavailable(f"{spec}: the Hub cannot be reached ({first_line(error)})") from None
-    files = [s.rfilename for s in info.siblings or []]
-    weights = ["*.safetensors"] if any(f.endswith(".safetensors") for f in files) else ["pytorch_model.bin"]
-    print(f"downloading {spec} from the Hub ...", flush=True)
-    try:
-        with _progress_bars():
-            folder = snapshot_download(
-                spec, revision=info.sha, cache_dir=cache_dir, allow_patterns=["*.json", "*.txt", *weights]
-            )
-    except Exception as error:
-        raise WeightsUnavailable(f"{spec}: download failed ({first_line(error)})") from None
-    return Path(folder)
+def _locate(spec: str, cache_dir: str | os.PathLike | None) -> Path:
+    """The folder holding ``spec`` (`resolve_model`), download progress showing."""
+    with _progress_bars():
+        return Path(resolve_model(spec, cache_dir=cache_dir))
 
 
 def _describe(spec: str, folder: Path) -> Weights:
     """What the folder holds, labelled for the console and the pictures."""
     model_type = json.loads((folder / "config.json").read_text()).get("model_type")
-    if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
-        raise WeightsUnavailable(
-            f"{spec}: the folder has no tokenizer (convert with --tokenizer {DEFAULT_CLIP_ID})"
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelLoadError(
+            spec, f"the folder has no tokenizer (convert with --tokenizer {DEFAULT_CLIP_ID})"
         )
     if model_type == "clip":
         return Weights("clip", spec, folder, f"CLIP without depth pre-training ({spec})")
     if model_type != "clip2point":
-        raise WeightsUnavailable(f"{spec}: a {model_type!r} model, neither CLIP2Point nor CLIP")
+        raise ModelLoadError(spec, f"a {model_type!r} model, neither CLIP2Point nor CLIP")
     provenance = folder / "provenance.json"
     if provenance.is_file():
         record = json.loads(provenance.read_text())
@@ -179,21 +119,20 @@ def resolve_weights(
     clip: str = DEFAULT_CLIP_ID,
     converted: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
-    timeout: float = HUB_TIMEOUT,
 ) -> Weights:
     """The weights to classify with.
 
-    ``model`` given (a CLIP2Point or CLIP folder or Hub id): exactly that one, or :class:`WeightsUnavailable`.
+    ``model`` given (a CLIP2Point or CLIP folder or Hub id): exactly that one, or :class:`ModelLoadError`.
     Otherwise the first that can be reached of :data:`DEFAULT_MODEL_ID`, the converted folder (``converted``,
     default :func:`converted_model_dir`), ``clip`` without depth pre-training, and the untrained model.
     """
     if model is not None:
-        return _describe(model, locate_model(model, cache_dir, timeout))
+        return _describe(model, _locate(model, cache_dir))
     skipped: list[str] = []
     for spec in (DEFAULT_MODEL_ID, str(converted or converted_model_dir()), clip):
         try:
-            return replace(_describe(spec, locate_model(spec, cache_dir, timeout)), skipped=tuple(skipped))
-        except WeightsUnavailable as error:
+            return replace(_describe(spec, _locate(spec, cache_dir)), skipped=tuple(skipped))
+        except ModelLoadError as error:
             skipped.append(str(error))
     return Weights("untrained", "", None, UNTRAINED_LABEL, tuple(skipped))
 
@@ -227,7 +166,7 @@ def build_classifier(weights: Weights, device: str | None = None):
 
     from clip2point_hf.feature_extraction_clip2point import CLIP2PointFeatureExtractor
     from clip2point_hf.modeling_clip2point import CLIP2PointModel
-    from clip2point_hf.pipeline_clip2point import task_for_architecture
+    from clip2point_hf.pipeline_clip2point import ZERO_SHOT_TASK, task_for_architecture
     from clip2point_hf.processing_clip2point import CLIP2PointProcessor
 
     if weights.kind == "clip2point":  # zero-shot, or a fine-tuned classifier's own pipeline
@@ -241,4 +180,4 @@ def build_classifier(weights: Weights, device: str | None = None):
         )
     else:
         model, processor = _untrained_model()
-    return pipeline(TASK, model=model, processor=processor, device=device)
+    return pipeline(ZERO_SHOT_TASK, model=model, processor=processor, device=device)

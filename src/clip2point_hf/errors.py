@@ -8,7 +8,14 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["SCRIPT_USER_ERRORS", "DatasetFormatError", "MissingFilesError", "first_line", "run_script"]
+__all__ = [
+    "SCRIPT_USER_ERRORS",
+    "DatasetFormatError",
+    "MissingFilesError",
+    "ModelLoadError",
+    "first_line",
+    "run_script",
+]
 
 #: What a script treats as the user's mistake (a bad path, option value, file or checkpoint): the checks of this
 #: package raise ``ValueError`` (``DatasetFormatError``...) or ``OSError`` (``ModelLoadError``, missing files).
@@ -76,3 +83,17 @@ class MissingFilesError(DatasetFormatError):
 
 def _rebuild_missing(path, missing, listed, hint):
     return MissingFilesError(path, missing, listed, hint)
+
+
+class ModelLoadError(OSError):
+    """A model or tokenizer folder or Hub id cannot be loaded: ``str(err)`` is ``"<source>: <problem>"``.
+
+    An ``OSError`` because that is what ``from_pretrained`` raises, so existing handlers keep working.
+    """
+
+    def __init__(self, source: str | os.PathLike, problem: str):
+        self.source, self.problem = str(source), problem
+        super().__init__(f"{self.source}: {problem}")
+
+    def __reduce__(self):
+        return (type(self), (self.source, self.problem))

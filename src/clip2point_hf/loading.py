@@ -1,56 +1,40 @@
-"""Where a model comes from (a folder or a Hub id), checked before transformers reads it, so that every way it
-can fail is one line naming the folder, file or id and the cause, in seconds: a missing folder, a file given
-for a folder, no ``config.json``, a truncated or corrupt ``.safetensors`` file (an interrupted download or copy),
-offline mode, an unreachable Hub (probed once, with a short timeout, instead of transformers' retry loop).
+"""Finding a model or tokenizer and loading it: a local folder, else the local Hub cache, else the Hub.
 
-The CLI, the evaluation script, the training scripts' ``--clip``/``--clip2point`` and the demo call
-:func:`resolve_model`; :func:`load_pretrained` wraps ``from_pretrained`` with it.
+The Hub is reached only through huggingface_hub's own calls (``HfApi.model_info``, ``snapshot_download``), so its
+settings apply as they do to transformers: ``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY``, ``HF_ENDPOINT``,
+``HF_HUB_OFFLINE``, ``HF_HUB_ETAG_TIMEOUT``, ``HF_HUB_DOWNLOAD_TIMEOUT``, ``HF_HUB_CACHE`` and the user's token.
+A name that exists on disk is never sent to the Hub. A Hub id already complete in the cache is used without
+asking the Hub; otherwise the Hub is asked once (one metadata request, ``HF_HUB_ETAG_TIMEOUT`` seconds, which
+huggingface_hub does not retry) before anything is downloaded, and not at all in offline mode.
+
+Every way it can fail is one :class:`~clip2point_hf.errors.ModelLoadError` line naming the folder, file or id and
+the cause: a missing folder, a file given for a folder, no ``config.json`` or weights, a truncated or corrupt
+``.safetensors`` file, offline mode, a repository the Hub does not have, or the Hub's, proxy's or network's answer.
 """
 
 from __future__ import annotations
 
 import os
-import re
-import socket
-import threading
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .errors import first_line
+from .errors import ModelLoadError, first_line
 
 __all__ = [
-    "ModelLoadError",
+    "TOKENIZER_FILES",
     "check_safetensors_files",
-    "hub_is_reachable",
-    "is_hub_id",
-    "is_offline",
     "load_pretrained",
     "resolve_model",
+    "resolve_tokenizer",
 ]
 
-#: Seconds to wait for the Hub before calling it unreachable.
-HUB_TIMEOUT = 3.0
-
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
-
-
-def is_hub_id(text: str) -> bool:
-    """Whether ``text`` has the form of a Hub repo id (``name`` or ``org/name``)."""
-    return bool(_HUB_ID.fullmatch(text)) and text.count("/") <= 1
-
-
-class ModelLoadError(OSError):
-    """A model folder or Hub id cannot be loaded: ``str(err)`` is ``"<source>: <problem>"``.
-
-    An ``OSError`` because that is what ``from_pretrained`` raises, so existing handlers keep working.
-    """
-
-    def __init__(self, source: str | os.PathLike, problem: str):
-        self.source, self.problem = str(source), problem
-        super().__init__(f"{self.source}: {problem}")
-
-    def __reduce__(self):
-        return (type(self), (self.source, self.problem))
+#: A folder holds a tokenizer when it has one of these: the vocabulary of a fast or of a slow tokenizer.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
+#: Weight files ``from_pretrained`` reads (safetensors preferred, single or sharded).
+_WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
+#: Downloaded with the weights: configs, processor and tokenizer files (``merges.txt``).
+_CONFIG_PATTERNS = ["*.json", "*.txt"]
 
 
 def check_safetensors_files(folder: str | os.PathLike) -> None:
@@ -68,93 +52,150 @@ def check_safetensors_files(folder: str | os.PathLike) -> None:
             ) from None
 
 
-def hub_is_reachable(timeout: float = HUB_TIMEOUT) -> tuple[bool, str]:
-    """``(reachable, why_not)``: one TCP connection to the Hub endpoint, bounded by ``timeout`` seconds (name
-    resolution included, which a socket timeout does not cover)."""
+def _has_weights(folder: Path) -> bool:
+    return any(any(folder.glob(pattern)) for pattern in _WEIGHT_PATTERNS)
+
+
+def _missing(folder: Path, what: str) -> str | None:
+    """What ``folder`` lacks to be loaded as ``what`` (a tokenizer, else a model), or None."""
+    if what == "tokenizer":
+        if any((folder / name).is_file() for name in TOKENIZER_FILES):
+            return None
+        return f"no {' or '.join(TOKENIZER_FILES)}: not a saved tokenizer folder"
+    missing = [] if (folder / "config.json").is_file() else ["config.json"]
+    if not _has_weights(folder):
+        missing.append("weights (*.safetensors or pytorch_model.bin)")
+    return f"no {' and '.join(missing)}: not a saved {what} folder" if missing else None
+
+
+def _hub_route() -> str:
+    """The Hub endpoint and, where the environment routes it through one, the proxy: what the user must check
+    when the Hub cannot be reached (the proxy as ``urllib`` reads it, which is also how huggingface_hub's HTTP
+    client reads ``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY`` and ``NO_PROXY``)."""
     from huggingface_hub import constants
 
-    url = urlparse(constants.ENDPOINT)
-    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
-    outcome: list = []
-
-    def connect():
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            outcome.append("")
-        except OSError as error:
-            outcome.append(str(error) or type(error).__name__)
-
-    thread = threading.Thread(target=connect, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if not outcome:
-        return False, f"no answer from {constants.ENDPOINT} within {timeout:g} s"
-    return (not outcome[0]), (f"cannot reach {constants.ENDPOINT}: {outcome[0]}" if outcome[0] else "")
+    endpoint = urlparse(constants.ENDPOINT)
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(endpoint.scheme) or proxies.get("all")
+    if proxy and not urllib.request.proxy_bypass(endpoint.hostname or ""):
+        return f"{constants.ENDPOINT} through the proxy {proxy}"
+    return constants.ENDPOINT
 
 
-def is_offline() -> bool:
-    """Offline mode as huggingface_hub reads it (``HF_HUB_OFFLINE``), or transformers' ``TRANSFORMERS_OFFLINE``."""
-    from huggingface_hub import constants
+def _cached_snapshot(repo_id: str, what: str, cache_dir: str | os.PathLike | None) -> Path | None:
+    """The id's snapshot in the Hub cache when it holds what ``what`` needs; never asks the Hub."""
+    from huggingface_hub import try_to_load_from_cache
 
-    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("TRANSFORMERS_OFFLINE", "").upper() in {
-        "1",
-        "ON",
-        "YES",
-        "TRUE",
-    }
+    for marker in TOKENIZER_FILES if what == "tokenizer" else ("config.json",):
+        cached = try_to_load_from_cache(repo_id, marker, cache_dir=cache_dir)
+        if isinstance(cached, str) and _missing(Path(cached).parent, what) is None:
+            return Path(cached).parent
+    return None
 
 
-def resolve_model(
-    name_or_path: str | os.PathLike, what: str = "model", required_file: str | None = "config.json"
+def _download(repo_id: str, what: str, cache_dir: str | os.PathLike | None, timeout: float | None) -> Path:
+    """Ask the Hub once (``model_info``, bounded by ``timeout``, default ``HF_HUB_ETAG_TIMEOUT``), then download
+    the config, processor and tokenizer files and, for a model, its weights."""
+    from huggingface_hub import HfApi, constants, snapshot_download
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    timeout = constants.HF_HUB_ETAG_TIMEOUT if timeout is None else timeout
+    try:
+        info = HfApi().model_info(repo_id, timeout=timeout)
+    except GatedRepoError:
+        raise ModelLoadError(
+            repo_id, f"gated on {constants.ENDPOINT}: log in with an accepted token"
+        ) from None
+    except RepositoryNotFoundError:
+        raise ModelLoadError(
+            repo_id, f"no such folder, and no such model on {constants.ENDPOINT} (or a private one: log in)"
+        ) from None
+    except HfHubHTTPError as error:
+        raise ModelLoadError(
+            repo_id, f"not in the Hub cache, and {_hub_route()} answered: {first_line(error)}"
+        ) from None
+    except Exception as error:  # the HTTP client's own: proxy, connection, timeout
+        raise ModelLoadError(
+            repo_id,
+            f"not in the Hub cache, and {_hub_route()} cannot be reached (one request, {timeout:g} s timeout): "
+            f"{type(error).__name__}: {first_line(error)}",
+        ) from None
+    files = [sibling.rfilename for sibling in info.siblings or []]
+    patterns = list(_CONFIG_PATTERNS)
+    if what != "tokenizer":
+        weights = [p for p in _WEIGHT_PATTERNS if any(Path(name).match(p) for name in files)]
+        patterns += weights[:1]  # safetensors where the repository has both
+    try:
+        folder = snapshot_download(
+            repo_id, cache_dir=cache_dir, allow_patterns=patterns, etag_timeout=timeout
+        )
+    except Exception as error:  # the connection dropped, the disk is full, a file vanished from the Hub
+        raise ModelLoadError(repo_id, f"download from {_hub_route()} failed: {first_line(error)}") from None
+    problem = _missing(Path(folder), what)
+    if problem is not None:
+        raise ModelLoadError(repo_id, f"on {constants.ENDPOINT}, but {problem}")
+    return Path(folder)
+
+
+def _resolve(
+    name_or_path: str | os.PathLike, what: str, cache_dir: str | os.PathLike | None, timeout: float | None
 ) -> str:
-    """The folder to load, or the Hub id when the Hub will be asked; a :class:`ModelLoadError` otherwise.
+    from huggingface_hub import is_offline_mode
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
 
-    A folder must hold ``config.json`` and readable ``.safetensors`` files. A Hub id already in the local cache
-    resolves to its cached snapshot folder when the Hub cannot be asked (offline mode, or unreachable), so
-    nothing waits on the network; one that is not cached fails at once, saying why. ``required_file=None``
-    (a tokenizer folder) drops the ``config.json`` requirement.
-    """
     source = str(name_or_path)
     path = Path(source).expanduser()
     if path.exists():
         if not path.is_dir():
             raise ModelLoadError(path, f"is a file, not a {what} folder")
-        if required_file and not (path / required_file).is_file():
-            raise ModelLoadError(
-                path, f"no {required_file}: not a saved {what} folder (save_pretrained writes one)"
-            )
+        problem = _missing(path, what)
+        if problem is not None:
+            raise ModelLoadError(path, f"{problem} (save_pretrained writes one)")
         check_safetensors_files(path)
         return str(path)
-    if not is_hub_id(source):
-        raise ModelLoadError(source, "no such folder (and not a Hub id of the form org/name)")
-    offline = is_offline()
-    reason = "offline mode is on (HF_HUB_OFFLINE=1)" if offline else None
-    if not offline:
-        reachable, why = hub_is_reachable()
-        if reachable:
-            return source
-        reason = why
-    cached = _cached_snapshot(source, required_file)
-    if cached is not None:
-        return cached
-    raise ModelLoadError(
-        source,
-        f"not a local folder, not in the Hub cache, and cannot be downloaded: {reason}",
-    )
-
-
-def _cached_snapshot(repo_id: str, required_file: str | None) -> str | None:
-    from huggingface_hub import snapshot_download
-
     try:
-        folder = snapshot_download(repo_id, local_files_only=True)
-    except Exception:  # not cached (LocalEntryNotFoundError) or an unusable cache entry
-        return None
-    return folder if not required_file or (Path(folder) / required_file).is_file() else None
+        validate_repo_id(source)
+    except HFValidationError:
+        raise ModelLoadError(source, "no such folder (and not a Hub id of the form org/name)") from None
+    cached = _cached_snapshot(source, what, cache_dir)
+    if cached is not None:
+        return str(cached)
+    if is_offline_mode():
+        raise ModelLoadError(source, "not in the Hub cache, and offline mode is on (HF_HUB_OFFLINE=1)")
+    return str(_download(source, what, cache_dir, timeout))
+
+
+def resolve_model(
+    name_or_path: str | os.PathLike,
+    what: str = "model",
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    timeout: float | None = None,
+) -> str:
+    """The local folder holding the model ``name_or_path`` (a folder or a Hub id), with ``config.json`` and
+    readable weights: the folder itself, the id's snapshot in the Hub cache, or the id downloaded (config,
+    processor, tokenizer and weight files only). ``what`` names the model in the error messages.
+
+    Raises :class:`ModelLoadError`, one line naming ``name_or_path`` and the cause. ``timeout`` bounds the one
+    request that asks the Hub (default ``HF_HUB_ETAG_TIMEOUT``, 10 s unless set).
+    """
+    return _resolve(name_or_path, what, cache_dir, timeout)
+
+
+def resolve_tokenizer(
+    name_or_path: str | os.PathLike,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    timeout: float | None = None,
+) -> str:
+    """The local folder holding the tokenizer ``name_or_path`` (one of :data:`TOKENIZER_FILES`), found as
+    :func:`resolve_model` finds a model; nothing but config and tokenizer files is downloaded."""
+    return _resolve(name_or_path, "tokenizer", cache_dir, timeout)
 
 
 def load_pretrained(cls, name_or_path: str | os.PathLike, what: str = "model", **kwargs):
-    """``cls.from_pretrained`` on :func:`resolve_model`'s answer; its failures become one :class:`ModelLoadError`
+    """``cls.from_pretrained`` on :func:`resolve_model`'s folder; its failures become one :class:`ModelLoadError`
     line naming ``name_or_path``."""
     source = resolve_model(name_or_path, what)
     try:

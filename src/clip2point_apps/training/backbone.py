@@ -79,9 +79,9 @@ def load_tokenizer(args: BackboneArguments):
         from clip2point_hf.testing_utils import make_tiny_tokenizer
 
         return make_tiny_tokenizer()
-    from clip2point_hf.loading import resolve_model
+    from clip2point_hf.loading import resolve_tokenizer
 
-    return AutoTokenizer.from_pretrained(resolve_model(name, "tokenizer", required_file=None))
+    return AutoTokenizer.from_pretrained(resolve_tokenizer(name))
 
 
 def _clip_config(spec: str, tokenizer):

@@ -228,6 +228,7 @@ def step_models(cfg, out_dir: Path) -> dict:
     for cls in (CLIP2PointModel, CLIP2PointForPreTraining, CLIP2PointForPointCloudClassification):
         torch.manual_seed(0)
         model = cls(config).to(device).eval()  # eval: no dropout, so the bf16 and fp32 losses compare
+        model.freeze_for_training()  # what the training scripts do: the method's trainable set
         if cls is CLIP2PointForPointCloudClassification:
             model.set_class_names(["chair", "table", "lamp"], tokenizer)
         with torch.no_grad():

@@ -28,7 +28,7 @@ from .modeling_clip2point import (
 )
 from .pipeline_clip2point import CLASSIFICATION_TASK, task_for_architecture
 
-REMOTE_CODE_FILES = ("configuration_clip2point.py", "modeling_clip2point.py")
+REMOTE_CODE_FILES = ("configuration_clip2point.py", "modeling_clip2point.py", "prompts.py")
 #: A training run's arguments, written beside the saved model by ``TrainingRun.record_config``: the card shows
 #: them, the evaluation reads the run's seed from them.
 RUN_ARGS_FILE = "run_args.json"

@@ -221,7 +221,7 @@ def step_models(cfg, out_dir: Path) -> dict:
             out = model(pixel_values=views, **text)
             return out.logits_per_point_cloud.float().logsumexp(-1).mean()
         if cls is CLIP2PointForPreTraining:
-            return model(pixel_values=image, depth_pixel_values=depth).loss
+            return model(pixel_values=image, depth_pixel_values=depth, return_loss=True).loss
         return model(pixel_values=views, labels=labels).loss
 
     results = {}

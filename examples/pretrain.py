@@ -277,11 +277,12 @@ def main(argv=None) -> dict:
         result = predict(accelerator, val_loader, logits, desc="zero-shot validation")
         metrics = classification_metrics(result["predictions"], result["references"], prompts)
         losses = []
-        with torch.no_grad(), accelerator.autocast():
-            for batch in val_pair_loader:
-                loss = model(**pretraining_inputs(renderer, batch)).loss
-                if loss is not None:  # None for a batch of one object (no negatives)
-                    losses.append(float(loss))
+        # The loss needs negatives: a global validation batch of 2 or more (every batch is full: drop_last).
+        if eval_bs * accelerator.num_processes >= 2:
+            with torch.no_grad(), accelerator.autocast():
+                for batch in val_pair_loader:
+                    out = model(**pretraining_inputs(renderer, batch), return_loss=True)
+                    losses.append(float(out.loss))
         values = {
             "eval/zero_shot_accuracy": metrics["overall_accuracy"],
             "eval/zero_shot_mean_class_accuracy": metrics["mean_class_accuracy"],

@@ -55,3 +55,27 @@ def tiny_config():
 @pytest.fixture
 def tiny_clip():
     return make_tiny_clip()
+
+
+#: Markers that transformers' own generic model tests use (tests/test_modeling_generic.py imports them from the
+#: transformers sdist); registered so that `--strict-markers` accepts them.
+TRANSFORMERS_TEST_MARKERS = (
+    "accelerate_tests",
+    "flash_attn_test",
+    "flash_attn_3_test",
+    "flash_attn_4_test",
+    "torch_compile_test",
+    "is_training_test",
+    "is_pipeline_test",
+    "is_staging_test",
+    "is_agent_test",
+    "is_fsdp_test",
+    "is_expert_parallel_test",
+    "is_tensor_parallel_test",
+    "order",
+)
+
+
+def pytest_configure(config):
+    for marker in TRANSFORMERS_TEST_MARKERS:
+        config.addinivalue_line("markers", f"{marker}: a marker of transformers' generic model tests")

@@ -62,7 +62,7 @@ def trained_once(cls):
 
 
 def first_tensor(output):
-    for key in ("loss", "logits", "logits_per_point_cloud"):
+    for key in ("loss", "logits", "logits_per_point_cloud", "depth_embeds"):
         if getattr(output, key, None) is not None:
             return getattr(output, key)
     raise AssertionError("no output tensor")
@@ -200,11 +200,9 @@ def test_forward_shapes(cls):
     model = cls(make_tiny_config()).eval()
     out = model(**inputs_for(model))
     if cls is CLIP2PointForPreTraining:
-        assert (
-            out.loss.shape == ()
-            and out.depth_embeds.shape == (4, 2, 16)
-            and out.image_embeds.shape == (4, 16)
-        )
+        assert out.loss is None  # eval mode: a loss only when asked for, as CLIPModel's `return_loss`
+        assert out.depth_embeds.shape == (4, 2, 16) and out.image_embeds.shape == (4, 16)
+        assert model(**inputs_for(model), return_loss=True).loss.shape == ()
     elif cls is CLIP2PointForPointCloudClassification:
         assert out.logits.shape == (4, 2) and out.point_cloud_embeds.shape == (4, 16) and out.loss.shape == ()
     else:
@@ -474,11 +472,11 @@ def test_pretraining_forward_on_one_object_gives_embeddings_and_no_loss():
     with torch.no_grad():
         single, full = model(**one), model(**batch)
         assert single.loss is None and single.loss_cross is None and single.loss_intra is None
-        assert full.loss is not None  # eval mode, a batch of 3: the validation loss
+        assert full.loss is None  # eval mode: no loss unless asked for
+        assert model(**batch, return_loss=True).loss is not None  # a validation loss
         # The one object's embeddings are those it has inside a larger batch.
         torch.testing.assert_close(single.depth_embeds, full.depth_embeds[:1], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(single.image_embeds, full.image_embeds[:1], atol=1e-5, rtol=1e-5)
-        assert model(**batch, return_loss=False).loss is None
         with pytest.raises(ValueError, match="at least 2"):
             model(**one, return_loss=True)
     model.train()
@@ -492,7 +490,7 @@ def test_pretraining_loss_equals_spec_formula():
     torch.manual_seed(0)
     model = CLIP2PointForPreTraining(make_tiny_config(balance_weight_init_value=1.7)).eval()
     inputs = inputs_for(model, batch=5)
-    out = model(**inputs)
+    out = model(**inputs, return_loss=True)
     with torch.no_grad():
         f1 = model.clip2point.get_depth_features(inputs["depth_pixel_values"][:, 0]).pooler_output
         f2 = model.clip2point.get_depth_features(inputs["depth_pixel_values"][:, 1]).pooler_output

@@ -206,7 +206,7 @@ from transformers import AutoModelForImageClassification, AutoProcessor
 
 model = AutoModelForImageClassification.from_pretrained("{name}", trust_remote_code=True)
 processor = AutoProcessor.from_pretrained("{name}", trust_remote_code=True)
-logits = model(**processor(point_clouds, return_tensors="pt")).logits
+logits = model(**processor(point_clouds, return_tensors="pt")).logits  # learned scale x cosine; .softmax(-1)
 ```
 """
     return f"""```python
@@ -223,7 +223,9 @@ from transformers import AutoModel, AutoProcessor
 model = AutoModel.from_pretrained("{name}", trust_remote_code=True)
 processor = AutoProcessor.from_pretrained("{name}", trust_remote_code=True)
 inputs = processor(point_clouds, text=["image of a chair", "image of a lamp"], return_tensors="pt")
-logits = model(**inputs).logits_per_point_cloud
+out = model(**inputs)
+probs = out.logits_per_point_cloud.softmax(-1)  # CLIP-scaled logits, as CLIPModel's logits_per_image
+raw = out.cosine_sum_per_point_cloud  # the authors' unscaled sum over views of cosines (same ranking)
 ```
 """
 

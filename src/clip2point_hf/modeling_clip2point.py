@@ -81,8 +81,8 @@ class CLIP2PointPreTrainingOutput(CLIP2PointTowersOutput):
     """Image-depth pre-training outputs: `loss = loss_cross + loss_intra / w^2 + log(1 + w)`.
 
     Args:
-        loss: the total loss, identical on every process (negatives come from the global batch). `None` when no
-            loss was asked for or when it is undefined (a global batch of one object has no negatives).
+        loss: the total loss, identical on every process (negatives come from the global batch). Computed in
+            training mode or with `return_loss=True`, `None` otherwise.
         loss_cross: NT-Xent between the mean of the two depth embeddings and the image embedding (`None` with
             `loss`).
         loss_intra: NT-Xent between the two depth embeddings (`None` with `loss`).
@@ -656,10 +656,10 @@ class CLIP2PointForPreTraining(CLIP2PointPreTrainedModel):
             pixel_values: (B, 3, H, W) RGB renderings.
             depth_pixel_values: (B, 2, 3, H, W), the two depth maps rendered from the RGB image's view at two
                 distances.
-            return_loss: `True` computes the loss and refuses a global batch (B times the processes) below 2,
-                where each object would have no negatives; `False` never computes it. `None` (default): in
-                training mode as `True`; in eval mode the loss is computed when the global batch has 2 or more
-                objects and is `None` otherwise, so a batch of one object gives its embeddings.
+            return_loss: whether to compute the loss (default: in training mode only, as `CLIPModel` computes its
+                loss only when asked). The loss needs a global batch (B times the processes) of 2 or more objects,
+                each one's negatives being the others: computing it on fewer is refused. Without it, any batch
+                works and gives its embeddings (a validation loss: `return_loss=True` in eval mode).
         """
         _check_images(depth_pixel_values, self.config, "depth_pixel_values", views=2)
         _check_images(pixel_values, self.config, "pixel_values", views=0)
@@ -669,9 +669,8 @@ class CLIP2PointForPreTraining(CLIP2PointPreTrainedModel):
                 f"`pixel_values` has {pixel_values.shape[0]} images but `depth_pixel_values` {batch} objects"
             )
         world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-        defined = batch * world >= 2
-        with_loss = (self.training or defined) if return_loss is None else return_loss
-        if with_loss and not defined:
+        with_loss = self.training if return_loss is None else return_loss
+        if with_loss and batch * world < 2:
             raise ValueError(
                 f"the pre-training loss needs a global batch of at least 2 objects (the others are each one's "
                 f"negatives), got {batch} x {world} process(es); for embeddings alone use eval mode or "

@@ -650,7 +650,7 @@ class CLIP2PointForPreTraining(CLIP2PointPreTrainedModel):
         return_loss: bool | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> CLIP2PointPreTrainingOutput:
-        """Embeddings of a batch of objects and, when asked and defined, the pre-training loss.
+        """Embeddings of a batch of objects and, when asked for, the pre-training loss.
 
         Args:
             pixel_values: (B, 3, H, W) RGB renderings.

@@ -221,13 +221,14 @@ def step_models(cfg, out_dir: Path) -> dict:
             out = model(pixel_values=views, **text)
             return out.logits_per_point_cloud.float().logsumexp(-1).mean()
         if cls is CLIP2PointForPreTraining:
-            return model(pixel_values=image, depth_pixel_values=depth).loss
+            return model(pixel_values=image, depth_pixel_values=depth, return_loss=True).loss
         return model(pixel_values=views, labels=labels).loss
 
     results = {}
     for cls in (CLIP2PointModel, CLIP2PointForPreTraining, CLIP2PointForPointCloudClassification):
         torch.manual_seed(0)
         model = cls(config).to(device).eval()  # eval: no dropout, so the bf16 and fp32 losses compare
+        model.freeze_for_training()  # what the training scripts do: the method's trainable set
         if cls is CLIP2PointForPointCloudClassification:
             model.set_class_names(["chair", "table", "lamp"], tokenizer)
         with torch.no_grad():

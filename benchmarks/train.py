@@ -48,6 +48,7 @@ def throughput(args) -> dict:
     backbone = BackboneArguments(clip_config=args.clip_config, tokenizer="char")
     clip = build_clip(backbone, load_tokenizer(backbone), seed=0)
     model = CLIP2PointForPreTraining.from_clip(clip)
+    model.freeze_for_training()  # as examples/pretrain.py: the depth encoder and `w` train
     del clip
     size = model.config.vision_config.image_size
     renderer = DepthRenderer(image_size=size)

@@ -215,7 +215,7 @@ def main(argv=None) -> dict:
             clip,
             prompts,
             tokenizer,
-            prompt_template=templates,
+            prompt_templates=templates,
             **config_kwargs,
         )
     else:
@@ -234,9 +234,11 @@ def main(argv=None) -> dict:
     )
     renderer = processor.feature_extractor.renderer
 
+    # GDPA trains the adapters only (both aggregators, the fusion, the classifier's logit scale).
+    model.freeze_for_training()
     adapter_params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = None
-    if gdpa.train_backbone:
+    if gdpa.train_backbone:  # beyond the method: both vision towers train too, at a lower rate
         towers = [
             model.clip2point.depth_model,
             model.clip2point.depth_projection,
@@ -244,8 +246,8 @@ def main(argv=None) -> dict:
             model.clip_projection,
         ]
         tower_params = [p for t in towers for p in t.parameters()]
-        for p in tower_params:
-            p.requires_grad_(True)
+        for tower in towers:
+            tower.requires_grad_(True)
         backbone_lr = gdpa.backbone_learning_rate or args.learning_rate / 10
         decay = [p for n, p in adapter_params if p.ndim >= 2]
         rest = [p for n, p in adapter_params if p.ndim < 2]

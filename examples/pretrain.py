@@ -180,6 +180,7 @@ def main(argv=None) -> dict:
     clip = build_clip(backbone, tokenizer, seed=args.seed)
     torch.manual_seed(args.seed)
     model = CLIP2PointForPreTraining.from_clip(clip)
+    model.freeze_for_training()  # the method trains the depth encoder and `w` only
     del clip
     image_size = model.config.vision_config.image_size
     processor = make_processor(
@@ -271,14 +272,17 @@ def main(argv=None) -> dict:
         def logits(batch):
             with accelerator.autocast():
                 pixels = render_point_clouds(renderer, batch["points"], data_args.eval_views)
-                return base.get_point_cloud_features(pixels).pooler_output.float() @ text_embeds.T
+                return base(pixel_values=pixels, text_embeds=text_embeds).logits_per_point_cloud
 
         result = predict(accelerator, val_loader, logits, desc="zero-shot validation")
         metrics = classification_metrics(result["predictions"], result["references"], prompts)
         losses = []
-        with torch.no_grad(), accelerator.autocast():
-            for batch in val_pair_loader:
-                losses.append(float(model(**pretraining_inputs(renderer, batch)).loss))
+        # The loss needs negatives: a global validation batch of 2 or more (every batch is full: drop_last).
+        if eval_bs * accelerator.num_processes >= 2:
+            with torch.no_grad(), accelerator.autocast():
+                for batch in val_pair_loader:
+                    out = model(**pretraining_inputs(renderer, batch), return_loss=True)
+                    losses.append(float(out.loss))
         values = {
             "eval/zero_shot_accuracy": metrics["overall_accuracy"],
             "eval/zero_shot_mean_class_accuracy": metrics["mean_class_accuracy"],

@@ -64,3 +64,27 @@ def enable_activation_checkpointing(model) -> None:
     `activation_checkpointing_enable`; the oldest supported release has only the first."""
     enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
     enable()
+
+
+#: Markers that transformers' own generic model tests use (tests/test_modeling_generic.py imports them from the
+#: transformers sdist); registered so that `--strict-markers` accepts them.
+TRANSFORMERS_TEST_MARKERS = (
+    "accelerate_tests",
+    "flash_attn_test",
+    "flash_attn_3_test",
+    "flash_attn_4_test",
+    "torch_compile_test",
+    "is_training_test",
+    "is_pipeline_test",
+    "is_staging_test",
+    "is_agent_test",
+    "is_fsdp_test",
+    "is_expert_parallel_test",
+    "is_tensor_parallel_test",
+    "order",
+)
+
+
+def pytest_configure(config):
+    for marker in TRANSFORMERS_TEST_MARKERS:
+        config.addinivalue_line("markers", f"{marker}: a marker of transformers' generic model tests")

@@ -259,7 +259,12 @@ MODEL_CALLS = [
     (
         "pre_batch_1",
         "pre",
-        lambda: {"pixel_values": torch.zeros(1, 3, SIZE, SIZE), "depth_pixel_values": views(1, 2)},
+        # A batch of one has no negatives: asking for the loss is refused (without it, embeddings come back).
+        lambda: {
+            "pixel_values": torch.zeros(1, 3, SIZE, SIZE),
+            "depth_pixel_values": views(1, 2),
+            "return_loss": True,
+        },
         "at least 2",
     ),
     (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -61,7 +62,7 @@ def trained_once(cls):
 
 
 def first_tensor(output):
-    for key in ("loss", "logits", "logits_per_point_cloud"):
+    for key in ("loss", "logits", "logits_per_point_cloud", "depth_embeds"):
         if getattr(output, key, None) is not None:
             return getattr(output, key)
     raise AssertionError("no output tensor")
@@ -89,7 +90,10 @@ def test_default_config_has_vit_b32_shapes_and_parameter_counts():
         ({"view_weights": [1.0, 2.0]}, "view_weights"),
         ({"adapter_dropout": 1.0}, "adapter_dropout"),
         ({"pretraining_temperature": -0.07}, "pretraining_temperature"),
-        ({"prompt_template": "image of a"}, "prompt_template"),
+        ({"prompt_templates": ["image of a {}", "no slot"]}, "prompt_templates"),
+        ({"prompt_templates": []}, "prompt_templates"),
+        ({"prompt_template": "image of a"}, "prompt_templates"),  # a legacy single template is checked too
+        ({"view_weights": [1.0, -1.0, -0.5]}, "positive sum"),
         # Sub-configs validate themselves (transformers' CLIP message).
         ({"vision_config": {"hidden_size": 30, "num_attention_heads": 4}}, r"hidden size \(30\)"),
     ],
@@ -111,9 +115,9 @@ def test_config_round_trip(tmp_path):
 # --------------------------------------------------------------------------------------------------------- outputs
 
 
-def test_zero_shot_logits_are_weighted_sums_of_per_view_cosines(tiny_tokenizer):
+def test_zero_shot_logits_are_clip_scaled_weighted_means_of_per_view_cosines(tiny_tokenizer):
     torch.manual_seed(0)
-    model = CLIP2PointModel(make_tiny_config(view_weights=[1.0, 0.5, 2.0])).eval()
+    model = CLIP2PointModel(make_tiny_config(view_weights=[1.0, 0.5, 2.0], logit_scale_init_value=3.0)).eval()
     pixel_values = views()
     tokens = tiny_tokenizer(["image of a chair", "image of a cup", "lamp"], padding=True, return_tensors="pt")
     with torch.no_grad():
@@ -132,11 +136,54 @@ def test_zero_shot_logits_are_weighted_sums_of_per_view_cosines(tiny_tokenizer):
                     expected[b, k] += weight * F.cosine_similarity(image, text, dim=0)
     assert out.logits_per_point_cloud.shape == (2, 3)
     assert out.view_embeds.shape == (2, 3, 16) and out.text_embeds.shape == (3, 16)
-    torch.testing.assert_close(out.logits_per_point_cloud, expected, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(out.logits_per_text, expected.T, atol=1e-5, rtol=1e-5)
+    # The authors' logits: the weighted sum of cosines, unscaled.
+    torch.testing.assert_close(out.cosine_sum_per_point_cloud, expected, atol=1e-5, rtol=1e-5)
+    # CLIP's: exp(logit_scale) times the weighted mean cosine (total weight 3.5).
+    scaled = math.exp(3.0) * expected / 3.5
+    torch.testing.assert_close(out.logits_per_point_cloud, scaled, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(out.logits_per_text, scaled.T, atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(
         model.get_point_cloud_features(pixel_values).pooler_output, out.point_cloud_embeds
     )
+
+
+def test_zero_shot_logits_match_clip_model_on_one_view(tiny_clip, tiny_tokenizer):
+    """One view, no weights: our logits are exactly `CLIPModel`'s (same towers, same scale) on that image."""
+    model = CLIP2PointModel.from_clip(tiny_clip, num_views=1).eval()
+    images = views(batch=2, num_views=1, seed=5)
+    tokens = tiny_tokenizer(
+        ["image of a chair", "image of a lamp", "a cup"], padding=True, return_tensors="pt"
+    )
+    with torch.no_grad():
+        ours = model(pixel_values=images, **tokens)
+        clip = tiny_clip(pixel_values=images[:, 0], **tokens)
+    torch.testing.assert_close(ours.logits_per_point_cloud, clip.logits_per_image, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.logits_per_text, clip.logits_per_text, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        ours.logits_per_point_cloud.softmax(-1), clip.logits_per_image.softmax(-1), atol=1e-6, rtol=0
+    )
+
+
+def test_precomputed_text_embeds_give_the_same_logits_as_input_ids(tiny_tokenizer):
+    from clip2point_hf.prompts import encode_class_prompts
+
+    torch.manual_seed(0)
+    model = CLIP2PointModel(make_tiny_config()).eval()
+    pixel_values = views(seed=6)
+    names = ["chair", "lamp"]
+    tokens = tiny_tokenizer([f"image of a {n}" for n in names], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        direct = model(pixel_values=pixel_values, **tokens)
+        embeds = encode_class_prompts(model, tiny_tokenizer, names, "image of a {}")
+        cached = model(pixel_values=pixel_values, text_embeds=embeds)
+    torch.testing.assert_close(
+        cached.logits_per_point_cloud, direct.logits_per_point_cloud, atol=1e-5, rtol=1e-5
+    )
+    torch.testing.assert_close(cached.cosine_sum_per_point_cloud, direct.cosine_sum_per_point_cloud)
+    with pytest.raises(ValueError, match="not both"):
+        model(pixel_values=pixel_values, text_embeds=embeds, **tokens)
+    with pytest.raises(ValueError, match="text_embeds"):
+        model(pixel_values=pixel_values, text_embeds=embeds[:, :5])
 
 
 def test_zero_shot_accepts_any_number_of_views_without_view_weights():
@@ -153,11 +200,9 @@ def test_forward_shapes(cls):
     model = cls(make_tiny_config()).eval()
     out = model(**inputs_for(model))
     if cls is CLIP2PointForPreTraining:
-        assert (
-            out.loss.shape == ()
-            and out.depth_embeds.shape == (4, 2, 16)
-            and out.image_embeds.shape == (4, 16)
-        )
+        assert out.loss is None  # eval mode: a loss only when asked for, as CLIPModel's `return_loss`
+        assert out.depth_embeds.shape == (4, 2, 16) and out.image_embeds.shape == (4, 16)
+        assert model(**inputs_for(model), return_loss=True).loss.shape == ()
     elif cls is CLIP2PointForPointCloudClassification:
         assert out.logits.shape == (4, 2) and out.point_cloud_embeds.shape == (4, 16) and out.loss.shape == ()
     else:
@@ -275,6 +320,7 @@ def test_bf16_load(tmp_path):
 def test_activation_checkpointing_gives_the_same_gradients():
     torch.manual_seed(0)
     model = CLIP2PointForPreTraining(make_tiny_config()).train()
+    model.freeze_for_training()
     inputs = inputs_for(model)
     model(**inputs).loss.backward()
     reference = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
@@ -289,22 +335,98 @@ def test_activation_checkpointing_gives_the_same_gradients():
 # --------------------------------------------------------------------------------------------------------- freezing
 
 
+#: What the method trains in each model (everything else is frozen by `freeze_for_training`).
+TRAINABLE_PREFIXES = {
+    CLIP2PointModel: ("depth_model.", "depth_projection."),
+    CLIP2PointForPreTraining: ("clip2point.depth_model.", "clip2point.depth_projection.", "balance_weight"),
+    CLIP2PointForPointCloudClassification: (
+        "pretrained_adapter.",
+        "clip_adapter.",
+        "fusion.",
+        "classifier_logit_scale",
+    ),
+}
+ADAPTER_PARAMETERS = [
+    f"{path}.{name}"
+    for path in ("pretrained_adapter", "clip_adapter")
+    for name in (
+        "view_scale",
+        "view_norm.weight",
+        "view_norm.bias",
+        "fc1.weight",
+        "fc1.bias",
+        "hidden_norm.weight",
+        "hidden_norm.bias",
+        "fc2.weight",
+        "fc2.bias",
+    )
+]
+
+
+@pytest.mark.parametrize("cls", MODEL_CLASSES)
+def test_building_and_loading_freeze_nothing(cls, tmp_path):
+    """As any transformers model: every parameter trains until a script freezes what it wants."""
+    model = cls(make_tiny_config())
+    assert all(p.requires_grad for p in model.parameters())
+    model.save_pretrained(tmp_path)
+    for loaded in (cls.from_pretrained(tmp_path), AutoModel.from_pretrained(tmp_path)):
+        assert all(p.requires_grad for p in loaded.parameters()), type(loaded).__name__
+    model.freeze_for_training()
+    model.save_pretrained(
+        tmp_path / "frozen"
+    )  # requires_grad is not saved: loading a frozen model freezes nothing
+    assert all(p.requires_grad for p in cls.from_pretrained(tmp_path / "frozen").parameters())
+
+
+@pytest.mark.parametrize("cls", MODEL_CLASSES)
+def test_freeze_for_training_leaves_exactly_the_methods_trainable_set(cls):
+    model = cls(make_tiny_config())
+    # An earlier, different freeze does not change the outcome.
+    (model if cls is CLIP2PointModel else model.clip2point).depth_model.requires_grad_(False)
+    names = [n for n, _ in model.named_parameters()]
+    trainable = model.freeze_for_training()
+    assert trainable == [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable == [n for n in names if n.startswith(TRAINABLE_PREFIXES[cls])]
+    if cls is CLIP2PointForPointCloudClassification:  # GDPA: the adapter parameters, named one by one
+        expected = [*ADAPTER_PARAMETERS, "fusion.gate_weight", "fusion.gate_bias", "classifier_logit_scale"]
+        assert sorted(trainable) == sorted(expected)
+    else:  # the depth tower: every one of the vision tower's tensors (a CLIP vision tower has the same names)
+        from transformers import CLIPVisionModel
+
+        tower = [
+            f"depth_model.{n}" for n, _ in CLIPVisionModel(model.config.vision_config).named_parameters()
+        ]
+        prefix = "clip2point." if cls is CLIP2PointForPreTraining else ""
+        extra = ["balance_weight"] if cls is CLIP2PointForPreTraining else []
+        assert sorted(trainable) == sorted(
+            [*(prefix + n for n in tower), f"{prefix}depth_projection.weight", *extra]
+        )
+    assert model.freeze_for_training() == trainable  # idempotent
+
+
 @pytest.mark.parametrize(
-    ("cls", "trainable_prefixes"),
+    ("cls", "fusion", "count"),
     [
-        (
-            CLIP2PointForPreTraining,
-            ("clip2point.depth_model.", "clip2point.depth_projection.", "balance_weight"),
-        ),
-        (
-            CLIP2PointForPointCloudClassification,
-            ("pretrained_adapter.", "clip_adapter.", "fusion.", "classifier_logit_scale"),
-        ),
+        (CLIP2PointModel, "gated", 87_849_216),
+        (CLIP2PointForPreTraining, "gated", 87_849_217),
+        (CLIP2PointForPointCloudClassification, "gated", 6_298_133),
+        (CLIP2PointForPointCloudClassification, "mean", 5_773_333),
     ],
 )
-def test_frozen_parts_get_no_gradient_and_do_not_move(cls, trainable_prefixes):
+def test_trainable_parameter_counts_of_vit_b32_are_the_documented_ones(cls, fusion, count):
+    """The README's table of trainable parameters (ViT-B/32 defaults), on the meta device."""
+    with torch.device("meta"):
+        model = cls(CLIP2PointConfig(fusion=fusion))
+    model.freeze_for_training()
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == count
+
+
+@pytest.mark.parametrize("cls", [CLIP2PointForPreTraining, CLIP2PointForPointCloudClassification])
+def test_frozen_parts_get_no_gradient_and_do_not_move(cls):
     torch.manual_seed(0)
     model = cls(make_tiny_config()).train()
+    model.freeze_for_training()
+    trainable_prefixes = TRAINABLE_PREFIXES[cls]
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
     model(**inputs_for(model)).loss.backward()
@@ -342,11 +464,33 @@ def test_nt_xent_equals_loop_computation():
     assert nt_xent_loss(a, a, 0.5).item() < nt_xent_loss(a, b, 0.5).item()
 
 
+def test_pretraining_forward_on_one_object_gives_embeddings_and_no_loss():
+    torch.manual_seed(0)
+    model = CLIP2PointForPreTraining(make_tiny_config()).eval()
+    batch = inputs_for(model, batch=3, seed=7)
+    one = {k: v[:1] for k, v in batch.items()}
+    with torch.no_grad():
+        single, full = model(**one), model(**batch)
+        assert single.loss is None and single.loss_cross is None and single.loss_intra is None
+        assert full.loss is None  # eval mode: no loss unless asked for
+        assert model(**batch, return_loss=True).loss is not None  # a validation loss
+        # The one object's embeddings are those it has inside a larger batch.
+        torch.testing.assert_close(single.depth_embeds, full.depth_embeds[:1], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(single.image_embeds, full.image_embeds[:1], atol=1e-5, rtol=1e-5)
+        with pytest.raises(ValueError, match="at least 2"):
+            model(**one, return_loss=True)
+    model.train()
+    with pytest.raises(ValueError, match="at least 2"):  # a training step on one object has no negatives
+        model(**one)
+    assert model(**one, return_loss=False).loss is None
+    assert model(**batch).loss.requires_grad
+
+
 def test_pretraining_loss_equals_spec_formula():
     torch.manual_seed(0)
     model = CLIP2PointForPreTraining(make_tiny_config(balance_weight_init_value=1.7)).eval()
     inputs = inputs_for(model, batch=5)
-    out = model(**inputs)
+    out = model(**inputs, return_loss=True)
     with torch.no_grad():
         f1 = model.clip2point.get_depth_features(inputs["depth_pixel_values"][:, 0]).pooler_output
         f2 = model.clip2point.get_depth_features(inputs["depth_pixel_values"][:, 1]).pooler_output
@@ -491,6 +635,35 @@ def test_class_names_are_embedded_with_the_text_tower(tiny_tokenizer):
         model(pixel_values=views(), labels=torch.tensor([0, 3]))
 
 
+def test_class_name_templates_survive_save_and_load(tiny_tokenizer, tmp_path):
+    torch.manual_seed(0)
+    model = CLIP2PointForPointCloudClassification(make_tiny_config()).eval()
+    templates = ["image of a {}", "a depth map of a {}", "a 3D model of a {}"]
+    model.set_class_names(["chair", "lamp"], tiny_tokenizer, templates)
+    assert model.config.prompt_templates == templates
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["prompt_templates"] == templates
+    loaded = CLIP2PointForPointCloudClassification.from_pretrained(tmp_path).eval()
+    assert loaded.config.prompt_templates == templates
+    saved = loaded.class_embeddings.clone()
+    assert torch.equal(saved, model.class_embeddings)
+    loaded.set_class_names(["chair", "lamp"], tiny_tokenizer)  # default: the saved ensemble
+    torch.testing.assert_close(loaded.class_embeddings, saved, atol=1e-6, rtol=0)
+    loaded.set_class_names(["chair", "lamp"], tiny_tokenizer, templates[0])  # control: one template differs
+    assert not torch.allclose(loaded.class_embeddings, saved, atol=1e-3)
+    assert loaded.config.prompt_templates == templates[:1]
+
+
+def test_a_legacy_single_prompt_template_loads_as_a_list(tmp_path):
+    make_tiny_config().save_pretrained(tmp_path)
+    stored = json.loads((tmp_path / "config.json").read_text())
+    stored.pop("prompt_templates", None)
+    stored["prompt_template"] = "a depth image of a {}"
+    (tmp_path / "config.json").write_text(json.dumps(stored))
+    config = AutoConfig.from_pretrained(tmp_path)
+    assert config.prompt_templates == ["a depth image of a {}"] and not hasattr(config, "prompt_template")
+
+
 def test_from_clip_and_assembly_copy_the_right_towers(tiny_clip, tiny_tokenizer, tmp_path):
     model = CLIP2PointModel.from_clip(tiny_clip, num_views=3)
     assert torch.equal(
@@ -508,4 +681,6 @@ def test_from_clip_and_assembly_copy_the_right_towers(tiny_clip, tiny_tokenizer,
     assert gdpa.config.fusion == "scalar" and gdpa.config.num_labels == 2
     assert torch.equal(gdpa.clip2point.depth_projection.weight, model.depth_projection.weight)
     assert torch.equal(gdpa.clip_projection.weight, tiny_clip.visual_projection.weight)
+    assert all(p.requires_grad for p in gdpa.parameters())  # nothing frozen until a script asks
+    gdpa.freeze_for_training()
     assert not any(p.requires_grad for p in gdpa.clip2point.parameters())

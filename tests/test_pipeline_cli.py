@@ -59,13 +59,17 @@ def write_point_files(folder, cloud: np.ndarray) -> dict[str, str]:
 
 
 def expected_scores(tiny_model_dir, cloud: np.ndarray) -> dict[str, float]:
-    """Zero-shot scores computed directly with the model and processor (CLIP-scaled mean cosine)."""
+    """Zero-shot scores computed directly with the model and processor: the softmax of the model's CLIP-scaled
+    logits, exactly as `CLIPModel(...).logits_per_image.softmax(-1)`."""
     model = CLIP2PointModel.from_pretrained(tiny_model_dir).eval()
     processor = CLIP2PointProcessor.from_pretrained(tiny_model_dir)
     batch = processor([cloud], text=[f"image of a {label}" for label in LABELS])
     with torch.no_grad():
-        logits = model(**batch).logits_per_point_cloud[0]
-    scores = (model.logit_scale.exp() * logits / batch["pixel_values"].shape[1]).softmax(-1)
+        out = model(**batch)
+    scores = out.logits_per_point_cloud.softmax(-1)[0]
+    # Independently of the model's own scaling: CLIP's scale times the mean over the views of the cosines.
+    cosines = torch.einsum("bvd,kd->bk", out.view_embeds, out.text_embeds) / batch["pixel_values"].shape[1]
+    torch.testing.assert_close(scores, (model.logit_scale.exp() * cosines).softmax(-1)[0], atol=1e-6, rtol=0)
     return dict(zip(LABELS, scores.tolist(), strict=True))
 
 

@@ -62,6 +62,54 @@ def zero_shot_dir(tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="module")
+def weighted_zero_shot_dir(tmp_path_factory):
+    """A zero-shot model from CLIP with view weights, a template ensemble and a logit scale (e^3.5) that spreads
+    the scores well away from uniform and from one-hot, so that any scaling mistake shows."""
+    folder = tmp_path_factory.mktemp("zero-shot-weighted")
+    torch.manual_seed(0)
+    model = CLIP2PointModel.from_clip(
+        make_tiny_clip(),
+        num_views=6,
+        view_weights=[2.0, 1.0, 1.0, 1.0, 0.5, 0.5],
+        prompt_templates=["image of a {}", "a depth map of a {}."],
+    )
+    with torch.no_grad():
+        model.logit_scale.fill_(3.5)
+    model.save_pretrained(folder)
+    _processor(model.config.vision_config.image_size).save_pretrained(folder)
+    return folder
+
+
+def test_zero_shot_pipeline_scores_are_the_softmax_of_the_models_logits(weighted_zero_shot_dir):
+    """`model(**batch).logits_per_point_cloud.softmax(-1)` is what the pipeline answers, as for CLIP's
+    `logits_per_image` and the zero-shot-image-classification pipeline."""
+    folder = weighted_zero_shot_dir
+    model = CLIP2PointModel.from_pretrained(folder).eval()
+    processor = CLIP2PointProcessor.from_pretrained(folder)
+    clf = pipeline("zero-shot-point-cloud-classification", model=str(folder))
+    spread = []
+    for cloud in clouds():
+        # One template: the processor tokenises the prompts, the model's forward scores them.
+        batch = processor([cloud], text=[f"image of a {label}" for label in LABELS])
+        with torch.no_grad():
+            scores = model(**batch).logits_per_point_cloud.softmax(-1)[0]
+        got = clf(cloud, candidate_labels=LABELS, hypothesis_template="image of a {}")
+        assert {r["label"]: r["score"] for r in got} == pytest.approx(
+            dict(zip(LABELS, scores.tolist(), strict=True)), abs=1e-5
+        )
+        spread.append(float(scores.max() - scores.min()))
+        # The saved ensemble (the pipeline's default): its class embeddings passed as `text_embeds`.
+        with torch.no_grad():
+            embeds = model.encode_class_prompts(processor.tokenizer, LABELS)
+            ensemble = model(pixel_values=batch["pixel_values"], text_embeds=embeds).logits_per_point_cloud
+        got = clf(cloud, candidate_labels=LABELS)
+        assert {r["label"]: r["score"] for r in got} == pytest.approx(
+            dict(zip(LABELS, ensemble.softmax(-1)[0].tolist(), strict=True)), abs=1e-5
+        )
+    assert all(0.2 < x < 0.95 for x in spread), spread  # neither near-uniform nor one-hot: the scale matters
+
+
 def direct_logits(folder, clouds) -> torch.Tensor:
     """The classifier's logits through the processor and the model's forward (no pipeline); each cloud is
     sampled on its own, from the processor's seed, as the pipeline does."""

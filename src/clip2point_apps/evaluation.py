@@ -3,7 +3,9 @@ fine-tuned classifier (``CLIP2PointForPointCloudClassification``, e.g. ``example
 own classes, rendered with the processor saved beside it.
 
 Each cloud is rendered into depth views (on the accelerator device); each view is embedded and L2-normalised;
-the logit of class k is the (optionally weighted) sum over views of the cosine with the class's text embedding.
+class k scores the (optionally weighted) sum over views of the cosine with the class's text embedding -- the
+reference's rule. The model's CLIP-scaled ``logits_per_point_cloud`` (that sum over the total view weight, times
+CLIP's logit scale) rank the classes identically; they are what is computed here.
 Prompts: the reference's ``"image of a {}"`` or an ensemble (``--prompts ensemble``), or your own templates.
 
 Outputs in ``--output_dir``: ``zero_shot_results.json`` (overall, mean-class and per-class accuracy, the confusion
@@ -448,8 +450,8 @@ def main(argv=None) -> dict:
             pixels = render_point_clouds(renderer, batch["points"], views)
             if classifier:
                 return model(pixel_values=pixels).logits.float()
-            features = model.get_point_cloud_features(pixels, view_weights=args.view_weights).pooler_output
-        return features.float() @ text_embeds.T
+            outputs = model(pixel_values=pixels, text_embeds=text_embeds, view_weights=args.view_weights)
+        return outputs.logits_per_point_cloud.float()
 
     with torch.no_grad():
         result = predict(accelerator, loader, logits_of, desc="zero-shot")

@@ -31,7 +31,7 @@ from clip2point_hf.modeling_clip2point import (
 from clip2point_hf.pipeline_clip2point import CLASSIFICATION_TASK, task_for_architecture
 from clip2point_hf.processing_clip2point import point_cloud_front_end
 
-REMOTE_CODE_FILES = ("configuration_clip2point.py", "modeling_clip2point.py")
+REMOTE_CODE_FILES = ("configuration_clip2point.py", "modeling_clip2point.py", "prompts.py")
 #: A training run's arguments, written beside the saved model by ``TrainingRun.record_config``: the card shows
 #: them, the evaluation reads the run's seed from them.
 RUN_ARGS_FILE = "run_args.json"
@@ -214,7 +214,7 @@ from transformers import AutoModelForImageClassification, AutoProcessor
 
 model = AutoModelForImageClassification.from_pretrained("{name}", trust_remote_code=True)
 processor = AutoProcessor.from_pretrained("{name}", trust_remote_code=True)
-logits = model(**processor(point_clouds, return_tensors="pt")).logits
+logits = model(**processor(point_clouds, return_tensors="pt")).logits  # learned scale x cosine; .softmax(-1)
 ```
 """
     return f"""```python
@@ -231,7 +231,9 @@ from transformers import AutoModel, AutoProcessor
 model = AutoModel.from_pretrained("{name}", trust_remote_code=True)
 processor = AutoProcessor.from_pretrained("{name}", trust_remote_code=True)
 inputs = processor(point_clouds, text=["image of a chair", "image of a lamp"], return_tensors="pt")
-logits = model(**inputs).logits_per_point_cloud
+out = model(**inputs)
+probs = out.logits_per_point_cloud.softmax(-1)  # CLIP-scaled logits, as CLIPModel's logits_per_image
+raw = out.cosine_sum_per_point_cloud  # the authors' unscaled sum over views of cosines (same ranking)
 ```
 """
 

@@ -96,20 +96,25 @@ def load_embedder(
 
 
 def embed_texts(
-    embedder: PointCloudFeatureExtractionPipeline, texts: Sequence[str], template: str | None = None
+    embedder: PointCloudFeatureExtractionPipeline,
+    texts: Sequence[str],
+    template: str | Sequence[str] | None = None,
 ) -> np.ndarray:
-    """(len(texts), D) L2-normalised text embeddings: each text through `template` (default: the model's prompt
-    template, e.g. ``"image of a {}"``) and CLIP's text tower."""
+    """(len(texts), D) L2-normalised text embeddings: each text through `template` -- one template, or several
+    averaged as an ensemble (default: the model's ``config.prompt_templates``, e.g. ``["image of a {}"]``) -- and
+    CLIP's text tower."""
     from clip2point_hf.prompts import encode_class_prompts
 
     tokenizer = getattr(embedder.processor, "tokenizer", None)
     if tokenizer is None:
         raise ValueError("the model's processor has no tokenizer, so it cannot embed a query text")
-    template = template or embedder.model.config.prompt_template
-    if "{}" not in template:
-        raise ValueError(f"the prompt template must contain '{{}}', got {template!r}")
+    templates = template or embedder.model.config.prompt_templates
+    templates = [templates] if isinstance(templates, str) else list(templates)
+    bad = [t for t in templates if "{}" not in t]
+    if not templates or bad:
+        raise ValueError(f"the prompt template must contain '{{}}', got {bad or templates!r}")
     with torch.inference_mode():
-        return encode_class_prompts(embedder.model, tokenizer, list(texts), [template]).cpu().numpy()
+        return encode_class_prompts(embedder.model, tokenizer, list(texts), templates).cpu().numpy()
 
 
 def embed_shapes(
@@ -196,7 +201,8 @@ class ShapeIndex:
 
     Args:
         dataset: a ``datasets.Dataset`` with ``name``, ``path`` and ``embedding`` (L2-normalised float32) columns.
-        config: what queries need (``model``, ``up_axis``, ``template``, ...), as in ``index_config.json``.
+        config: what queries need (``model``, ``up_axis``, ``template`` -- a string, or a list for a template
+            ensemble --, ...), as in ``index_config.json``.
         embedder: the feature-extraction pipeline for queries; by default loaded from ``config["model"]`` on the
             first text or shape query.
     """
@@ -572,7 +578,11 @@ class ShapeIndex:
         return np.asarray(result.total_scores), np.asarray(result.total_indices)
 
     def search_text(
-        self, text: str | Sequence[str], k: int = 8, template: str | None = None, exact: bool | None = None
+        self,
+        text: str | Sequence[str],
+        k: int = 8,
+        template: str | Sequence[str] | None = None,
+        exact: bool | None = None,
     ) -> list[SearchHit] | list[list[SearchHit]]:
         """Shapes that match a description (one text: a list of hits; several: a list per text)."""
         texts = [text] if isinstance(text, str) else list(text)
@@ -596,12 +606,14 @@ class ShapeIndex:
 def _query_config(embedder: PointCloudFeatureExtractionPipeline, model: Any) -> dict:
     front_end = embedder.front_end
     name = model if isinstance(model, str | os.PathLike) else embedder.model.name_or_path
+    templates = list(embedder.model.config.prompt_templates)
     return {
         "model": os.fspath(name) if name else None,
         "up_axis": front_end.up_axis,
         "views": front_end.views,
         "num_points": front_end.num_points,
-        "template": embedder.model.config.prompt_template,
+        # One template as a string (as in every index built before template ensembles were kept), several as a list.
+        "template": templates[0] if len(templates) == 1 else templates,
     }
 
 

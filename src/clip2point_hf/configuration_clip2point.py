@@ -9,6 +9,8 @@ from huggingface_hub.dataclasses import strict
 from transformers import CLIPConfig, CLIPTextConfig, CLIPVisionConfig, PreTrainedConfig
 
 FusionMode = Literal["gated", "mean", "scalar"]
+#: The reference's class prompt.
+DEFAULT_TEMPLATE = "image of a {}"
 
 
 @strict
@@ -39,8 +41,12 @@ class CLIP2PointConfig(PreTrainedConfig):
             `"mean"`: `g = 0.5` fixed, the authors' released DPA.
         classifier_logit_scale_init_value: initial log of the classifier's learned logit scale. The reference
             classifies with raw cosines (no temperature), which trains poorly with cross-entropy.
-        prompt_template: template turned into class prompts for the classifier (the reference's
-            `"image of a {}"`).
+        prompt_templates: the class-prompt templates, each containing `{}` (default: the reference's single
+            `["image of a {}"]`). Several are an ensemble: a class embedding is the mean of its normalised prompt
+            embeddings, re-normalised. `set_class_names` records the templates it used here, so a saved
+            classifier re-encodes its classes exactly; the zero-shot pipeline uses them when no
+            `hypothesis_template` is given. A legacy `prompt_template="..."` string (configs saved before the
+            ensemble was kept) is read as a one-template list.
         initializer_factor: scales the initial projections as `CLIPConfig.initializer_factor` scales
             `CLIPModel`'s (each tower follows its own sub-config's `initializer_factor`).
         initializer_range: std of the generic initialisation of the adapters' linear layers.
@@ -64,11 +70,18 @@ class CLIP2PointConfig(PreTrainedConfig):
     adapter_view_scale_init: float = 0.5
     fusion: FusionMode = "gated"
     classifier_logit_scale_init_value: float = math.log(1 / 0.07)
-    prompt_template: str = "image of a {}"
+    prompt_templates: list[str] | None = None
     initializer_factor: float = 1.0
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
+        legacy_template = kwargs.pop("prompt_template", None)
+        if self.prompt_templates is None:
+            self.prompt_templates = [legacy_template] if legacy_template is not None else [DEFAULT_TEMPLATE]
+        elif isinstance(self.prompt_templates, str):
+            self.prompt_templates = [self.prompt_templates]
+        else:
+            self.prompt_templates = list(self.prompt_templates)
         for key, config_class in self.sub_configs.items():
             value = getattr(self, key)
             if value is None:
@@ -110,8 +123,14 @@ class CLIP2PointConfig(PreTrainedConfig):
                 )
             if not all(math.isfinite(w) for w in self.view_weights):
                 raise ValueError(f"`view_weights` must be finite, got {self.view_weights!r}")
-        if "{}" not in self.prompt_template:
-            raise ValueError(f"`prompt_template` must contain '{{}}', got {self.prompt_template!r}")
+            # The zero-shot logits are the weighted MEAN of the per-view cosines (CLIP's scale applies to a cosine).
+            if not sum(self.view_weights) > 0:
+                raise ValueError(f"`view_weights` must have a positive sum, got {self.view_weights!r}")
+        templates = self.prompt_templates
+        if not templates or any(not isinstance(t, str) or "{}" not in t for t in templates):
+            raise ValueError(
+                f"`prompt_templates` must be a non-empty list of templates each containing '{{}}', got {templates!r}"
+            )
 
     @classmethod
     def from_clip_config(cls, clip_config: CLIPConfig, **kwargs) -> CLIP2PointConfig:

@@ -1,8 +1,12 @@
 """CLIP2Point models: zero-shot depth-view encoder, image-depth pre-training and the Gated Dual-Path Adapter.
 
 Every tower is a transformers CLIP tower (`CLIPVisionModel`, `CLIPTextModel`), so attention backends,
-activation checkpointing and CLIP checkpoints work unchanged. This file imports only its flat sibling
-`configuration_clip2point` and third-party packages, so it can travel to the Hub as remote code.
+activation checkpointing and CLIP checkpoints work unchanged. This file imports only its flat siblings
+`configuration_clip2point` and `prompts` (torch and the standard library only) and third-party packages, so it can
+travel to the Hub as remote code.
+
+No model freezes anything when it is built or loaded (every parameter starts with `requires_grad=True`, as in any
+transformers model). A training script calls `freeze_for_training()` to freeze what the method keeps frozen.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 
 from .configuration_clip2point import CLIP2PointConfig
+from .prompts import encode_class_prompts
 
 # ---------------------------------------------------------------------------------------------------------
 # Outputs
@@ -40,13 +45,18 @@ class CLIP2PointOutput(CLIP2PointTowersOutput):
     """Zero-shot outputs.
 
     Args:
-        logits_per_point_cloud: (batch, num_texts) sum over views of the cosine similarity between each
-            view embedding and each text embedding, weighted by the view weights (SPEC section 3). Unscaled:
-            multiply by `logit_scale.exp() / sum(view_weights)` for CLIP-calibrated probabilities.
+        logits_per_point_cloud: (batch, num_texts) CLIP-scaled logits, as `CLIPOutput.logits_per_image`:
+            `logit_scale.exp()` times the view-weighted MEAN over views of the cosine similarity between each
+            view embedding and each text embedding, i.e. `cosine_sum_per_point_cloud * logit_scale.exp() /
+            sum(view_weights)` (all weights 1 by default: the sum divided by the number of views). So
+            `.softmax(-1)` gives CLIP-calibrated probabilities (the zero-shot pipeline's scores).
         logits_per_text: the transpose of `logits_per_point_cloud`.
+        cosine_sum_per_point_cloud: (batch, num_texts) the authors' zero-shot logits: the view-weighted SUM over
+            views of those cosines, unscaled (`point_cloud_embeds @ text_embeds.T`). Its argmax is the same
+            class; reference parity is stated on this value.
         view_embeds: (batch, views, projection_dim) L2-normalised embedding of every depth view.
         point_cloud_embeds: (batch, projection_dim) weighted sum of `view_embeds`, so that
-            `logits_per_point_cloud == point_cloud_embeds @ text_embeds.T`.
+            `cosine_sum_per_point_cloud == point_cloud_embeds @ text_embeds.T`.
         text_embeds: (num_texts, projection_dim) L2-normalised text embeddings.
         depth_model_output: the depth tower's output (as `CLIPOutput.vision_model_output`) on the
             batch * views depth images, view `v` of cloud `b` at index `b * views + v`: `pooler_output` is the
@@ -58,6 +68,7 @@ class CLIP2PointOutput(CLIP2PointTowersOutput):
 
     logits_per_point_cloud: torch.FloatTensor | None = None
     logits_per_text: torch.FloatTensor | None = None
+    cosine_sum_per_point_cloud: torch.FloatTensor | None = None
     view_embeds: torch.FloatTensor | None = None
     point_cloud_embeds: torch.FloatTensor | None = None
     text_embeds: torch.FloatTensor | None = None
@@ -70,9 +81,11 @@ class CLIP2PointPreTrainingOutput(CLIP2PointTowersOutput):
     """Image-depth pre-training outputs: `loss = loss_cross + loss_intra / w^2 + log(1 + w)`.
 
     Args:
-        loss: the total loss, identical on every process (negatives come from the global batch).
-        loss_cross: NT-Xent between the mean of the two depth embeddings and the image embedding.
-        loss_intra: NT-Xent between the two depth embeddings.
+        loss: the total loss, identical on every process (negatives come from the global batch). Computed in
+            training mode or with `return_loss=True`, `None` otherwise.
+        loss_cross: NT-Xent between the mean of the two depth embeddings and the image embedding (`None` with
+            `loss`).
+        loss_intra: NT-Xent between the two depth embeddings (`None` with `loss`).
         depth_embeds: (batch, 2, projection_dim) unnormalised embeddings of the two depth views.
         image_embeds: (batch, projection_dim) unnormalised embeddings of the RGB images (frozen encoder).
         balance_weight: the learned scalar `w`.
@@ -99,7 +112,9 @@ class CLIP2PointClassifierOutput(CLIP2PointTowersOutput):
     Args:
         loss: cross-entropy of `logits` against `labels`, when labels are given.
         logits: (batch, num_labels) `classifier_logit_scale.exp()` times the cosine similarity between the fused
-            embedding and each class text embedding.
+            embedding and each class text embedding: scaled like CLIP's logits, with a learned scale of its own
+            (initialised to CLIP's 1/0.07; a converted reference DPA checkpoint sets it to 1, i.e. the authors'
+            raw cosines). `.softmax(-1)` gives the class probabilities.
         point_cloud_embeds: (batch, projection_dim) L2-normalised fused embedding.
         pretrained_path_embeds: (batch, projection_dim) output of the CLIP2Point-depth-encoder path's aggregator.
         clip_path_embeds: (batch, projection_dim) output of the original-CLIP path's aggregator.
@@ -310,14 +325,19 @@ class CLIP2PointPreTrainedModel(PreTrainedModel):
     def is_custom_code(cls) -> bool:
         """False, so that weights a checkpoint lacks are initialised as in a model built from its config.
 
-        For custom code, transformers skips initialising every module whose own parameters and buffers are all
-        loaded (a guard for remote `_init_weights` that write tensors in place). That skip also hits modules
-        without parameters of their own, such as `CLIPAttention` and `CLIPMLP`, so a missing q/k/v/out or fc
-        weight got the generic N(0, initializer_range) instead of CLIP's rule (and a missing projection did
-        whenever `logit_scale` was loaded). Every initialisation here and in CLIP goes through
-        `transformers.initialization`, which skips each loaded tensor itself, so the guard is not needed.
-        `is_remote_code()` is unchanged: `save_pretrained` still copies this file for `trust_remote_code`. The
-        flag's other uses (weight-conversion lookup by model type, cleanup after module tying) find nothing here.
+        transformers has no public switch for this. `PreTrainedModel.initialize_weights` passes
+        `self.is_custom_code()` down to `PreTrainedModel._initialize_weights(module, is_custom_code)`, which, when
+        it is True, skips `_init_weights(module)` for every module whose own parameters and buffers
+        (`recurse=False`) all carry `_is_hf_initialized` -- a guard for remote `_init_weights` that write tensors
+        in place. `all()` over no tensors is True, so the guard also skips modules without parameters of their
+        own, such as `CLIPAttention` and `CLIPMLP`, whose `_init_weights` branch initialises their child linear
+        layers: a missing q/k/v/out or fc weight then got the generic N(0, initializer_range) instead of CLIP's
+        rule. `PreTrainedModel.is_custom_code` is True for any class outside `transformers.` (this one, even
+        installed), so without this override that happens whenever a checkpoint lacks tower weights. Every
+        initialisation here and in CLIP goes through `transformers.initialization`, which skips each loaded tensor
+        itself, so the guard is not needed. `is_remote_code()` is unchanged: `save_pretrained` still copies this
+        file for `trust_remote_code`. The flag's two other uses (`get_model_conversion_mapping`'s lookup by model
+        type, `mark_tied_weights_as_initialized`'s cleanup after module tying) find nothing to do here.
         """
         return False
 
@@ -373,8 +393,31 @@ class CLIP2PointPreTrainedModel(PreTrainedModel):
         """Copy CLIP's towers into this model's towers (each subclass knows which)."""
         raise NotImplementedError
 
-    def freeze_frozen_parts(self) -> None:
-        """Set `requires_grad=False` on what this model never trains (each subclass knows what)."""
+    def freeze_for_training(self) -> list[str]:
+        """Leave trainable exactly what CLIP2Point trains in this model, freeze the rest, and return the names of
+        the trainable parameters.
+
+        Building or loading a model freezes nothing (as in any transformers model); a training script calls this
+        once, before building its optimiser. It first sets `requires_grad=True` everywhere, so the result does
+        not depend on earlier calls. What stays trainable:
+
+        - `CLIP2PointModel`: the depth encoder (`depth_model`, `depth_projection`); CLIP's text tower, text
+          projection and logit scale are frozen in every stage of the method.
+        - `CLIP2PointForPreTraining`: the depth encoder and the balance weight `w`; the CLIP image encoder
+          (`image_model`, `image_projection`) and the text tower are frozen.
+        - `CLIP2PointForPointCloudClassification` (GDPA): only the adapters -- both aggregators, the fusion and
+          the classifier logit scale; both vision towers and the text tower are frozen.
+
+        To train more (e.g. `finetune_gdpa.py --train_backbone`), set `requires_grad_(True)` on those modules
+        after calling this.
+        """
+        self.requires_grad_(True)
+        for module in self._frozen_modules():
+            module.requires_grad_(False)
+        return [name for name, param in self.named_parameters() if param.requires_grad]
+
+    def _frozen_modules(self) -> list[nn.Module | nn.Parameter]:
+        """The modules (or parameters) `freeze_for_training` freezes; each subclass knows which."""
         raise NotImplementedError
 
     def save_pretrained(self, save_directory, *args, **kwargs):
@@ -387,17 +430,13 @@ class CLIP2PointPreTrainedModel(PreTrainedModel):
             }
         super().save_pretrained(save_directory, *args, **kwargs)
 
-    @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        # Loading builds fresh parameters with requires_grad=True: re-freeze what the method keeps frozen.
-        model = super().from_pretrained(*args, **kwargs)
-        if isinstance(model, CLIP2PointPreTrainedModel):
-            model.freeze_frozen_parts()
-        return model
-
 
 class CLIP2PointModel(CLIP2PointPreTrainedModel):
-    """Depth encoder (a CLIP vision tower with projection, trained by CLIP2Point) and the frozen CLIP text tower."""
+    """Depth encoder (a CLIP vision tower with projection, trained by CLIP2Point) and CLIP's text tower.
+
+    `forward` gives CLIP-scaled zero-shot logits (`logits_per_point_cloud`, as `CLIPModel`'s
+    `logits_per_image`) and the authors' unscaled sum of per-view cosines (`cosine_sum_per_point_cloud`).
+    """
 
     def __init__(self, config: CLIP2PointConfig):
         super().__init__(config)
@@ -407,13 +446,10 @@ class CLIP2PointModel(CLIP2PointPreTrainedModel):
         self.text_projection = nn.Linear(config.text_config.hidden_size, config.projection_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
         self.post_init()
-        self.freeze_frozen_parts()
 
-    def freeze_frozen_parts(self) -> None:
-        """The text tower and logit scale are CLIP's and stay frozen in every CLIP2Point stage."""
-        for module in (self.text_model, self.text_projection):
-            module.requires_grad_(False)
-        self.logit_scale.requires_grad_(False)
+    def _frozen_modules(self) -> list[nn.Module | nn.Parameter]:
+        # The text tower and logit scale are CLIP's and stay frozen in every CLIP2Point stage.
+        return [self.text_model, self.text_projection, self.logit_scale]
 
     def load_clip_weights(self, clip: CLIPModel) -> None:
         self.depth_model.load_state_dict(clip.vision_model.state_dict())
@@ -461,6 +497,10 @@ class CLIP2PointModel(CLIP2PointPreTrainedModel):
             raise ValueError(
                 f"`view_weights` has shape {tuple(weights.shape)} but the input has {views} views"
             )
+        if not torch.compiler.is_compiling() and not bool(weights.sum() > 0):
+            raise ValueError(
+                f"`view_weights` must have a positive sum (the logits are their weighted mean), got {weights.tolist()}"
+            )
         return weights
 
     @can_return_tuple
@@ -498,6 +538,14 @@ class CLIP2PointModel(CLIP2PointPreTrainedModel):
         outputs.pooler_output = self.text_projection(outputs.pooler_output)
         return outputs
 
+    def encode_class_prompts(
+        self, tokenizer, class_names: Sequence[str], templates: str | Sequence[str] | None = None
+    ) -> torch.Tensor:
+        """(K, projection_dim) L2-normalised class embeddings (`prompts.encode_class_prompts`): one template, or
+        the mean of several (an ensemble), re-normalised. Default templates: `config.prompt_templates`. Pass the
+        result as `text_embeds` to score point clouds against them."""
+        return encode_class_prompts(self, tokenizer, class_names, templates or self.config.prompt_templates)
+
     @can_return_tuple
     def forward(
         self,
@@ -506,10 +554,25 @@ class CLIP2PointModel(CLIP2PointPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         view_weights: Sequence[float] | torch.Tensor | None = None,
+        text_embeds: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> CLIP2PointOutput:
-        """`pixel_values`: (B, V, 3, H, W) depth views; `input_ids` / `attention_mask`: tokenised prompts."""
-        depth_outputs = text_outputs = view_embeds = point_cloud_embeds = text_embeds = logits = None
+        """Zero-shot scores of point clouds against texts.
+
+        Args:
+            pixel_values: (B, V, 3, H, W) depth views.
+            input_ids / attention_mask / position_ids: tokenised prompts, one per text.
+            view_weights: (V,) weights of the views (default: `config.view_weights`, else all 1).
+            text_embeds: (K, projection_dim) text embeddings computed beforehand, instead of `input_ids` -- e.g. a
+                prompt ensemble per class from `encode_class_prompts` (normalised again here).
+
+        `logits_per_point_cloud` is CLIP-scaled (`.softmax(-1)` gives probabilities); the authors' unscaled sum of
+        cosines is `cosine_sum_per_point_cloud`.
+        """
+        if input_ids is not None and text_embeds is not None:
+            raise ValueError("give `input_ids` or `text_embeds`, not both")
+        depth_outputs = text_outputs = view_embeds = point_cloud_embeds = weights = None
+        cosine_sum = logits = None
         if pixel_values is not None:
             _check_images(pixel_values, self.config, "pixel_values")
             batch, views = pixel_values.shape[:2]
@@ -521,12 +584,22 @@ class CLIP2PointModel(CLIP2PointPreTrainedModel):
             text_outputs = self.get_text_features(
                 input_ids, attention_mask, position_ids, return_dict=True, **kwargs
             )
-            text_embeds = F.normalize(text_outputs.pooler_output, dim=-1)
+            text_embeds = text_outputs.pooler_output
+        if text_embeds is not None:
+            if text_embeds.ndim != 2 or text_embeds.shape[-1] != self.config.projection_dim:
+                raise ValueError(
+                    f"`text_embeds` must be (num_texts, {self.config.projection_dim}), got {tuple(text_embeds.shape)}"
+                )
+            text_embeds = F.normalize(text_embeds, dim=-1)
         if point_cloud_embeds is not None and text_embeds is not None:
-            logits = point_cloud_embeds @ text_embeds.T
+            text_embeds = text_embeds.to(point_cloud_embeds)
+            cosine_sum = point_cloud_embeds @ text_embeds.T
+            # CLIP's scale applies to a cosine: divide the weighted sum by the total weight (a weighted mean).
+            logits = cosine_sum * (self.logit_scale.exp() / weights.sum())
         return CLIP2PointOutput(
             logits_per_point_cloud=logits,
             logits_per_text=None if logits is None else logits.T,
+            cosine_sum_per_point_cloud=cosine_sum,
             view_embeds=view_embeds,
             point_cloud_embeds=point_cloud_embeds,
             text_embeds=text_embeds,
@@ -536,7 +609,11 @@ class CLIP2PointModel(CLIP2PointPreTrainedModel):
 
 
 class CLIP2PointForPreTraining(CLIP2PointPreTrainedModel):
-    """Image-depth pre-training: trainable depth encoder, frozen CLIP image encoder, learned balance weight."""
+    """Image-depth pre-training: trainable depth encoder, CLIP image encoder, learned balance weight.
+
+    The method trains the depth encoder and the balance weight; `freeze_for_training()` freezes the image encoder
+    and the text tower. The image embeddings are detached in `forward` in any case (they are the targets).
+    """
 
     def __init__(self, config: CLIP2PointConfig):
         super().__init__(config)
@@ -545,13 +622,10 @@ class CLIP2PointForPreTraining(CLIP2PointPreTrainedModel):
         self.image_projection = nn.Linear(config.vision_config.hidden_size, config.projection_dim, bias=False)
         self.balance_weight = nn.Parameter(torch.tensor(config.balance_weight_init_value))
         self.post_init()
-        self.freeze_frozen_parts()
 
-    def freeze_frozen_parts(self) -> None:
-        """Only the depth encoder and the balance weight train."""
-        self.clip2point.freeze_frozen_parts()
-        self.image_model.requires_grad_(False)
-        self.image_projection.requires_grad_(False)
+    def _frozen_modules(self) -> list[nn.Module | nn.Parameter]:
+        # Only the depth encoder and the balance weight train.
+        return [*self.clip2point._frozen_modules(), self.image_model, self.image_projection]
 
     def load_clip_weights(self, clip: CLIPModel) -> None:
         self.clip2point.load_clip_weights(clip)
@@ -573,10 +647,20 @@ class CLIP2PointForPreTraining(CLIP2PointPreTrainedModel):
         self,
         pixel_values: torch.Tensor,
         depth_pixel_values: torch.Tensor,
+        return_loss: bool | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> CLIP2PointPreTrainingOutput:
-        """`pixel_values`: (B, 3, H, W) RGB renderings; `depth_pixel_values`: (B, 2, 3, H, W), the two
-        depth maps rendered from the RGB image's view at two distances."""
+        """Embeddings of a batch of objects and, when asked for, the pre-training loss.
+
+        Args:
+            pixel_values: (B, 3, H, W) RGB renderings.
+            depth_pixel_values: (B, 2, 3, H, W), the two depth maps rendered from the RGB image's view at two
+                distances.
+            return_loss: whether to compute the loss (default: in training mode only, as `CLIPModel` computes its
+                loss only when asked). The loss needs a global batch (B times the processes) of 2 or more objects,
+                each one's negatives being the others: computing it on fewer is refused. Without it, any batch
+                works and gives its embeddings (a validation loss: `return_loss=True` in eval mode).
+        """
         _check_images(depth_pixel_values, self.config, "depth_pixel_values", views=2)
         _check_images(pixel_values, self.config, "pixel_values", views=0)
         batch = depth_pixel_values.shape[0]
@@ -585,10 +669,12 @@ class CLIP2PointForPreTraining(CLIP2PointPreTrainedModel):
                 f"`pixel_values` has {pixel_values.shape[0]} images but `depth_pixel_values` {batch} objects"
             )
         world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-        if batch * world < 2:
+        with_loss = self.training if return_loss is None else return_loss
+        if with_loss and batch * world < 2:
             raise ValueError(
-                f"pre-training needs a global batch of at least 2 objects (the others are each one's negatives), "
-                f"got {batch} x {world} process(es)"
+                f"the pre-training loss needs a global batch of at least 2 objects (the others are each one's "
+                f"negatives), got {batch} x {world} process(es); for embeddings alone use eval mode or "
+                "return_loss=False"
             )
         depth_outputs = self.clip2point.get_depth_features(
             depth_pixel_values.flatten(0, 1), return_dict=True, **kwargs
@@ -596,9 +682,11 @@ class CLIP2PointForPreTraining(CLIP2PointPreTrainedModel):
         depth = depth_outputs.pooler_output.view(batch, 2, -1)
         image_outputs = self.get_image_features(pixel_values, return_dict=True, **kwargs)
         image = image_outputs.pooler_output.detach()
-        loss, loss_cross, loss_intra = pretraining_loss(
-            depth[:, 0], depth[:, 1], image, self.balance_weight, self.config.pretraining_temperature
-        )
+        loss = loss_cross = loss_intra = None
+        if with_loss:
+            loss, loss_cross, loss_intra = pretraining_loss(
+                depth[:, 0], depth[:, 1], image, self.balance_weight, self.config.pretraining_temperature
+            )
         return CLIP2PointPreTrainingOutput(
             loss=loss,
             loss_cross=loss_cross,
@@ -615,8 +703,9 @@ class CLIP2PointForPointCloudClassification(CLIP2PointPreTrainedModel):
     """Gated Dual-Path Adapter: frozen CLIP2Point depth tower and frozen original CLIP tower see the same views;
     one aggregator per path, a fusion, and a cosine classifier against stored class text embeddings.
 
-    Only the aggregators, the fusion and the logit scale train. Class embeddings are a persistent buffer built
-    by `set_class_names` with the frozen text tower and saved with the weights.
+    The method trains only the aggregators, the fusion and the classifier logit scale (`freeze_for_training()`
+    freezes the rest). Class embeddings are a persistent buffer built by `set_class_names` with the text tower and
+    saved with the weights; the templates they were built from are kept in `config.prompt_templates`.
     """
 
     def __init__(self, config: CLIP2PointConfig):
@@ -630,13 +719,10 @@ class CLIP2PointForPointCloudClassification(CLIP2PointPreTrainedModel):
         self.classifier_logit_scale = nn.Parameter(torch.tensor(config.classifier_logit_scale_init_value))
         self.register_buffer("class_embeddings", torch.zeros(config.num_labels, config.projection_dim))
         self.post_init()
-        self.freeze_frozen_parts()
 
-    def freeze_frozen_parts(self) -> None:
-        """Freeze both vision towers and the text tower: only adapter parameters train."""
-        self.clip2point.requires_grad_(False)
-        self.clip_model.requires_grad_(False)
-        self.clip_projection.requires_grad_(False)
+    def _frozen_modules(self) -> list[nn.Module | nn.Parameter]:
+        # Both vision towers and the text tower: only the adapter parameters train.
+        return [self.clip2point, self.clip_model, self.clip_projection]
 
     def load_clip_weights(self, clip: CLIPModel) -> None:
         """Both paths from CLIP (an untrained CLIP2Point); use `from_pretrained_models` for a trained one."""
@@ -651,7 +737,7 @@ class CLIP2PointForPointCloudClassification(CLIP2PointPreTrainedModel):
         clip: str | CLIPModel,
         class_names: Sequence[str],
         tokenizer,
-        prompt_template: str | Sequence[str] | None = None,
+        prompt_templates: str | Sequence[str] | None = None,
         **config_kwargs,
     ) -> CLIP2PointForPointCloudClassification:
         """Assemble the adapter model from a CLIP2Point checkpoint (any CLIP2Point class) and a CLIP checkpoint.
@@ -667,16 +753,19 @@ class CLIP2PointForPointCloudClassification(CLIP2PointPreTrainedModel):
         model.clip2point.load_state_dict(clip2point.state_dict())
         model.clip_model.load_state_dict(clip.vision_model.state_dict())
         model.clip_projection.load_state_dict(clip.visual_projection.state_dict())
-        model.set_class_names(class_names, tokenizer, prompt_template)
+        model.set_class_names(class_names, tokenizer, prompt_templates)
         return model
 
     @torch.no_grad()
     def set_class_names(
-        self, class_names: Sequence[str], tokenizer, prompt_template: str | Sequence[str] | None = None
+        self, class_names: Sequence[str], tokenizer, prompt_templates: str | Sequence[str] | None = None
     ) -> None:
-        """Embed `class_names` with the frozen text tower and store them (and id2label) in the model.
+        """Embed `class_names` with the frozen text tower and store them, id2label and the templates in the model.
 
-        Several templates are an ensemble: their normalised embeddings are averaged and re-normalised.
+        `prompt_templates`: one template or several (an ensemble: the mean of the normalised prompt embeddings,
+        re-normalised); default `config.prompt_templates`. Every template is recorded in
+        `config.prompt_templates`, so a saved and reloaded model re-encodes exactly these class embeddings.
+        The encoding is `prompts.encode_class_prompts`, the one the zero-shot pipeline and evaluation use.
         """
         names = list(class_names)
         if not names or any(not isinstance(n, str) or not n.strip() for n in names):
@@ -687,26 +776,17 @@ class CLIP2PointForPointCloudClassification(CLIP2PointPreTrainedModel):
             raise ValueError(
                 f"`class_names` has duplicates: {sorted({n for n in names if names.count(n) > 1})}"
             )
-        templates = prompt_template or self.config.prompt_template
+        templates = prompt_templates or self.config.prompt_templates
         templates = [templates] if isinstance(templates, str) else list(templates)
-        device = self.class_embeddings.device
-        embeds = torch.zeros(len(names), self.config.projection_dim, device=device)
-        for template in templates:
-            tokens = tokenizer(
-                [template.format(n) for n in names],
-                padding=True,
-                truncation=True,
-                max_length=self.config.text_config.max_position_embeddings,
-                return_tensors="pt",
-            ).to(device)
-            text = self.clip2point.get_text_features(
-                tokens["input_ids"], tokens.get("attention_mask")
-            ).pooler_output
-            embeds += F.normalize(text.float(), dim=-1)
-        self.class_embeddings = F.normalize(embeds, dim=-1).to(self.class_embeddings.dtype)
+        if not templates or any(not isinstance(t, str) or "{}" not in t for t in templates):
+            raise ValueError(
+                f"`prompt_templates` must be templates each containing '{{}}', got {templates!r}"
+            )
+        embeds = encode_class_prompts(self.clip2point, tokenizer, names, templates)
+        self.class_embeddings = embeds.to(self.class_embeddings)
         self.config.id2label = dict(enumerate(names))
         self.config.label2id = {n: i for i, n in enumerate(names)}
-        self.config.prompt_template = templates[0]
+        self.config.prompt_templates = templates
 
     @can_return_tuple
     def forward(

@@ -89,8 +89,10 @@ class PointCloudPipeline(Pipeline):
 class ZeroShotPointCloudClassificationPipeline(PointCloudPipeline):
     """Zero-shot classification of point clouds with a CLIP2Point model.
 
-    Scores are the softmax over labels of CLIP's logit scale times the (view-weighted) mean cosine
-    similarity between the depth views and each prompt, so they are calibrated like CLIP's.
+    Scores are the softmax over labels of the model's `logits_per_point_cloud`: CLIP's logit scale times the
+    (view-weighted) mean cosine similarity between the depth views and each prompt, so they are calibrated like
+    CLIP's. Prompts: `hypothesis_template` if given, else the model's `config.prompt_templates` (several are an
+    ensemble, embedded once per label set and cached).
 
     Example:
         >>> clf = pipeline("zero-shot-point-cloud-classification", model="org/clip2point")
@@ -121,25 +123,23 @@ class ZeroShotPointCloudClassificationPipeline(PointCloudPipeline):
             raise ValueError("`candidate_labels` is required, e.g. candidate_labels=['chair', 'table']")
         return super().__call__(inputs, **kwargs)
 
-    def _text_embeddings(self, labels: tuple[str, ...], template: str) -> torch.Tensor:
-        key = (labels, template)
+    def _text_embeddings(self, labels: tuple[str, ...], templates: tuple[str, ...]) -> torch.Tensor:
+        key = (labels, templates)
         if key not in self._text_cache:
             self._text_cache[key] = encode_class_prompts(
-                self.model, self.processor.tokenizer, labels, [template]
+                self.model, self.processor.tokenizer, labels, list(templates)
             )
         return self._text_cache[key]
 
     def _forward(
         self, model_inputs: dict, candidate_labels: tuple[str, ...], hypothesis_template=None
     ) -> dict:
-        template = hypothesis_template or self.model.config.prompt_template
-        pixel_values = self._pixel_values(model_inputs)
-        point_cloud = self.model.get_point_cloud_features(pixel_values).pooler_output.float()
-        logits = point_cloud @ self._text_embeddings(candidate_labels, template).T
-        weights = self.model.config.view_weights
-        total_weight = sum(weights) if weights else pixel_values.shape[1]
-        scale = self.model.logit_scale.exp().float() / total_weight
-        return {"scores": (scale * logits).softmax(dim=-1)}
+        templates = (
+            (hypothesis_template,) if hypothesis_template else tuple(self.model.config.prompt_templates)
+        )
+        text_embeds = self._text_embeddings(candidate_labels, templates)
+        outputs = self.model(pixel_values=self._pixel_values(model_inputs), text_embeds=text_embeds)
+        return {"scores": outputs.logits_per_point_cloud.float().softmax(dim=-1)}
 
     def postprocess(self, model_outputs: dict, candidate_labels: tuple[str, ...]) -> list[dict]:
         scores = model_outputs["scores"].reshape(-1).tolist()  # (1, K) unbatched, or (K,) from a batch

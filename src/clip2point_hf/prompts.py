@@ -3,7 +3,8 @@
 Used by the loaders (their ``prompt_names`` metadata), the zero-shot pipeline, evaluation, the training
 scripts and the CLI. The dataset class lists themselves are in :mod:`clip2point_hf.data.names`.
 
-This module imports only ``torch`` and the standard library: the pipeline imports it.
+This module imports only ``torch`` and the standard library: the model and pipeline files import it, and it is
+copied flat beside them into Hub folders (``trust_remote_code``).
 """
 
 from __future__ import annotations
@@ -158,10 +159,18 @@ def resolve_templates(prompts: str | Sequence[str] | None) -> list[str]:
 
 @torch.no_grad()
 def encode_class_prompts(
-    model, tokenizer, class_names: Sequence[str], templates: Sequence[str]
+    model, tokenizer, class_names: Sequence[str], templates: str | Sequence[str]
 ) -> torch.Tensor:
-    """(K, D) L2-normalised class embeddings of a ``CLIP2PointModel``: mean over templates of the normalised
-    text embeddings, re-normalised (one template: exactly the reference's embedding)."""
+    """(K, D) L2-normalised float32 class embeddings of a ``CLIP2PointModel``: mean over templates of the normalised
+    text embeddings, re-normalised (one template: exactly the reference's embedding).
+
+    The one class-prompt encoder of the package: ``CLIP2PointForPointCloudClassification.set_class_names``, the
+    zero-shot pipeline, evaluation and the training scripts all call it. Pass the result to
+    ``CLIP2PointModel.forward(text_embeds=...)`` for CLIP-scaled logits.
+    """
+    templates = [templates] if isinstance(templates, str) else list(templates)
+    if not templates:
+        raise ValueError("`templates` must hold at least one prompt template")
     device = next(model.parameters()).device
     max_length = model.config.text_config.max_position_embeddings
     total = None

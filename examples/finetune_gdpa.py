@@ -27,7 +27,6 @@ import torch
 from clip2point_apps.evaluation import classification_metrics, save_confusion_matrix_image
 from clip2point_apps.training import (
     BackboneArguments,
-    KeyedDataset,
     PointCloudDataArguments,
     TrainingArguments,
     TrainingRun,
@@ -43,7 +42,13 @@ from clip2point_apps.training import (
     write_json,
 )
 from clip2point_hf import CLIP2PointForPointCloudClassification
-from clip2point_hf.data import PointCloudBatchTransform, random_subset, sample_k_shot, stratified_split
+from clip2point_hf.data import (
+    KeyedDataset,
+    PointCloudBatchTransform,
+    random_subset,
+    sample_k_shot,
+    stratified_split,
+)
 from clip2point_hf.errors import run_script
 from clip2point_hf.loading import resolve_model
 from clip2point_hf.prompts import prompt_names, resolve_templates

@@ -34,7 +34,6 @@ import torch
 from clip2point_apps.evaluation import classification_metrics
 from clip2point_apps.training import (
     BackboneArguments,
-    KeyedDataset,
     TrainingArguments,
     TrainingRun,
     args_to_dict,
@@ -51,6 +50,7 @@ from clip2point_apps.training import (
 )
 from clip2point_hf import CLIP2PointForPreTraining, CLIP2PointModel
 from clip2point_hf.data import (
+    KeyedDataset,
     PointCloudBatchTransform,
     PretrainingPairTransform,
     dataset_metadata,

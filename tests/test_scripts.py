@@ -696,7 +696,7 @@ def test_parse_args_from_files_and_overrides(tmp_path):
 
 
 def test_epoch_sampler_and_keyed_draws_are_reproducible():
-    from clip2point_apps.training import EpochSampler
+    from clip2point_hf.data import EpochSampler
     from clip2point_hf.seeding import keyed_generator
 
     sampler = EpochSampler(10, seed=3)

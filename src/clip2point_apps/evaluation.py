@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from clip2point_hf.data import PointCloudBatchTransform, random_subset
+from clip2point_hf.data import KeyedDataset, PointCloudBatchTransform, random_subset
 from clip2point_hf.loading import resolve_model
 from clip2point_hf.modeling_clip2point import CLIP2PointForPointCloudClassification, CLIP2PointModel
 from clip2point_hf.pipeline_clip2point import CLASSIFICATION_TASK, task_for_architecture
@@ -45,7 +45,6 @@ from clip2point_hf.rendering_clip2point import VIEW_PRESETS, resolve_views
 from .hub import RUN_ARGS_FILE
 from .training import (
     BackboneArguments,
-    KeyedDataset,
     PointCloudDataArguments,
     args_to_dict,
     build_clip,

@@ -196,7 +196,7 @@ def test_build_render_pairs_bad_mesh_writes_nothing(tmp_path):
     (root / "box" / "train" / "zz.off").write_text("OFF\n3 1 0\n0 0 0\n1 1 1\n2 2 2\n3 0 1 2\n")
     with pytest.raises(DatasetFormatError, match=r"zz\.off: mesh has zero surface area"):
         build_render_pairs(root, tmp_path / "out", render_points=512, num_points=256)
-    assert list(tmp_path.glob("out*")) == [] and list(tmp_path.glob(".out*")) == []
+    assert list(tmp_path.glob("out*")) == [] and list(tmp_path.glob(".*")) == []
     with pytest.warns(UserWarning, match="skipped 1 meshes"):
         out = build_render_pairs(root, tmp_path / "out", render_points=512, num_points=256, on_error="skip")
     assert "box-zz.npy" not in (out / "ShapeNet-55" / "train.txt").read_text()

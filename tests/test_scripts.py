@@ -766,7 +766,7 @@ def test_trackers_are_optional():
 
 
 # ---------------------------------------------------------------------------------------------------------
-# A kill at any point of a checkpoint save keeps the last complete checkpoint (issue 12)
+# A kill at any point of a checkpoint save keeps the last complete checkpoint
 
 #: Runs a script's main with a real SIGKILL at one point of its KILL_AT_SAVE-th checkpoint save.
 _KILL_DRIVER = """
@@ -799,7 +799,7 @@ if point == "mid_state":  # the model's weights are written, the optimizer's are
     torch_save = torch.save
     torch.save = lambda *a, **k: die() if armed() else torch_save(*a, **k)
 elif point == "before_publish":  # complete and marked, not yet renamed
-    wrap("_publish_checkpoint", "before")
+    wrap("replace_folder", "before")
 elif point == "before_prune":  # renamed: two complete checkpoints on disk
     wrap("_prune_checkpoints", "before")
 elif point == "mid_prune":  # the old checkpoint renamed away, not yet deleted

@@ -4,7 +4,7 @@
 * :mod:`.backbone`: the CLIP a run builds on, its tokenizer, the processor saved with the run;
 * :mod:`.sampling`: the per-step re-seeding that makes a resumed step replay exactly;
 * :mod:`.optimization`: optimiser and learning-rate schedule;
-* :mod:`.checkpointing`: resumable checkpoints and atomic folder saves;
+* :mod:`.checkpointing`: resumable checkpoints;
 * :mod:`.tracking`: trackers and the JSON log;
 * :mod:`.loop`: the update loop, prediction, rendering a batch, and :class:`TrainingRun` (the scaffolding around
   them).
@@ -28,7 +28,6 @@ from .checkpointing import (
     latest_checkpoint,
     resume_from_checkpoint,
     save_checkpoint,
-    save_folder_atomically,
 )
 from .loop import (
     TrainingRun,
@@ -73,7 +72,6 @@ __all__ = [
     "resume_from_checkpoint",
     "run_training",
     "save_checkpoint",
-    "save_folder_atomically",
     "seed_step",
     "setup_accelerator",
     "start_trackers",

@@ -43,6 +43,7 @@ from clip2point_hf.prompts import PROMPT_NAMINGS, encode_class_prompts, prompt_n
 from clip2point_hf.rendering_clip2point import VIEW_PRESETS, resolve_views
 
 from .hub import RUN_ARGS_FILE
+from .metrics import load_accuracy_metric
 from .training import (
     BackboneArguments,
     PointCloudDataArguments,
@@ -211,18 +212,6 @@ def parse_views(spec: str | int):
 
 # ---------------------------------------------------------------------------------------------------------
 # Metrics and the confusion-matrix picture (also used by the training scripts)
-
-METRIC_PATH = Path(__file__).resolve().parent / "metrics" / "accuracy_clip2point.py"
-_metric_cache: dict[str, Any] = {}
-
-
-def load_accuracy_metric():
-    """The package's ``evaluate`` metric module, loaded by path (works offline)."""
-    import evaluate
-
-    if "metric" not in _metric_cache:
-        _metric_cache["metric"] = evaluate.load(str(METRIC_PATH))
-    return _metric_cache["metric"]
 
 
 def classification_metrics(predictions, references, class_names: Sequence[str]) -> dict:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Gated Dual-Path Adapter training with Accelerate (SPEC section 4): K-shot for any K, or full supervision.
+"""GDPA training with Accelerate (docs/design.md, "Gated Dual-Path Adapter"): K-shot for any K, or full supervision.
 
 Both frozen vision towers (CLIP2Point's depth encoder and the original CLIP vision tower) see the same depth views
 of a cloud, rendered on the accelerator device inside the step; only the two aggregators, the fusion and the

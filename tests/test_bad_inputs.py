@@ -1,4 +1,4 @@
-"""A catalogue of bad inputs (issue 12), table-driven and fast: each case asserts its category.
+"""A catalogue of bad inputs, table-driven and fast: each case asserts its category.
 
 - ``error``: one clear line (no newline) naming the culprit (the argument, file, folder or id) and the problem;
 - ``result``: a documented outcome (a skipped file with a warning, a normalised huge cloud, a NaN confined to its

@@ -1,4 +1,4 @@
-"""Zero-shot point-cloud classification with a CLIP2Point depth encoder (SPEC section 3); the same scoring of a
+"""Zero-shot classification with a CLIP2Point depth encoder (docs/design.md, "Zero-shot classification"); the same scoring of a
 fine-tuned classifier (``CLIP2PointForPointCloudClassification``, e.g. ``examples/finetune_gdpa.py`` output) over its
 own classes, rendered with the processor saved beside it.
 

@@ -1,6 +1,6 @@
 """Which weights the demo and `clip2point classify` use: the one named, else the best that can be reached.
 
-Without ``--model`` the order is (SPEC: issue 16): the package's published CLIP2Point checkpoint
+Without ``--model`` the order is: the package's published CLIP2Point checkpoint
 (:data:`DEFAULT_MODEL_ID`), a folder written by ``clip2point convert`` from the authors' ``best_eval.pth``
 (``$CLIP2POINT_MODEL``, else :data:`DEFAULT_CONVERTED_DIR`), plain CLIP as the depth encoder without depth
 pre-training (:data:`DEFAULT_CLIP_ID`), and only then a small random model labelled untrained.

@@ -41,7 +41,7 @@ class CLIP2PointOutput(CLIP2PointTowersOutput):
 
     Args:
         logits_per_point_cloud: (batch, num_texts) sum over views of the cosine similarity between each
-            view embedding and each text embedding, weighted by the view weights (SPEC section 3). Unscaled:
+            view embedding and each text embedding, weighted by the view weights (design.md, "Zero-shot classification"). Unscaled:
             multiply by `logit_scale.exp() / sum(view_weights)` for CLIP-calibrated probabilities.
         logits_per_text: the transpose of `logits_per_point_cloud`.
         view_embeds: (batch, views, projection_dim) L2-normalised embedding of every depth view.

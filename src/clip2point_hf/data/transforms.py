@@ -162,8 +162,8 @@ class PointCloudBatchTransform:
 
 
 class PretrainingPairTransform:
-    """Rows of a pairs dataset (``load_shapenet_pairs``) -> one training pair per object (see docs/design.md,
-    "Image-depth pre-training").
+    """Rows of a pairs dataset (``load_shapenet_pairs``) -> one training pair per object, as pre-training draws
+    them (see docs/design.md, "Image-depth pre-training").
 
     Per object, from its generator, in this order: one of its RGB renderings (uniformly), ``num_points`` random
     points, and two zoom distances ``d_j = 1 + (u_j - 0.5) * distance_jitter`` (``u_j ~ U[0, 1)``; 0.2 gives the

@@ -1,6 +1,6 @@
 """Folders that appear whole or not at all: each is written under a temporary name beside its place and renamed
 into it when complete, so a process killed at any moment (SIGKILL, power loss) never leaves a half-written folder
-under the final name.
+under the final name (see docs/design.md, "Writes that survive a kill").
 
 A temporary folder's name, ``.<role>-<name>-<pid>-<host>-<random>``, says which process on which machine owns it;
 :func:`clean_stale_work_folders` removes those whose process is gone.

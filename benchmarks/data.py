@@ -6,10 +6,8 @@ Measures:
   meshes per second, with 1 and 2 processes (the build is from scratch every time: ``rebuild=True``);
 - loading the built cache again (a cache hit);
 - the cache's size on disk;
-- clouds per second through a torch ``DataLoader`` from the cache, with random 1024-of-1024 re-ordering
-  plus augmentation (:class:`PointCloudTransform`): ``batched`` (:func:`point_cloud_dataloader`, one
-  Arrow read per batch), ``collate`` (per-example numpy reads, the transform as collate function) and
-  ``set_transform`` (the Python-list path of ``datasets``), each with 0 and 2 workers (torch uses one
+- clouds per second through the keyed loader from the cache (:class:`KeyedDataset`, one Arrow read per
+  batch) with augmentation (:class:`PointCloudBatchTransform`), with 0 and 2 workers (torch uses one
   intra-op thread in the main process here, as in DataLoader workers);
 - ``build_render_pairs`` on SHREC'16 (10 shaded 224 x 224 views + an 8192-point cloud per mesh):
   objects per second and output size (skip with ``--skip-render``).
@@ -63,35 +61,23 @@ def bench_build(root: Path, work: Path, num_proc: int, repeats: int) -> dict:
     }
 
 
-def bench_loader(ds, *, mode: str, workers: int, epochs: int, batch_size: int = 32) -> dict:
-    import torch
+def bench_loader(ds, *, workers: int, epochs: int, batch_size: int = 32) -> dict:
+    from clip2point_hf.data import KeyedDataset, PointCloudBatchTransform
 
-    from clip2point_hf.data import PointCloudTransform, point_cloud_dataloader
-
-    t = PointCloudTransform(num_points=1024, rotate_up=True, scale=(2 / 3, 3 / 2), translate=0.2)
-    if mode == "batched":
-        loader = point_cloud_dataloader(ds, batch_size, transform=t, num_workers=workers)
-    elif mode == "collate":
-        loader = torch.utils.data.DataLoader(
-            ds.with_format("numpy"),
-            batch_size=batch_size,
-            shuffle=True,
-            num_workers=workers,
-            collate_fn=t.collate,
-        )
-    else:
-        loader = torch.utils.data.DataLoader(
-            ds.with_transform(t), batch_size=batch_size, shuffle=True, num_workers=workers
-        )
+    t = PointCloudBatchTransform(num_points=1024, rotate=True, scale=(2 / 3, 3 / 2), translate=0.2)
+    loader = KeyedDataset(ds, t, seed=0, stream="bench").loader(
+        batch_size, shuffle=True, drop_last=False, num_workers=workers
+    )
     n = 0
     next(iter(loader))  # warm-up (worker start-up is not counted)
     t0 = time.perf_counter()
-    for _ in range(epochs):
+    for epoch in range(epochs):
+        loader.sampler.set_epoch(epoch)
         for batch in loader:
             n += batch["points"].shape[0]
             assert batch["points"].shape[1:] == (1024, 3)
     dt = time.perf_counter() - t0
-    return {"mode": mode, "workers": workers, "clouds": n, "seconds": dt, "clouds_per_s": n / dt}
+    return {"mode": "keyed", "workers": workers, "clouds": n, "seconds": dt, "clouds_per_s": n / dt}
 
 
 def main(argv=None) -> int:
@@ -138,11 +124,7 @@ def main(argv=None) -> int:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # as in DataLoader workers; 2 threads on tiny batches only add sync cost
         try:
-            results["loader"] = [
-                bench_loader(train, mode=m, workers=w, epochs=args.epochs)
-                for m in ("batched", "collate", "set_transform")
-                for w in (0, 2)
-            ]
+            results["loader"] = [bench_loader(train, workers=w, epochs=args.epochs) for w in (0, 2)]
         finally:
             torch.set_num_threads(threads)
         if not args.skip_render:

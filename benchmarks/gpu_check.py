@@ -62,7 +62,7 @@ BUDGET_S = {
     "pretrain": 120,
     "render_compile": 150,
 }
-TARGETS = {  # the issue's targets on one H200 / H100
+TARGETS = {  # the speed targets on one H200 / H100
     "render_clouds_per_s_b256": 20_000,
     "zero_shot_clouds_per_s": 2_500,
     "zero_shot_percent_of_tower": 90,
@@ -73,7 +73,7 @@ RESULT_TAG = "GPU_CHECK_RESULT "
 
 
 def sizes(dry_run: bool) -> SimpleNamespace:
-    """Workload sizes: the issue's on the device; tiny ones on CPU for ``--dry-run``."""
+    """Workload sizes: the full ones on the device; tiny ones on CPU for ``--dry-run``."""
     if dry_run:
         return SimpleNamespace(
             device="cpu",

@@ -50,7 +50,7 @@ from clip2point_hf.points_clip2point import normalize_point_cloud
 from clip2point_hf.rendering_clip2point import VIEW_PRESETS, DepthRenderer, camera_basis
 
 # ------------------------------------------------------------------------------------------------
-# The reference's algorithm, written plainly: every pixel tests every point (SPEC section 1).
+# The reference's algorithm, written plainly: every pixel tests every point (docs/design.md, "Depth rendering").
 # ------------------------------------------------------------------------------------------------
 
 

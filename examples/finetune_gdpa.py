@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Gated Dual-Path Adapter training with Accelerate (SPEC section 4): K-shot for any K, or full supervision.
+"""GDPA training with Accelerate (docs/design.md, "Gated Dual-Path Adapter"): K-shot for any K, or full supervision.
 
 Both frozen vision towers (CLIP2Point's depth encoder and the original CLIP vision tower) see the same depth views
 of a cloud, rendered on the accelerator device inside the step; only the two aggregators, the fusion and the
@@ -27,7 +27,6 @@ import torch
 from clip2point_apps.evaluation import classification_metrics, save_confusion_matrix_image
 from clip2point_apps.training import (
     BackboneArguments,
-    KeyedDataset,
     PointCloudDataArguments,
     TrainingArguments,
     TrainingRun,
@@ -43,7 +42,13 @@ from clip2point_apps.training import (
     write_json,
 )
 from clip2point_hf import CLIP2PointForPointCloudClassification
-from clip2point_hf.data import PointCloudBatchTransform, random_subset, sample_k_shot, stratified_split
+from clip2point_hf.data import (
+    KeyedDataset,
+    PointCloudBatchTransform,
+    random_subset,
+    sample_k_shot,
+    stratified_split,
+)
 from clip2point_hf.errors import run_script
 from clip2point_hf.loading import resolve_model
 from clip2point_hf.prompts import prompt_names, resolve_templates

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""CLIP2Point image-depth pre-training with Accelerate (SPEC section 2), from one CPU to many GPUs.
+"""CLIP2Point image-depth pre-training with Accelerate (docs/design.md, "Image-depth pre-training"), from one CPU to many GPUs.
 
 Every object of the pairs folder (Point-BERT's ShapeNet-55 + renderings, or ``build_render_pairs`` output)
 contributes, per step, one of its RGB renderings (frozen CLIP image encoder) and two depth maps of ``num_points``
@@ -34,7 +34,6 @@ import torch
 from clip2point_apps.evaluation import classification_metrics
 from clip2point_apps.training import (
     BackboneArguments,
-    KeyedDataset,
     TrainingArguments,
     TrainingRun,
     args_to_dict,
@@ -51,6 +50,7 @@ from clip2point_apps.training import (
 )
 from clip2point_hf import CLIP2PointForPreTraining, CLIP2PointModel
 from clip2point_hf.data import (
+    KeyedDataset,
     PointCloudBatchTransform,
     PretrainingPairTransform,
     dataset_metadata,

@@ -1,4 +1,4 @@
-"""A catalogue of bad inputs (issue 12), table-driven and fast: each case asserts its category.
+"""A catalogue of bad inputs, table-driven and fast: each case asserts its category.
 
 - ``error``: one clear line (no newline) naming the culprit (the argument, file, folder or id) and the problem;
 - ``result``: a documented outcome (a skipped file with a warning, a normalised huge cloud, a NaN confined to its
@@ -32,8 +32,8 @@ from clip2point_hf import (
     CLIP2PointModel,
     CLIP2PointProcessor,
 )
+from clip2point_hf.atomic import atomic_folder, clean_stale_work_folders, work_folder
 from clip2point_hf.conversion_clip2point import load_state_dict_file
-from clip2point_hf.data.cache import _host_tag, clean_stale_work_folders
 from clip2point_hf.data.mesh_folder import load_mesh_folder
 from clip2point_hf.errors import ModelLoadError, first_line, run_script
 from clip2point_hf.loading import load_pretrained, resolve_model
@@ -685,18 +685,33 @@ def _dead_pid() -> int:
 
 
 def test_stale_cache_work_folders_are_cleaned_but_live_ones_kept(tmp_path):
-    host = _host_tag()
-    dead = tmp_path / f".scratch-key-{_dead_pid()}-{host}-0123abcd"
-    live = tmp_path / f".tmp-key-{os.getpid()}-{host}-0123abcd"
+    dead = work_folder(tmp_path / "key", "scratch", pid=_dead_pid())
+    live = work_folder(tmp_path / "key", "tmp")
     foreign_recent = tmp_path / f".scratch-key-{_dead_pid()}-otherhost-0123abcd"
     foreign_old = tmp_path / ".old-key-1-otherhost-0123abcd"
     entry = tmp_path / "key"  # a finished cache entry
-    for folder in (dead, live, foreign_recent, foreign_old, entry):
+    other_dead = work_folder(tmp_path / "other", "tmp", pid=_dead_pid())
+    for folder in (dead, live, foreign_recent, foreign_old, entry, other_dead):
         folder.mkdir()
     os.utime(foreign_old, (time.time() - 2 * 86400,) * 2)
+    assert clean_stale_work_folders(tmp_path, "other") == [other_dead]  # only that target's folders
     removed = sorted(p.name for p in clean_stale_work_folders(tmp_path))
     assert removed == sorted([dead.name, foreign_old.name])
     assert live.is_dir() and foreign_recent.is_dir() and entry.is_dir()
+
+
+def test_atomic_folder_replaces_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "out"
+    with atomic_folder(target) as tmp:
+        (tmp / "a.txt").write_text("first")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and (target / "a.txt").read_text() == "first"
+    with pytest.raises(KeyboardInterrupt), atomic_folder(target) as tmp:
+        (tmp / "b.txt").write_text("half")
+        raise KeyboardInterrupt
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and sorted(os.listdir(target)) == ["a.txt"]
+    with atomic_folder(target) as tmp:
+        (tmp / "b.txt").write_text("second")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and sorted(os.listdir(target)) == ["b.txt"]
 
 
 # --------------------------------------------------------------------------------------------------------- convert

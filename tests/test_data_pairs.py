@@ -1,5 +1,5 @@
-"""ShapeNet-55-style image-depth pairs (Point-BERT clouds + 10-view renderings), the random-view
-transform, and ``build_render_pairs`` writing that layout from meshes."""
+"""ShapeNet-55-style image-depth pairs (Point-BERT clouds + 10-view renderings), the pre-training
+pair transform, and ``build_render_pairs`` writing that layout from meshes."""
 
 from __future__ import annotations
 
@@ -12,13 +12,15 @@ import torch
 from clip2point_hf.data import (
     SHAPENET55_SYNSETS,
     DatasetFormatError,
+    KeyedDataset,
     MissingFilesError,
-    RandomViewPairTransform,
+    PretrainingPairTransform,
     build_render_pairs,
     dataset_metadata,
     load_shapenet_pairs,
 )
 from clip2point_hf.prompts import prompt_names
+from clip2point_hf.rendering_clip2point import VIEW_PRESETS
 
 try:
     from test_data_helpers import CUBE_TRIS, CUBE_V, make_mesh_folder, make_pairs_release, write_off
@@ -60,39 +62,44 @@ def test_shapenet_pairs_layout(tmp_path):
     assert meta["up_axis"] == "y" and meta["num_views"] == 10
 
 
-def test_random_view_transform(tmp_path):
+def _pair_loader(ds, num_points, image_size, seed=0, **kwargs):
+    transform = PretrainingPairTransform(VIEW_PRESETS["reference10"], image_size, num_points, **kwargs)
+    return KeyedDataset(ds, transform, seed, "pairs")
+
+
+def test_pair_transform(tmp_path):
     make_pairs_release(tmp_path / "sn", tmp_path / "r", IDS, points=64, size=32, rgba=True)
     ds = load_shapenet_pairs(tmp_path / "sn", tmp_path / "r", cache_dir=tmp_path / "c")["train"]
-    ds.set_transform(
-        RandomViewPairTransform(num_points=16, image_size=24, generator=torch.Generator().manual_seed(0))
-    )
-    b = ds[:4]
+    pairs = _pair_loader(ds, 16, 24, image_mean=(0.0, 0.0, 0.0), image_std=(1.0, 1.0, 1.0))
+    b = pairs.__getitems__([0, 1, 2, 3])
     assert b["points"].shape == (4, 16, 3) and b["points"].dtype == torch.float32
     assert (
         b["image"].shape == (4, 3, 24, 24) and float(b["image"].min()) >= 0 and float(b["image"].max()) <= 1
     )
     assert b["view"].shape == (4,) and b["label"].dtype == torch.long
-    np.testing.assert_allclose(b["points"].norm(dim=-1).amax(dim=1).numpy(), 1.0, atol=1e-5)
+    reference10 = torch.tensor(VIEW_PRESETS["reference10"])[:, :2]
+    assert torch.equal(b["view_angles"], reference10[b["view"]])
+    assert ((b["distances"] >= 0.9) & (b["distances"] < 1.1)).all()
+    stored = ds.with_format("numpy")[:4]["points"]
+    for k in range(4):  # distinct points of the stored cloud
+        same = (b["points"][k][:, None, :] == torch.from_numpy(stored[k])[None]).all(dim=-1)
+        assert same.any(dim=1).all() and len(set(same.float().argmax(dim=1).tolist())) == 16
     # RGBA renderings are composited on white: alpha 0 everywhere -> white
     assert torch.allclose(b["image"], torch.ones_like(b["image"]), atol=0.02)
-    # seeded: the same generator seed gives the same draws; the draws change from call to call
-    ds.set_transform(RandomViewPairTransform(num_points=16, generator=torch.Generator().manual_seed(5)))
-    x1, x2 = ds[:4], ds[:4]
-    ds.set_transform(RandomViewPairTransform(num_points=16, generator=torch.Generator().manual_seed(5)))
-    y1 = ds[:4]
+    # keyed: the same seed gives the same draws; another epoch, other draws
+    x1, x2 = pairs.__getitems__([(0, 0), (0, 1)]), pairs.__getitems__([(1, 0), (1, 1)])
+    y1 = _pair_loader(ds, 16, 224).__getitems__([(0, 0), (0, 1)])
     assert torch.equal(x1["points"], y1["points"]) and torch.equal(x1["view"], y1["view"])
     assert not torch.equal(x1["points"], x2["points"])
-    # a full epoch through a DataLoader
-    loader = torch.utils.data.DataLoader(ds, batch_size=2)
-    batches = list(loader)
+    # a full epoch through the loader
+    batches = list(_pair_loader(ds, 16, 224).loader(2, shuffle=True, drop_last=False))
     assert len(batches) == 2 and batches[0]["image"].shape == (2, 3, 224, 224)
 
 
-def test_random_view_transform_clip_normalised(tmp_path):
+def test_pair_transform_clip_normalised(tmp_path):
     make_pairs_release(tmp_path / "sn", tmp_path / "r", IDS, points=64, size=32)
     ds = load_shapenet_pairs(tmp_path / "sn", tmp_path / "r", cache_dir=tmp_path / "c")["test"]
-    ds.set_transform(RandomViewPairTransform(num_points=None, image_size=32, clip_normalize=True))
-    b = ds[:1]
+    b = _pair_loader(ds, None, 32)[0]
     v = int(b["view"][0])
     # the synthetic view v is the colour (10 v, 100, 200)
     want = (
@@ -189,7 +196,7 @@ def test_build_render_pairs_bad_mesh_writes_nothing(tmp_path):
     (root / "box" / "train" / "zz.off").write_text("OFF\n3 1 0\n0 0 0\n1 1 1\n2 2 2\n3 0 1 2\n")
     with pytest.raises(DatasetFormatError, match=r"zz\.off: mesh has zero surface area"):
         build_render_pairs(root, tmp_path / "out", render_points=512, num_points=256)
-    assert list(tmp_path.glob("out*")) == [] and list(tmp_path.glob(".out*")) == []
+    assert list(tmp_path.glob("out*")) == [] and list(tmp_path.glob(".*")) == []
     with pytest.warns(UserWarning, match="skipped 1 meshes"):
         out = build_render_pairs(root, tmp_path / "out", render_points=512, num_points=256, on_error="skip")
     assert "box-zz.npy" not in (out / "ShapeNet-55" / "train.txt").read_text()

@@ -1,4 +1,4 @@
-"""`--protocol reference` (issue 10 item 6): the authors' zero-shot protocol, setting for setting, and explicit
+"""`--protocol reference`: the authors' zero-shot protocol, setting for setting, and explicit
 flags over it."""
 
 from __future__ import annotations

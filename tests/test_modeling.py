@@ -446,7 +446,7 @@ def test_frozen_parts_get_no_gradient_and_do_not_move(cls):
 
 
 def loop_nt_xent(a, b, temperature):
-    """SPEC: 2B rows, each with one positive and 2B - 2 negatives from both sets; mean -log softmax."""
+    """NT-Xent of docs/design.md, "Image-depth pre-training": one positive, 2B - 2 negatives per row; mean -log softmax."""
     z = [F.normalize(x, dim=0) for x in torch.cat([a, b])]
     n, batch = len(z), len(a)
     total = 0.0

@@ -1,5 +1,5 @@
 """Tests of the depth renderer against independent expectations: a brute-force rasteriser written
-straight from the SPEC's coverage rule, the SPEC's table of view bases, and known geometry."""
+straight from the pixel rule and the table of view bases of docs/design.md ("Depth rendering"), and known geometry."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from clip2point_hf.rendering_clip2point import (
 
 H = math.sqrt(0.5)  # the table's .707
 
-# SPEC section 1 table: (elev, azim) -> camera at, image up, image left, looking along.
-SPEC_TABLE = [
+# docs/design.md, "Camera basis" table: (elev, azim) -> camera at, image up, image left, looking along.
+BASIS_TABLE = [
     ((0, 0), (0, 0, 1), (0, 1, 0), (-1, 0, 0), (0, 0, -1)),
     ((90, 0), (0, 1, 0), (0, 0, 1), (1, 0, 0), (0, -1, 0)),
     ((180, 0), (0, 0, -1), (0, 1, 0), (1, 0, 0), (0, 0, 1)),
@@ -35,7 +35,7 @@ SPEC_TABLE = [
     ((0, 90), (1, 0, 0), (0, 1, 0), (0, 0, 1), (-1, 0, 0)),
     ((-90, 180), (0, -1, 0), (0, 0, 1), (-1, 0, 0), (0, 1, 0)),
 ]
-TABLE_BASES = {row[0]: row[1:] for row in SPEC_TABLE}
+TABLE_BASES = {row[0]: row[1:] for row in BASIS_TABLE}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -44,7 +44,7 @@ TABLE_BASES = {row[0]: row[1:] for row in SPEC_TABLE}
 
 
 def spec_basis_float64(elev: float, azim: float):
-    """The SPEC's camera formula in float64 (valid away from straight up/down views)."""
+    """The camera formula of docs/design.md ("Camera basis") in float64 (valid away from straight up/down views)."""
     e, a = math.radians(elev), math.radians(azim)
     c = np.array([math.cos(e) * math.sin(a), math.sin(e), math.cos(e) * math.cos(a)])
     z = -c / np.linalg.norm(c)
@@ -55,7 +55,7 @@ def spec_basis_float64(elev: float, azim: float):
 
 
 def brute_force(points, bases, distances, size, radius, clip_free=True):
-    """Loop over every pixel and every point (SPEC coverage rule), float64.
+    """Loop over every pixel and every point (the pixel rule of docs/design.md), float64.
 
     points (B, N, 3); bases[v] = (unit centre, up, left, look); distances (B, V).
     Returns depth (B, V, S, S) with 0 background and index (B, V, S, S) with -1 background.
@@ -91,7 +91,7 @@ def brute_force(points, bases, distances, size, radius, clip_free=True):
 
 
 def parity_image_reference(depth):
-    """SPEC depth-to-image, written per view with numpy."""
+    """docs/design.md's "Depth to intensity", written per view with numpy."""
     depth = np.asarray(depth, dtype=np.float64)
     grey = np.ones_like(depth)
     for idx in np.ndindex(*depth.shape[:-2]):
@@ -118,7 +118,7 @@ def random_clouds(b, n, seed, scale=1.0):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("row", SPEC_TABLE, ids=[f"{r[0][0]},{r[0][1]}" for r in SPEC_TABLE])
+@pytest.mark.parametrize("row", BASIS_TABLE, ids=[f"{r[0][0]},{r[0][1]}" for r in BASIS_TABLE])
 def test_camera_basis_matches_spec_table(row):
     (elev, azim), at, up, left, look = row
     basis = camera_basis(elev, azim, 1.0)
@@ -199,7 +199,7 @@ def _check_against_brute_force(renderer, points, views, bases, distances, clip_f
 
 
 def test_zbuffer_matches_brute_force_on_reference_views():
-    """The 10 reference views with the SPEC table's bases, S = 16, N = 20 (ties included)."""
+    """The 10 reference views with the basis table's bases, S = 16, N = 20 (ties included)."""
     pts = random_clouds(2, 20, seed=0)
     pts[0, 5] = pts[0, 3]  # duplicate point: the smaller index must win
     pts[1, 7] = pts[1, 19]
@@ -305,7 +305,7 @@ def test_orientation_of_known_views():
     assert row < c - 5 and col == c
     row, col = _pixel_of(r, (0.8, 0, 0), (0, 0))  # front view (camera at +Z): +X on the right
     assert col > c + 5 and row == c
-    row, col = _pixel_of(r, (0, 0, 0.8), (270, 0))  # bottom view: +Z also at the top (SPEC table)
+    row, col = _pixel_of(r, (0, 0, 0.8), (270, 0))  # bottom view: +Z also at the top (basis table)
     assert row < c - 5
 
 

@@ -696,7 +696,7 @@ def test_parse_args_from_files_and_overrides(tmp_path):
 
 
 def test_epoch_sampler_and_keyed_draws_are_reproducible():
-    from clip2point_apps.training import EpochSampler
+    from clip2point_hf.data import EpochSampler
     from clip2point_hf.seeding import keyed_generator
 
     sampler = EpochSampler(10, seed=3)
@@ -766,7 +766,7 @@ def test_trackers_are_optional():
 
 
 # ---------------------------------------------------------------------------------------------------------
-# A kill at any point of a checkpoint save keeps the last complete checkpoint (issue 12)
+# A kill at any point of a checkpoint save keeps the last complete checkpoint
 
 #: Runs a script's main with a real SIGKILL at one point of its KILL_AT_SAVE-th checkpoint save.
 _KILL_DRIVER = """
@@ -799,7 +799,7 @@ if point == "mid_state":  # the model's weights are written, the optimizer's are
     torch_save = torch.save
     torch.save = lambda *a, **k: die() if armed() else torch_save(*a, **k)
 elif point == "before_publish":  # complete and marked, not yet renamed
-    wrap("_publish_checkpoint", "before")
+    wrap("replace_folder", "before")
 elif point == "before_prune":  # renamed: two complete checkpoints on disk
     wrap("_prune_checkpoints", "before")
 elif point == "mid_prune":  # the old checkpoint renamed away, not yet deleted

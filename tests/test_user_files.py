@@ -1,4 +1,4 @@
-"""A user's own files on the command line (issue 11): the up axis at every entry point, folder formats, wrapped
+"""A user's own files on the command line: the up axis at every entry point, folder formats, wrapped
 OFF records, empty splits, argument files, option names, result folders, a quiet console, view titles."""
 
 from __future__ import annotations

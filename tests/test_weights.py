@@ -1,4 +1,4 @@
-"""Which weights the demo and `clip2point classify` use (issue 16): each step of the chain picked from a fake Hub
+"""Which weights the demo and `clip2point classify` use: each step of the chain picked from a fake Hub
 cache or a local folder, labelled, and never waiting on the network."""
 
 from __future__ import annotations

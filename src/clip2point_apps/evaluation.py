@@ -1,4 +1,4 @@
-"""Zero-shot point-cloud classification with a CLIP2Point depth encoder (SPEC section 3); the same scoring of a
+"""Zero-shot classification with a CLIP2Point depth encoder (docs/design.md, "Zero-shot classification"); the same scoring of a
 fine-tuned classifier (``CLIP2PointForPointCloudClassification``, e.g. ``examples/finetune_gdpa.py`` output) over its
 own classes, rendered with the processor saved beside it.
 
@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from clip2point_hf.data import PointCloudBatchTransform, random_subset
+from clip2point_hf.data import KeyedDataset, PointCloudBatchTransform, random_subset
 from clip2point_hf.loading import resolve_model
 from clip2point_hf.modeling_clip2point import CLIP2PointForPointCloudClassification, CLIP2PointModel
 from clip2point_hf.pipeline_clip2point import CLASSIFICATION_TASK, task_for_architecture
@@ -45,9 +45,9 @@ from clip2point_hf.prompts import PROMPT_NAMINGS, encode_class_prompts, prompt_n
 from clip2point_hf.rendering_clip2point import VIEW_PRESETS, resolve_views
 
 from .hub import RUN_ARGS_FILE
+from .metrics import load_accuracy_metric
 from .training import (
     BackboneArguments,
-    KeyedDataset,
     PointCloudDataArguments,
     args_to_dict,
     build_clip,
@@ -214,18 +214,6 @@ def parse_views(spec: str | int):
 
 # ---------------------------------------------------------------------------------------------------------
 # Metrics and the confusion-matrix picture (also used by the training scripts)
-
-METRIC_PATH = Path(__file__).resolve().parent / "metrics" / "accuracy_clip2point.py"
-_metric_cache: dict[str, Any] = {}
-
-
-def load_accuracy_metric():
-    """The package's ``evaluate`` metric module, loaded by path (works offline)."""
-    import evaluate
-
-    if "metric" not in _metric_cache:
-        _metric_cache["metric"] = evaluate.load(str(METRIC_PATH))
-    return _metric_cache["metric"]
 
 
 def classification_metrics(predictions, references, class_names: Sequence[str]) -> dict:

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from clip2point_hf.atomic import atomic_folder
 from clip2point_hf.errors import DatasetFormatError
 from clip2point_hf.pipeline_point_cloud_feature_extraction import PointCloudFeatureExtractionPipeline
 from clip2point_hf.point_files import POINT_FILE_TYPES, read_point_cloud
@@ -499,11 +500,8 @@ class ShapeIndex:
         """Write ``index_config.json``, ``data/`` and (if any) ``faiss.index`` to the folder `path`."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        tmp = path / f"{DATA_DIR}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.dataset.save_to_disk(os.fspath(tmp))
-        shutil.rmtree(path / DATA_DIR, ignore_errors=True)
-        os.replace(tmp, path / DATA_DIR)
+        with atomic_folder(path / DATA_DIR) as tmp:
+            self.dataset.save_to_disk(os.fspath(tmp))
         if self.has_faiss_index:
             self._searchable.save_faiss_index(COLUMN, os.fspath(path / f"{FAISS_NAME}.tmp"))
             os.replace(path / f"{FAISS_NAME}.tmp", path / FAISS_NAME)

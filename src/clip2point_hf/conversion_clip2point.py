@@ -91,9 +91,6 @@ class _KeyReader:
             return torch.zeros(3, 1)  # a placeholder that survives the reshaping; `finish` reports the key
         return self.state.pop(key)
 
-    def has_prefix(self, prefix: str) -> bool:
-        return any(k.startswith(prefix) for k in self.state)
-
     def ignore_prefix(self, prefix: str) -> None:
         for key in [k for k in self.state if k.startswith(prefix)]:
             del self.state[key]

@@ -2,7 +2,7 @@
 
 A cloud reaches :class:`~clip2point_hf.rendering_clip2point.DepthRenderer` sub-sampled to a fixed size
 (:func:`farthest_point_sample`, :func:`random_point_sample`), centred and scaled into the unit sphere
-(:func:`normalize_point_cloud`, SPEC section 1) and turned y-up (:func:`convert_up_axis`). These steps are
+(:func:`normalize_point_cloud`, docs/design.md "Normalisation") and turned y-up (:func:`convert_up_axis`). These steps are
 about the cloud, not the camera or the rasteriser, so they live apart from the renderer; the processor,
 the data loaders, the pipelines and the CLI import them from here.
 
@@ -161,7 +161,7 @@ def random_point_sample(
 
 
 def normalize_point_cloud(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Centre each cloud on its centroid and divide by its largest point norm (SPEC section 1).
+    """Centre each cloud on its centroid and divide by its largest point norm (docs/design.md, "Normalisation").
 
     Args:
         points: ``(N, 3)`` or ``(B, N, 3)`` floating-point coordinates.

@@ -27,7 +27,7 @@ __all__ = [
     "resolve_templates",
 ]
 
-#: Prompt spellings that differ from the plain rule in :func:`prompt_name` (SPEC section 3).
+#: Prompt spellings that differ from the plain rule in :func:`prompt_name` (docs/design.md, "Zero-shot classification").
 PROMPT_NAMES: dict[str, str] = {
     "night_stand": "night stand",
     "flower_pot": "flower pot",

@@ -5,7 +5,7 @@ them into CLIP-ready depth images.
 
 Nothing here needs PyTorch3D or a compiled extension; everything runs on CPU and CUDA, batched, with
 fixed shapes and no host synchronisation inside the render (so it works under ``torch.compile`` and
-CUDA graphs). The geometry is SPEC section 1:
+CUDA graphs). The geometry (docs/design.md, "Depth rendering"):
 
 * camera basis for a view (elevation ``e``, azimuth ``a``, distance ``d``, degrees):
   ``C = d * (cos e sin a, sin e, cos e cos a)``, ``z_cam = normalize(-C)``,
@@ -142,11 +142,11 @@ def camera_basis(
     *,
     device: torch.device | str | None = None,
 ) -> CameraBasis:
-    """Camera centre and axes of the SPEC's look-at camera (world up ``+Y``, looking at the origin).
+    """Camera centre and axes of the look-at camera (world up ``+Y``, looking at the origin; design.md, "Camera basis").
 
     Angles are in degrees and broadcast together. Everything is computed in float32, like the
     reference: this is what makes the near-vertical views (elevation 90, 270, -90) come out with the
-    bases of the SPEC table, since e.g. ``cos(deg2rad(90))`` is ``-4.4e-8`` in float32, not 0.
+    bases of the design notes' table, since e.g. ``cos(deg2rad(90))`` is ``-4.4e-8`` in float32, not 0.
     Only when ``+Y x z_cam`` is exactly zero (which float32 angles do not produce) the x axis falls
     back to ``normalize(y_ref x z_cam)`` with ``y_ref = (sin a, 0, cos a)``, which agrees with the
     table's 90 and 270 rows.
@@ -274,7 +274,7 @@ MAX_IMAGE_SIZE = 4096
 
 
 class DepthRenderer:
-    """Batched orthographic point-cloud depth renderer (SPEC section 1), CPU or CUDA, no PyTorch3D.
+    """Batched orthographic point-cloud depth renderer (docs/design.md, "Depth rendering"), CPU or CUDA, no PyTorch3D.
 
     Args:
         image_size: output side ``S`` in pixels (224 in the reference).
@@ -302,7 +302,7 @@ class DepthRenderer:
             the same z-buffer, so results do not depend on it. A call that needs gradients takes all points
             in one pass.
 
-    The renderer works in the y-up world frame of the SPEC on clouds that are already normalised (see
+    The renderer works in the y-up world frame (docs/design.md, "Up axis") on clouds that are already normalised (see
     :func:`~clip2point_hf.points_clip2point.normalize_point_cloud` and
     :func:`~clip2point_hf.points_clip2point.convert_up_axis`). It computes in float32 whatever the input
     floating dtype. Values are never checked (that would synchronise): a point with a NaN or
@@ -429,7 +429,7 @@ class DepthRenderer:
     def _candidates(self, pts, rot, centre_view, dist, ws: _Workspace | None):
         """Project a chunk of clouds and build their stencil candidates.
 
-        Returns ``z (bV, N)`` (view depth, differentiable), ``cover (bV, K, K, N)`` bool (the SPEC
+        Returns ``z (bV, N)`` (view depth, differentiable), ``cover (bV, K, K, N)`` bool (the pixel
         coverage rule) and ``pix (bV, K, K, N)`` long (pixel index within its view), ``K = 2h + 1``.
         """
         b, n, _ = pts.shape
@@ -453,7 +453,7 @@ class DepthRenderer:
                 -lim, lim
             )
             idx = torch.add(torch.round(u).long(), offsets, out=_scratch(ws, name, (rows, k, n), torch.long))
-            # squared NDC distance to the pixel centres, x_ndc(j) = 1 - (2j + 1) / S, exactly as the SPEC
+            # squared NDC distance to the pixel centres, x_ndc(j) = 1 - (2j + 1) / S (design.md, "Projection and the pixel rule")
             d2 = _scratch(ws, name + "_d2", (rows, k, n), torch.float32)
             d2 = d2.copy_(idx) if d2 is not None else idx.to(torch.float32)
             d2.mul_(2.0).add_(1.0).div_(s).neg_().add_(1.0).sub_(c).square_()
@@ -602,7 +602,7 @@ class DepthRenderer:
     def depth_to_image(self, depth: torch.Tensor) -> torch.Tensor:
         """``(B, V, S, S)`` depth (0 = background) -> ``(B, V, 3, S, S)`` normalised pixel values.
 
-        The SPEC's formula: foreground is ``depth > 0``; ``z_max`` and ``z_min`` are taken per view;
+        docs/design.md, "Depth to intensity": foreground is ``depth > 0``; ``z_max`` and ``z_min`` are taken per view;
         background is 1.0 before the mean/std normalisation.
         """
         if not isinstance(depth, torch.Tensor) or depth.dim() != 4:
@@ -708,7 +708,7 @@ class DepthRenderer:
         buf = self._zbuffer_float(pts, rot, centre_view, dist, ws, step)  # (bV, S*S), inf background
         rows = buf.shape[0]
         inf = torch.full((), float("inf"), device=buf.device)
-        # SPEC: foreground is depth > 0, so a pixel won by a point at depth exactly 0 is background.
+        # foreground is depth > 0 (design.md, "Depth to intensity"), so a pixel won by a point at depth exactly 0 is background.
         foreground = torch.gt(buf, 0.0, out=_scratch(ws, "mask", (rows, s * s), torch.bool))
         near = torch.where(foreground, buf, inf, out=_scratch(ws, "near", (rows, s * s), torch.float32))
         z_max = torch.nan_to_num(buf, posinf=0.0, out=_scratch(ws, "grey", (rows, s * s), torch.float32))

@@ -38,8 +38,3 @@ def seeded_rng(seed: int, key: str) -> np.random.Generator:
     return np.random.Generator(
         np.random.PCG64(np.random.SeedSequence([seed & 0xFFFFFFFF, seed >> 32, *words]))
     )
-
-
-# --------------------------------------------------------------------------------------------------
-# Readers
-# --------------------------------------------------------------------------------------------------

@@ -2,15 +2,15 @@
 
 * :mod:`.arguments`: typed arguments, parsed from the command line or a JSON/YAML file;
 * :mod:`.backbone`: the CLIP a run builds on, its tokenizer, the processor saved with the run;
-* :mod:`.sampling`: keyed randomness that survives a resume, the epoch sampler and keyed datasets;
+* :mod:`.sampling`: the per-step re-seeding that makes a resumed step replay exactly;
 * :mod:`.optimization`: optimiser and learning-rate schedule;
-* :mod:`.checkpointing`: resumable checkpoints and atomic folder saves;
+* :mod:`.checkpointing`: resumable checkpoints;
 * :mod:`.tracking`: trackers and the JSON log;
 * :mod:`.loop`: the update loop, prediction, rendering a batch, and :class:`TrainingRun` (the scaffolding around
   them).
 
-Batch transforms, dataset formats and K-shot sampling are in :mod:`clip2point_hf.data`; prompts in
-:mod:`clip2point_hf.prompts`; metrics and the confusion-matrix picture in :mod:`clip2point_apps.evaluation`.
+The keyed loader, batch transforms, dataset formats and K-shot sampling are in :mod:`clip2point_hf.data`; prompts
+in :mod:`clip2point_hf.prompts`; metrics and the confusion-matrix picture in :mod:`clip2point_apps.evaluation`.
 """
 
 from .arguments import (
@@ -28,7 +28,6 @@ from .checkpointing import (
     latest_checkpoint,
     resume_from_checkpoint,
     save_checkpoint,
-    save_folder_atomically,
 )
 from .loop import (
     TrainingRun,
@@ -41,16 +40,14 @@ from .loop import (
     setup_accelerator,
 )
 from .optimization import build_lr_scheduler, build_optimizer, lr_multiplier
-from .sampling import EpochSampler, KeyedDataset, seed_step
+from .sampling import seed_step
 from .tracking import JsonLogger, configure_console, resolve_trackers, start_trackers, write_json
 
 __all__ = [
     "CLIP_CONFIG_PRESETS",
     "PROGRESS_FILE",
     "BackboneArguments",
-    "EpochSampler",
     "JsonLogger",
-    "KeyedDataset",
     "PointCloudDataArguments",
     "TrainingArguments",
     "TrainingProgress",
@@ -75,7 +72,6 @@ __all__ = [
     "resume_from_checkpoint",
     "run_training",
     "save_checkpoint",
-    "save_folder_atomically",
     "seed_step",
     "setup_accelerator",
     "start_trackers",

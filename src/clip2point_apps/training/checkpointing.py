@@ -1,5 +1,5 @@
-"""Resumable checkpoints (``Accelerator.save_state`` into a temporary folder, a completion marker, an atomic rename,
-then pruning) and atomic folder saves."""
+"""Resumable checkpoints: ``Accelerator.save_state`` into a temporary folder, a completion marker, an atomic rename,
+then pruning."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import os
 import pickle
 import re
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from clip2point_hf.atomic import replace_folder
 from clip2point_hf.errors import first_line
 
 __all__ = [
@@ -23,7 +24,6 @@ __all__ = [
     "latest_checkpoint",
     "resume_from_checkpoint",
     "save_checkpoint",
-    "save_folder_atomically",
 ]
 
 #: Written into a checkpoint folder once every process has saved: only such folders are resumed from.
@@ -88,11 +88,6 @@ def _next_checkpoint_number(checkpoint_root: Path) -> int:
     return int(existing[-1].name.split("_")[1]) + 1 if existing else 0
 
 
-def _publish_checkpoint(partial: Path, final: Path) -> None:
-    """The atomic step: a complete ``partial`` folder becomes ``checkpoint_<n>``."""
-    os.rename(partial, final)
-
-
 def _prune_checkpoints(checkpoint_root: Path, total_limit: int | None) -> None:
     """Drop the oldest complete checkpoints beyond ``total_limit`` (each renamed away first, so a kill while
     deleting never leaves a half-deleted ``checkpoint_<n>``); incomplete ``checkpoint_<n>`` folders never count."""
@@ -130,7 +125,7 @@ def save_checkpoint(
         tmp = partial / (PROGRESS_FILE + ".tmp")
         tmp.write_text(json.dumps(progress.state_dict(), indent=2))
         os.replace(tmp, partial / PROGRESS_FILE)
-        _publish_checkpoint(partial, final)
+        replace_folder(partial, final)  # the atomic step: the complete folder becomes checkpoint_<n>
         _prune_checkpoints(root, total_limit)
     accelerator.wait_for_everyone()
     return final
@@ -186,17 +181,3 @@ def resume_from_checkpoint(
         f"Resumed from {path}: epoch {progress.epoch}, batch {progress.step_in_epoch}, update {progress.completed_steps}"
     )
     return str(path)
-
-
-def save_folder_atomically(save: Callable[[str], None], target: str | os.PathLike) -> None:
-    """``save(tmp)`` then swap ``tmp`` in for ``target``, so a killed run never leaves a half-written folder."""
-    target = Path(target)
-    tmp = target.parent / f".{target.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save(str(tmp))
-    old = target.parent / f".{target.name}.old"
-    if target.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(target, old)
-    os.rename(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from clip2point_hf.atomic import atomic_folder
 from clip2point_hf.points_clip2point import normalize_point_cloud
 
 from ..hub import RUN_ARGS_FILE, HubPushError, push_to_hub
@@ -21,7 +22,6 @@ from .checkpointing import (
     clean_partial_checkpoints,
     resume_from_checkpoint,
     save_checkpoint,
-    save_folder_atomically,
 )
 from .optimization import build_lr_scheduler
 from .sampling import seed_step
@@ -316,7 +316,8 @@ class TrainingRun:
         """Save ``model`` (unwrapped) as the best one so far, atomically; every process calls it."""
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            save_folder_atomically(model.save_pretrained, self.best_dir)
+            with atomic_folder(self.best_dir) as tmp:
+                model.save_pretrained(tmp)
         self.accelerator.wait_for_everyone()
 
     def best_model_dir(self) -> Path | None:

@@ -12,7 +12,7 @@ __all__ = ["build_lr_scheduler", "build_optimizer", "lr_multiplier"]
 
 
 def build_optimizer(model: torch.nn.Module, args: TrainingArguments, parameters=None):
-    """AdamW (default; the SPEC's documented stand-in for LAMB) or LAMB from timm, over trainable parameters.
+    """AdamW (default; LAMB's stand-in, docs/design.md "Image-depth pre-training") or LAMB from timm, over trainable parameters.
 
     Weight decay skips biases, norm layers and scalar/vector parameters (scales, gates, the balance weight).
     ``parameters`` may be a list of ``(name, parameter)`` or of param-group dicts.

@@ -14,16 +14,16 @@ Every loader returns a ``datasets.DatasetDict`` with ``points`` (``Array2D`` flo
 (``ClassLabel``), ``name`` and ``path`` columns, saved once under the cache (see
 :mod:`clip2point_hf.data.cache`) and memory-mapped on later calls. Randomness for training
 (sub-sampling, augmentation, the random view of a pair) lives in :mod:`clip2point_hf.data.transforms`,
-applied on the fly. :mod:`~clip2point_hf.data.formats` picks the loader for a folder
-(:func:`load_point_cloud_dataset`); :mod:`~clip2point_hf.data.fewshot` draws validation and K-shot subsets.
-Class-name prompt spellings are in :mod:`clip2point_hf.prompts`.
+applied on the fly by the keyed loader (:class:`KeyedDataset`). :mod:`~clip2point_hf.data.formats` picks
+the loader for a folder (:func:`load_point_cloud_dataset`); :mod:`~clip2point_hf.data.fewshot` draws validation
+and K-shot subsets. Class-name prompt spellings are in :mod:`clip2point_hf.prompts`.
 """
 
 from ..errors import DatasetFormatError, MissingFilesError
 from ..mesh_io import MESH_EXTENSIONS, Mesh, read_mesh, sample_surface
 from ..seeding import seeded_rng
 from .cache import LOADER_VERSION, dataset_metadata, default_cache_dir
-from .collate import batch_to_tensors, collate_point_clouds, point_cloud_dataloader
+from .collate import EpochSampler, KeyedDataset, batch_to_tensors, collate_point_clouds
 from .fewshot import random_subset, sample_k_shot, stratified_split
 from .formats import DATASET_FORMATS, detect_dataset_format, load_point_cloud_dataset
 from .mesh_folder import load_mesh_folder, scan_mesh_folder
@@ -37,13 +37,7 @@ from .names import (
 from .render_pairs import build_render_pairs
 from .scanobjectnn import SCANOBJECTNN_VARIANTS, load_scanobjectnn
 from .shapenet import load_shapenet_pairs
-from .transforms import (
-    PointCloudBatchTransform,
-    PointCloudTransform,
-    PretrainingPairTransform,
-    RandomViewPairTransform,
-    load_rgb_image,
-)
+from .transforms import PointCloudBatchTransform, PretrainingPairTransform, load_rgb_image
 
 __all__ = [
     "DATASET_FORMATS",
@@ -56,12 +50,12 @@ __all__ = [
     "SCANOBJECTNN_VARIANTS",
     "SHAPENET55_SYNSETS",
     "DatasetFormatError",
+    "EpochSampler",
+    "KeyedDataset",
     "Mesh",
     "MissingFilesError",
     "PointCloudBatchTransform",
-    "PointCloudTransform",
     "PretrainingPairTransform",
-    "RandomViewPairTransform",
     "batch_to_tensors",
     "build_render_pairs",
     "collate_point_clouds",
@@ -75,7 +69,6 @@ __all__ = [
     "load_rgb_image",
     "load_scanobjectnn",
     "load_shapenet_pairs",
-    "point_cloud_dataloader",
     "random_subset",
     "read_mesh",
     "sample_k_shot",

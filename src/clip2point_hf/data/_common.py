@@ -69,7 +69,7 @@ def handle_missing(missing: list[str], listed: int, *, on_missing: str, where, h
 
 
 def normalize_np(points: np.ndarray) -> np.ndarray:
-    """Centre on the centroid and scale into the unit sphere (the renderer's normalisation, SPEC 1)."""
+    """Centre on the centroid and scale into the unit sphere (docs/design.md, "Normalisation")."""
     import torch
 
     from ..points_clip2point import normalize_point_cloud

@@ -2,7 +2,8 @@
 
 A loader call is keyed by a fingerprint of (loader kind, :data:`LOADER_VERSION`, its parameters, and
 the relative path, size and modification time of every input file). The first call builds the
-``DatasetDict`` into a temporary folder next to the cache entry and renames it into place, so an
+``DatasetDict`` into a temporary folder next to the cache entry and renames it into place
+(:func:`~clip2point_hf.atomic.atomic_folder`), so an
 interrupted or failed build never leaves a half-written entry; later calls ``load_from_disk`` it
 (memory-mapped Arrow, nothing re-read or re-sampled).
 
@@ -16,19 +17,16 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
-import socket
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
+from ..atomic import atomic_folder, clean_stale_work_folders, work_folder
 from ..errors import DatasetFormatError
 
 __all__ = [
     "LOADER_VERSION",
     "build_cached",
-    "clean_stale_work_folders",
     "dataset_metadata",
     "default_cache_dir",
     "fingerprint",
@@ -93,58 +91,6 @@ def dataset_metadata(ds) -> dict:
     return json.loads(desc.split(_META_MARKER, 1)[1])
 
 
-def _rmtree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
-
-
-#: A build's temporary folders: ``.<tmp|scratch|old>-<key>-<pid>-<host>-<random>``.
-_WORK_FOLDER = re.compile(r"\.(?:tmp|scratch|old)-.+-(?P<pid>\d+)-(?P<host>[A-Za-z0-9]*)-[0-9a-f]{8}")
-#: Another machine's (shared file system) temporary folder is stale only after this many seconds.
-FOREIGN_STALE_SECONDS = 24 * 3600
-
-
-def _host_tag() -> str:
-    return re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32]
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
-
-
-def clean_stale_work_folders(base: str | os.PathLike) -> list[Path]:
-    """Remove the temporary folders of builds that were killed (SIGKILL, power loss) under ``base``.
-
-    A folder is stale when its process (the pid in its name) is no longer alive on this machine, or, for a
-    folder another machine wrote (a shared cache), when it has not changed for ``FOREIGN_STALE_SECONDS``.
-    A live build's folders are never touched. Returns the removed folders.
-    """
-    import time
-
-    base, host, removed = Path(base), _host_tag(), []
-    if not base.is_dir():
-        return removed
-    for path in base.iterdir():
-        found = _WORK_FOLDER.fullmatch(path.name)
-        if found is None or not path.is_dir():
-            continue
-        if found["host"] == host:
-            stale = not _pid_alive(int(found["pid"]))
-        else:
-            stale = time.time() - path.stat().st_mtime > FOREIGN_STALE_SECONDS
-        if stale:
-            _rmtree(path)
-            removed.append(path)
-    if removed:
-        logger.info("removed %d folders of killed cache builds: %s", len(removed), [p.name for p in removed])
-    return removed
-
-
 def build_cached(
     kind: str,
     key: str,
@@ -172,38 +118,25 @@ def build_cached(
             return load_from_disk(str(final))
         except Exception as exc:  # a damaged entry (e.g. files deleted by hand): rebuild it
             logger.warning("cache entry %s is unreadable (%s); rebuilding it", final, exc)
-            rebuild = True
     base.mkdir(parents=True, exist_ok=True)
     clean_stale_work_folders(base)
-    token = f"{os.getpid()}-{_host_tag()}-{uuid.uuid4().hex[:8]}"
-    tmp = base / f".tmp-{key}-{token}"
-    scratch = base / f".scratch-{key}-{token}"
+    scratch = work_folder(final, "scratch")
     try:
-        splits = build(scratch)
-        full_meta = dict(meta, cache_key=key, loader_version=LOADER_VERSION)
-        desc = _description(description, full_meta)
-        for ds in splits.values():
-            ds.info.description = desc
-        # an empty split needs one (empty) shard, or load_from_disk cannot read it back
-        shards = {s: 1 for s, ds in splits.items() if len(ds) == 0}
-        DatasetDict(splits).save_to_disk(str(tmp), num_shards=shards or None)
-        (tmp / META_FILE).write_text(json.dumps(full_meta, indent=2, sort_keys=True))
-        del splits
-        _rmtree(scratch)
-        if final.exists():
-            old = base / f".old-{key}-{token}"
-            os.rename(final, old)
-            os.rename(tmp, final)
-            _rmtree(old)
-        else:
-            try:
-                os.rename(tmp, final)
-            except OSError:
-                if not (final / "dataset_dict.json").is_file():
-                    raise
-                _rmtree(tmp)  # a concurrent build of the same key finished first: identical content
-    except BaseException:
-        _rmtree(tmp)
-        _rmtree(scratch)
-        raise
+        with atomic_folder(final) as tmp:
+            splits = build(scratch)
+            full_meta = dict(meta, cache_key=key, loader_version=LOADER_VERSION)
+            desc = _description(description, full_meta)
+            for ds in splits.values():
+                ds.info.description = desc
+            # an empty split needs one (empty) shard, or load_from_disk cannot read it back
+            shards = {s: 1 for s, ds in splits.items() if len(ds) == 0}
+            DatasetDict(splits).save_to_disk(str(tmp), num_shards=shards or None)
+            (tmp / META_FILE).write_text(json.dumps(full_meta, indent=2, sort_keys=True))
+            del splits
+    except OSError:
+        if not (final / "dataset_dict.json").is_file():
+            raise
+        # a concurrent build of the same key finished first: identical content
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     return load_from_disk(str(final))

@@ -1,27 +1,24 @@
-"""Batching point-cloud rows into tensors: collate functions and a one-read-per-batch ``DataLoader``.
+"""Batching point-cloud rows into tensors, and the one data loader: a batch read from Arrow with one query, each
+row drawn with its own keyed generator.
 
-The random sub-sampling and augmentation applied on the way (:class:`~clip2point_hf.data.PointCloudTransform`)
-live in :mod:`clip2point_hf.data.transforms`. Two ways to use it, both giving torch tensors:
-
-- as a ``datasets`` transform: ``ds.set_transform(PointCloudTransform(num_points=1024))``
-  (simple; ``datasets`` hands the transform Python lists, ~0.6 ms per 1024-point cloud);
-- as a ``DataLoader`` collate function on a numpy-formatted dataset (fast: arrays straight from
-  Arrow)::
-
-      loader = DataLoader(ds.with_format("numpy"), batch_size=32, shuffle=True,
-                          collate_fn=PointCloudTransform(num_points=1024).collate)
-
-- fastest, one Arrow read per batch: :func:`point_cloud_dataloader`.
+``KeyedDataset(ds, transform, seed, stream).loader(batch_size, shuffle, drop_last)`` applies a transform of
+:mod:`clip2point_hf.data.transforms` (or none: tensors only); the order of an epoch comes from ``(seed, epoch)``
+and each row's draws from ``(seed, stream, epoch, index)``, so a resumed or multi-process run replays exactly
+the same batches and draws (see docs/design.md, "Seeded and keyed randomness"). Call
+``loader.sampler.set_epoch(epoch)`` before each epoch (Accelerate's prepared loaders do it).
+:func:`collate_point_clouds` stacks a list of examples for a plain ``DataLoader``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 
-__all__ = ["batch_to_tensors", "collate_point_clouds", "point_cloud_dataloader"]
+from ..seeding import keyed_generator
+
+__all__ = ["EpochSampler", "KeyedDataset", "batch_to_tensors", "collate_point_clouds"]
 
 
 def _to_tensor(values) -> torch.Tensor:
@@ -72,31 +69,83 @@ def batch_to_tensors(batch: Mapping) -> dict:
     return out
 
 
-def point_cloud_dataloader(
-    dataset,
-    batch_size: int = 32,
-    *,
-    transform=None,
-    shuffle: bool = True,
-    drop_last: bool = False,
-    num_workers: int = 0,
-    generator: torch.Generator | None = None,
-    **loader_kwargs,
-):
-    """A ``DataLoader`` that reads each batch from Arrow with one query and applies ``transform`` to it.
+class EpochSampler(torch.utils.data.Sampler):
+    """Yields ``(epoch, index)`` keys; the order of an epoch is a permutation keyed by ``(seed, epoch)``.
 
-    ``transform``: a batch-dict callable such as :class:`PointCloudTransform` (``None``: tensors only).
-    ``generator`` seeds the shuffling. The dataset's own format is ignored (numpy is used).
+    The epoch travels with every key, so a dataset can draw each sample's randomness from
+    ``(seed, epoch, index)`` in any worker process. ``set_epoch`` is called by Accelerate's data loader.
     """
-    from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 
-    base = dataset.with_format("numpy")
-    sampler = RandomSampler(base, generator=generator) if shuffle else SequentialSampler(base)
-    return DataLoader(
-        base,
-        sampler=BatchSampler(sampler, batch_size, drop_last),
-        batch_size=None,
-        collate_fn=transform if transform is not None else batch_to_tensors,
-        num_workers=num_workers,
-        **loader_kwargs,
-    )
+    def __init__(self, num_samples: int, seed: int, shuffle: bool = True):
+        self.num_samples = int(num_samples)
+        self.seed = int(seed)
+        self.shuffle = shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self.shuffle:
+            order = torch.randperm(
+                self.num_samples, generator=keyed_generator(self.seed, "order", self.epoch)
+            ).tolist()
+        else:
+            order = range(self.num_samples)
+        epoch = self.epoch
+        for index in order:
+            yield (epoch, index)
+
+
+def _identity(batch):
+    return batch
+
+
+def _tensors_only(rows: Mapping, indices: Sequence[int], generators: Sequence[torch.Generator]) -> dict:
+    return batch_to_tensors(rows)
+
+
+class KeyedDataset(torch.utils.data.Dataset):
+    """A ``datasets.Dataset`` read a batch at a time, each sample transformed with its own keyed generator.
+
+    ``transform(rows, indices, generators)`` receives the rows (dict of columns; ``points``, ``normals`` and
+    ``label`` as numpy arrays), their dataset indices and one ``torch.Generator`` per row keyed by
+    ``(seed, stream, epoch, index)``, and returns the batch dict; ``None`` turns the numeric columns into tensors
+    and the others into lists. Use with :class:`EpochSampler` and :meth:`loader`.
+    """
+
+    def __init__(self, dataset, transform: Callable | None, seed: int, stream: str):
+        numeric = [c for c in ("points", "normals", "label") if c in dataset.column_names]
+        self.dataset = dataset.with_format("numpy", columns=numeric, output_all_columns=True)
+        self.transform = transform if transform is not None else _tensors_only
+        self.seed = int(seed)
+        self.stream = stream
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitems__(self, keys):
+        keys = [k if isinstance(k, tuple) else (0, int(k)) for k in keys]
+        indices = [int(i) for _, i in keys]
+        rows = self.dataset[indices]
+        generators = [keyed_generator(self.seed, self.stream, int(e), int(i)) for e, i in keys]
+        return self.transform(rows, indices, generators)
+
+    def __getitem__(self, key):
+        return self.__getitems__([key])
+
+    def loader(self, batch_size: int, shuffle: bool, drop_last: bool, num_workers: int = 0):
+        sampler = EpochSampler(len(self), self.seed if shuffle else 0, shuffle=shuffle)
+        return torch.utils.data.DataLoader(
+            self,
+            batch_size=batch_size,
+            sampler=sampler,
+            drop_last=drop_last,
+            collate_fn=_identity,
+            num_workers=num_workers,
+            # the loader's own seed draws come from here, never from the global RNG
+            generator=torch.Generator().manual_seed(0),
+        )

@@ -20,9 +20,6 @@ the viewing direction (two-sided, so inconsistent face winding does not matter).
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic import atomic_folder
 from ..errors import DatasetFormatError
 from ..mesh_io import MESH_EXTENSIONS, read_mesh, sample_surface
 from ..points_clip2point import UP_AXES
@@ -283,11 +281,8 @@ def build_render_pairs(
 
     jobs = _assign_ids(root, splits)  # (split, rel, object_id, render_dir)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{token}"
     failed: list[str] = []
-    try:
+    with atomic_folder(out_dir) as tmp:
         (tmp / "rendering").mkdir(parents=True)
         (tmp / "shapenet_pc").mkdir()
         (tmp / "ShapeNet-55").mkdir()
@@ -328,16 +323,6 @@ def build_render_pairs(
             "skipped": failed,
         }
         (tmp / PAIRS_META_FILE).write_text(json.dumps(meta, indent=2))
-        if out_dir.exists():
-            old = out_dir.parent / f".{out_dir.name}.old-{token}"
-            os.rename(out_dir, old)
-            os.rename(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if failed:
         warnings.warn(
             f"{root}: skipped {len(failed)} meshes that could not be used: {failed[:5]}", stacklevel=2

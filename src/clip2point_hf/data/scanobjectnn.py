@@ -10,7 +10,7 @@ Release layout (``h5_files/``)::
     main_split/test_objectdataset_augmentedrot_scale75.h5
 
 Each file has ``data`` (N, 2048, 3) float32 and ``label`` (N,) keys (and ``mask``, unused). The
-clouds are used as stored (y up) and cut to 1024 points by farthest-point sampling (SPEC section 5).
+clouds are used as stored (y up) and cut to 1024 points by farthest-point sampling (docs/design.md, "Datasets").
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def load_scanobjectnn(
         num_points: points per cloud (the files hold 2048).
         seed: seed for ``sampling="random"``.
         sampling: ``"fps"`` (farthest-point sampling from index 0, deterministic; the default, as in the
-            SPEC), ``"first"`` or ``"random"``.
+            reference), ``"first"`` or ``"random"``.
         normalize: centre and scale each cloud into the unit sphere.
         cache_dir, num_proc, rebuild: see :func:`~clip2point_hf.data.load_mesh_folder`.
 

@@ -9,8 +9,8 @@ Layout read (also what :func:`~clip2point_hf.data.build_render_pairs` writes)::
 The cached dataset holds each object's cloud, the paths of its views (an ``Image`` list: decoded
 lazily, embedded by ``push_to_hub``) and its class. The reference's pairing -- one random view and
 1024 random points per object per step -- is
-:class:`~clip2point_hf.data.transforms.RandomViewPairTransform`, applied on the fly
-(``ds.set_transform``), never cached.
+:class:`~clip2point_hf.data.transforms.PretrainingPairTransform`, applied on the fly
+(:class:`~clip2point_hf.data.KeyedDataset`), never cached.
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ def load_shapenet_pairs(
         render_root: the renderings (``<synset>_<model>/{0..9}.png``), or its parent holding ``rendering/``.
         num_points: points kept per cloud; ``None`` keeps every point (8192 in Point-BERT's release; all
             files must then have the same count). The random per-step subset is taken later by
-            :class:`RandomViewPairTransform`.
+            :class:`PretrainingPairTransform`.
         seed: seed for ``sampling="random"``.
         num_views: views per object (``0.png`` .. ``{num_views-1}.png``).
         split_dir: folder with ``train.txt``/``test.txt`` (default: found next to the clouds).

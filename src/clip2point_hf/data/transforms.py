@@ -10,7 +10,7 @@ Two families, because they draw their randomness differently:
   reproducible epochs). Do not share one ``torch.Generator`` object across workers: each worker gets a copy
   with the same state, hence the same draws.
 * :class:`PointCloudBatchTransform` and :class:`PretrainingPairTransform` receive one generator per sample,
-  keyed by ``(seed, stream, epoch, index)`` (:class:`clip2point_apps.training.KeyedDataset`): what the training
+  keyed by ``(seed, stream, epoch, index)`` (:class:`clip2point_apps.sampling.KeyedDataset`): what the training
   scripts use, so that a resumed or multi-process run replays exactly the same draws. Their draw order is part
   of that contract, which is why they are not merged with the first family.
 """

@@ -69,9 +69,11 @@ test-web: install
 demo: install
 	$(PY) examples/demo.py --output_dir demo_output
 
+# ruff, then the layers (.importlinter; CONTRIBUTING.md, "Layers")
 lint: install
 	$(VENV)/bin/ruff check src tests examples hub benchmarks app.py
 	$(VENV)/bin/ruff format --check src tests examples hub benchmarks app.py
+	PYTHONPATH=src $(VENV)/bin/lint-imports
 
 format: install
 	$(VENV)/bin/ruff format src tests examples hub benchmarks app.py

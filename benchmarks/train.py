@@ -39,7 +39,9 @@ def _sync(device: torch.device) -> None:
 def throughput(args) -> dict:
     from accelerate import Accelerator
 
-    from clip2point_apps.training import BackboneArguments, build_clip, load_tokenizer, pretraining_inputs
+    from clip2point_apps.arguments import BackboneArguments
+    from clip2point_apps.backbone import build_clip, load_tokenizer
+    from clip2point_apps.training import pretraining_inputs
     from clip2point_hf import CLIP2PointForPreTraining
     from clip2point_hf.rendering_clip2point import VIEW_PRESETS, DepthRenderer
 
@@ -129,7 +131,8 @@ def tiny_clip(args) -> dict:
     import torch.nn.functional as F
     from datasets import Image, List
 
-    from clip2point_apps.training import BackboneArguments, build_clip, load_tokenizer
+    from clip2point_apps.arguments import BackboneArguments
+    from clip2point_apps.backbone import build_clip, load_tokenizer
     from clip2point_hf.data import load_rgb_image, load_shapenet_pairs, stratified_split
     from clip2point_hf.prompts import prompt_names
     from clip2point_hf.rendering_clip2point import CLIP_MEAN, CLIP_STD

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from clip2point_apps.training import configure_console
+from clip2point_apps.console import configure_console
 from clip2point_apps.visualization import save_views_image
 from clip2point_apps.weights import build_classifier, resolve_weights
 from clip2point_hf.samples import SAMPLE_OBJECTS, make_sample_point_cloud
@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--verbose", action="store_true", help="show the libraries' progress bars")
     args = parser.parse_args()
-    configure_console(args.verbose)
+    configure_console(verbose=args.verbose)
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
 

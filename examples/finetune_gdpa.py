@@ -24,23 +24,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from clip2point_apps.evaluation import classification_metrics, save_confusion_matrix_image
-from clip2point_apps.training import (
-    BackboneArguments,
-    PointCloudDataArguments,
-    TrainingArguments,
-    TrainingRun,
-    args_to_dict,
-    best_metric_line,
-    build_clip,
-    build_optimizer,
-    load_tokenizer,
-    make_processor,
-    parse_args,
-    predict,
-    render_point_clouds,
-    write_json,
-)
+from clip2point_apps.arguments import BackboneArguments, PointCloudDataArguments, args_to_dict, parse_args
+from clip2point_apps.backbone import build_clip, load_tokenizer, make_processor
+from clip2point_apps.console import configure_console
+from clip2point_apps.metrics import classification_metrics
+from clip2point_apps.prediction import predict, render_point_clouds
+from clip2point_apps.tracking import write_json
+from clip2point_apps.training import TrainingRun, TrainingRunArguments, best_metric_line, build_optimizer
+from clip2point_apps.visualization import save_confusion_matrix_image
 from clip2point_hf import CLIP2PointForPointCloudClassification
 from clip2point_hf.data import (
     KeyedDataset,
@@ -141,7 +132,7 @@ class GDPAArguments:
 
 
 @dataclass
-class FinetuneTrainingArguments(TrainingArguments):
+class FinetuneRunArguments(TrainingRunArguments):
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Clouds per process and step."})
     learning_rate: float = field(
         default=1e-3, metadata={"help": "AdamW learning rate (the reference: 1e-3)."}
@@ -157,8 +148,9 @@ def _describe(ds, indices) -> list[dict]:
 
 def main(argv=None) -> dict:
     backbone, data_args, gdpa, args = parse_args(
-        (BackboneArguments, FinetuneDataArguments, GDPAArguments, FinetuneTrainingArguments), argv
+        (BackboneArguments, FinetuneDataArguments, GDPAArguments, FinetuneRunArguments), argv
     )
+    configure_console(verbose=args.verbose)
     args.validate()
     data_args.validate()
     shots = data_args.num_shots()
@@ -281,11 +273,24 @@ def main(argv=None) -> dict:
         )
     if per_device != args.per_device_train_batch_size:
         accelerator.print(f"using a per-device batch of {per_device} ({len(train_set)} training examples)")
-    train_loader = train_set.loader(per_device, True, True, args.dataloader_num_workers)
-    val_loader = val_set.loader(args.per_device_eval_batch_size, False, False, args.dataloader_num_workers)
-    test_loader = test_set.loader(args.per_device_eval_batch_size, False, False, args.dataloader_num_workers)
+    train_loader = train_set.loader(
+        per_device, shuffle=True, drop_last=True, num_workers=args.dataloader_num_workers
+    )
+    val_loader = val_set.loader(
+        args.per_device_eval_batch_size,
+        shuffle=False,
+        drop_last=False,
+        num_workers=args.dataloader_num_workers,
+    )
+    test_loader = test_set.loader(
+        args.per_device_eval_batch_size,
+        shuffle=False,
+        drop_last=False,
+        num_workers=args.dataloader_num_workers,
+    )
     train_loader, val_loader, test_loader = accelerator.prepare(train_loader, val_loader, test_loader)
-    model = run.prepare(model, optimizer, train_loader, per_device)
+    training = run.prepare(model, optimizer, train_loader, per_device_batch_size=per_device)
+    model = training.model
     config = {
         **args_to_dict(backbone, data_args, gdpa, args),
         "num_processes": accelerator.num_processes,
@@ -313,7 +318,7 @@ def main(argv=None) -> dict:
     def on_best():
         run.save_best(accelerator.unwrap_model(model))
 
-    progress = run.train(compute_loss, evaluate=evaluate, on_best=on_best)
+    progress = training.train(compute_loss, evaluate=evaluate, on_best=on_best)
 
     # ---- the selected model, scored once on the test split
     accelerator.wait_for_everyone()

@@ -31,22 +31,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clip2point_apps.evaluation import classification_metrics
+from clip2point_apps.arguments import BackboneArguments, args_to_dict, parse_args
+from clip2point_apps.backbone import build_clip, load_tokenizer, make_processor
+from clip2point_apps.console import configure_console
+from clip2point_apps.metrics import classification_metrics
+from clip2point_apps.prediction import predict, render_point_clouds
+from clip2point_apps.tracking import write_json
 from clip2point_apps.training import (
-    BackboneArguments,
-    TrainingArguments,
     TrainingRun,
-    args_to_dict,
+    TrainingRunArguments,
     best_metric_line,
-    build_clip,
     build_optimizer,
-    load_tokenizer,
-    make_processor,
-    parse_args,
-    predict,
     pretraining_inputs,
-    render_point_clouds,
-    write_json,
 )
 from clip2point_hf import CLIP2PointForPreTraining, CLIP2PointModel
 from clip2point_hf.data import (
@@ -129,7 +125,7 @@ class PretrainDataArguments:
 
 
 @dataclass
-class PretrainTrainingArguments(TrainingArguments):
+class PretrainRunArguments(TrainingRunArguments):
     per_device_train_batch_size: int = field(
         default=32,
         metadata={
@@ -163,8 +159,9 @@ def _view_angles(data_args: PretrainDataArguments) -> list:
 
 def main(argv=None) -> dict:
     backbone, data_args, args = parse_args(
-        (BackboneArguments, PretrainDataArguments, PretrainTrainingArguments), argv
+        (BackboneArguments, PretrainDataArguments, PretrainRunArguments), argv
     )
+    configure_console(verbose=args.verbose)
     args.validate()
     data_args.validate()
     run = TrainingRun(args)  # output folder, accelerator, trackers, JSON log
@@ -241,16 +238,30 @@ def main(argv=None) -> dict:
         raise ValueError(
             f"the global batch ({total_batch}) is larger than the {len(train_set)} training objects"
         )
-    train_loader = train_set.loader(args.per_device_train_batch_size, True, True, args.dataloader_num_workers)
+    train_loader = train_set.loader(
+        args.per_device_train_batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=args.dataloader_num_workers,
+    )
     eval_bs = min(args.per_device_eval_batch_size, max(2, len(val_pairs) // accelerator.num_processes))
-    val_loader = val_clouds.loader(args.per_device_eval_batch_size, False, False, args.dataloader_num_workers)
-    val_pair_loader = val_pairs.loader(eval_bs, False, True, args.dataloader_num_workers)
+    val_loader = val_clouds.loader(
+        args.per_device_eval_batch_size,
+        shuffle=False,
+        drop_last=False,
+        num_workers=args.dataloader_num_workers,
+    )
+    val_pair_loader = val_pairs.loader(
+        eval_bs, shuffle=False, drop_last=True, num_workers=args.dataloader_num_workers
+    )
 
     train_loader, val_loader, val_pair_loader = accelerator.prepare(train_loader, val_loader, val_pair_loader)
     # ---- optimiser, schedule, accelerate, resume
     optimizer = build_optimizer(model, args)
-    model = run.prepare(model, optimizer, train_loader, args.per_device_train_batch_size)
-    progress = run.progress
+    training = run.prepare(
+        model, optimizer, train_loader, per_device_batch_size=args.per_device_train_batch_size
+    )
+    model, progress = training.model, training.progress
     config = {**args_to_dict(backbone, data_args, args), "num_processes": accelerator.num_processes}
     run.record_config("clip2point_pretrain", config)
 
@@ -294,7 +305,7 @@ def main(argv=None) -> dict:
     def on_best():
         run.save_best(accelerator.unwrap_model(model).clip2point)
 
-    if run.resumed is None and progress.completed_steps == 0 and data_args.eval_before_training:
+    if training.resumed is None and progress.completed_steps == 0 and data_args.eval_before_training:
         model.eval()
         value, values = evaluate()
         model.train()
@@ -305,7 +316,7 @@ def main(argv=None) -> dict:
     else:
         initial = None
 
-    run.train(compute_loss, evaluate=evaluate, on_best=on_best)
+    training.train(compute_loss, evaluate=evaluate, on_best=on_best)
 
     # ---- final save: the selected CLIP2PointModel and the processor
     accelerator.wait_for_everyone()

@@ -9,9 +9,18 @@ arguments, and a JSON/YAML file of them is accepted in their place.
 """
 
 import sys
+from collections.abc import Sequence
 
-from clip2point_apps.evaluation import main
+from clip2point_apps.console import configure_console
+from clip2point_apps.evaluation import parse_evaluation_arguments, run_evaluation
 from clip2point_hf.errors import run_script
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args, backbone = parse_evaluation_arguments(argv)
+    configure_console(verbose=args.verbose)
+    return run_evaluation(args, backbone)
+
 
 if __name__ == "__main__":
     run_script(main, sys.argv[1:])

@@ -9,6 +9,7 @@ The kill cases (a SIGKILL at several points of a checkpoint save) are in ``tests
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import pickle
@@ -23,7 +24,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from clip2point_apps.training.arguments import TrainingArguments
+from clip2point_apps.training.arguments import TrainingRunArguments
 from clip2point_apps.training.checkpointing import PROGRESS_FILE, clean_partial_checkpoints, latest_checkpoint
 from clip2point_hf import (
     CLIP2PointFeatureExtractor,
@@ -37,7 +38,7 @@ from clip2point_hf.conversion_clip2point import load_state_dict_file
 from clip2point_hf.data.mesh_folder import load_mesh_folder
 from clip2point_hf.errors import ModelLoadError, first_line, run_script
 from clip2point_hf.loading import load_pretrained, resolve_model
-from clip2point_hf.pipeline_clip2point import _check_labels
+from clip2point_hf.pipeline_clip2point import parse_candidate_labels
 from clip2point_hf.points_clip2point import normalize_point_cloud
 from conftest import make_tiny_config, make_tiny_tokenizer
 
@@ -351,7 +352,7 @@ LABELS = [
 @pytest.mark.parametrize("labels", [c[1] for c in LABELS], ids=[c[0] for c in LABELS])
 def test_candidate_labels_are_checked(labels):
     with pytest.raises(ValueError) as error:
-        _check_labels(labels)
+        parse_candidate_labels(labels)
     assert_one_line(error.value, "candidate_labels")
 
 
@@ -562,14 +563,16 @@ def test_training_arguments_are_checked_before_anything_is_written(tmp_path, mak
     kwargs = make(tmp_path)
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     with pytest.raises(ValueError) as error:
-        TrainingArguments(**{k: (str(v) if isinstance(v, Path) else v) for k, v in kwargs.items()}).validate()
+        TrainingRunArguments(
+            **{k: (str(v) if isinstance(v, Path) else v) for k, v in kwargs.items()}
+        ).validate()
     assert_one_line(error.value, culprit)
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
 
 
 @pytest.mark.parametrize("extra", [{"overwrite_output_dir": True}, {"resume_from_checkpoint": "latest"}])
 def test_non_empty_output_dir_is_accepted_when_asked(tmp_path, extra):
-    TrainingArguments(output_dir=str(_nonempty(tmp_path)), **extra).validate()  # documented: no error
+    TrainingRunArguments(output_dir=str(_nonempty(tmp_path)), **extra).validate()  # documented: no error
 
 
 SCRIPT_ERRORS = [
@@ -612,6 +615,37 @@ def test_debug_env_shows_the_user_error_traceback(monkeypatch):
 
     with pytest.raises(ValueError, match="bad option"):
         run_script(main, [], prog="train.py")
+
+
+class MainProcessFirst:
+    """accelerate's ``main_process_first`` as one process sees it: records whether this process's block ended
+    normally (the main process then reaches the barrier that releases the others) or by an exception (the
+    others wait in that barrier until the main process dies, then fail with a traceback)."""
+
+    def __init__(self, is_main_process: bool):
+        self.is_main_process = is_main_process
+        self.block_ended = None
+
+    @contextlib.contextmanager
+    def main_process_first(self):
+        try:
+            yield
+        except BaseException:
+            self.block_ended = "by an exception"
+            raise
+        self.block_ended = "normally"
+
+
+@pytest.mark.parametrize("is_main_process", [True, False], ids=["main", "other"])
+def test_a_dataset_error_under_accelerate_ends_every_process_in_one_line(tmp_path, is_main_process):
+    """Each process of `accelerate launch` meets the user error itself, after the barrier: one line each, exit 2."""
+    from clip2point_apps.arguments import PointCloudDataArguments
+
+    accelerator = MainProcessFirst(is_main_process)
+    data = PointCloudDataArguments(dataset=str(tmp_path / "absent"))
+    with pytest.raises(FileNotFoundError, match="absent"):  # an OSError: a user error of the package
+        data.load(0, accelerator, ["test"])
+    assert accelerator.block_ended == "normally"
 
 
 def test_partial_checkpoints_never_count_and_are_cleaned(tmp_path):

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from clip2point_apps.arguments import BackboneArguments, parse_args
 from clip2point_apps.evaluation import ZeroShotArguments, apply_protocol
-from clip2point_apps.training import BackboneArguments, parse_args
 
 
 def resolved(*argv: str) -> dict:

@@ -81,7 +81,7 @@ def test_clear_errors(metric, kwargs, message):
 
 
 def test_training_helper_uses_the_module():
-    from clip2point_apps.evaluation import classification_metrics
+    from clip2point_apps.metrics import classification_metrics
 
     out = classification_metrics([0, 1, 1], [0, 1, 0], ["x", "y"])
     assert out["overall_accuracy"] == pytest.approx(2 / 3)

@@ -197,6 +197,83 @@ def test_cli_classify_and_render(tiny_model_dir, tmp_path, capsys):
     )
 
 
+STARTUP_PROBE = """
+import contextlib, io, json, sys
+from clip2point_apps.cli import main
+
+answers = []
+for argv in (["--help"], ["classify", "--lables", "x"], ["classify", "missing.ply", "--labels", "a,b"]):
+    stderr = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(stderr):
+        try:
+            code = main(argv)
+        except SystemExit as exit:
+            code = exit.code
+    answers.append([code, stderr.getvalue()])
+loaded = sorted(name for name in ("torch", "transformers") if name in sys.modules)
+import clip2point_hf  # the control: the library itself loads both
+control = sorted(name for name in ("torch", "transformers") if name in sys.modules)
+print(json.dumps({"answers": answers, "loaded": loaded, "control": control}))
+"""
+
+
+def test_cli_answers_help_typos_and_missing_files_before_torch_loads(tmp_path):
+    """What a fresh interpreter has imported once the command answered (its start-up time: BENCHMARKS.md)."""
+    result = subprocess.run(
+        [sys.executable, "-c", STARTUP_PROBE],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    probe = json.loads(result.stdout)
+    assert probe["loaded"] == [] and probe["control"] == ["torch", "transformers"]
+    (help_code, _), (typo_code, typo), (missing_code, missing) = probe["answers"]
+    assert help_code == 0
+    assert (typo_code, typo) == (
+        2,
+        "clip2point classify: error: unrecognized option --lables (did you mean --labels?)\n",
+    )
+    assert (missing_code, missing) == (2, "clip2point classify: error: missing.ply: file not found\n")
+
+
+def test_cli_evaluate_takes_the_evaluations_options(capsys):
+    """One declaration per option: `clip2point evaluate` hands its options to the evaluation's own parser."""
+    result = run_cli_in_process(capsys, "evaluate", "--dataset", "d", "--modle", "m")
+    assert_user_error(
+        result, "clip2point evaluate: error: unrecognized option --modle (did you mean --model?)"
+    )
+    with pytest.raises(SystemExit) as exit:
+        run_cli_in_process(capsys, "evaluate", "--help")
+    assert exit.value.code == 0
+    assert "usage: clip2point evaluate" in capsys.readouterr().out
+
+
+def test_cli_bug_keeps_its_traceback_and_only_user_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    import clip2point_apps.cli as cli
+    from clip2point_hf.errors import DatasetFormatError
+
+    np.save(tmp_path / "c.npy", make_sample_point_cloud("cone", 100))
+
+    def bug(args):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(cli, "cmd_render", bug)
+    with pytest.raises(
+        KeyError, match="a bug"
+    ):  # not turned into one line and exit 2: Python prints it, exit 1
+        cli.main(["render", str(tmp_path / "c.npy")])
+    assert "error" not in capsys.readouterr().err
+
+    def user_error(args):
+        raise DatasetFormatError(args.file, "not a cloud")
+
+    monkeypatch.setattr(cli, "cmd_render", user_error)
+    assert_user_error(run_cli_in_process(capsys, "render", tmp_path / "c.npy"), "c.npy: not a cloud")
+
+
 def test_cli_convert_and_push_dry_run(tmp_path, capsys):
     from test_conversion import random_openai_clip, random_visual
 
@@ -347,8 +424,8 @@ def test_card_carries_the_arguments_the_training_scripts_write(tiny_model_dir, t
     them under Training (it used to look for a file no script writes, so no card had them)."""
     import shutil
 
-    from clip2point_apps.hub import RUN_ARGS_FILE
-    from clip2point_apps.training import write_json
+    from clip2point_apps.arguments import RUN_ARGS_FILE
+    from clip2point_apps.tracking import write_json
 
     bare = export_hub_folder(tiny_model_dir, tmp_path / "bare", repo_id="org/clip2point")
     assert "## Training" not in (bare / "README.md").read_text()

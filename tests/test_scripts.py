@@ -263,7 +263,8 @@ def test_pretrain_end_to_end(pretrained, pairs):
 
 
 def test_finetune_kshot_end_to_end(pretrained, meshes, workdir, env):
-    from clip2point_apps.training import BackboneArguments, build_clip, load_tokenizer
+    from clip2point_apps.arguments import BackboneArguments
+    from clip2point_apps.backbone import build_clip, load_tokenizer
     from clip2point_hf import CLIP2PointForPointCloudClassification
 
     out = workdir / "gdpa"
@@ -676,23 +677,24 @@ def test_supervised_gdpa_learns_on_shrec(workdir, env):
 
 
 def test_parse_args_from_files_and_overrides(tmp_path):
-    from clip2point_apps.training import BackboneArguments, TrainingArguments, parse_args
+    from clip2point_apps.arguments import BackboneArguments, parse_args
+    from clip2point_apps.training import TrainingRunArguments
 
     (tmp_path / "a.yaml").write_text("output_dir: x\nlearning_rate: 0.5\nclip_config: tiny\n")
     backbone, args = parse_args(
-        (BackboneArguments, TrainingArguments), [str(tmp_path / "a.yaml"), "--seed", "7"]
+        (BackboneArguments, TrainingRunArguments), [str(tmp_path / "a.yaml"), "--seed", "7"]
     )
     assert (args.output_dir, args.learning_rate, args.seed, backbone.clip_config) == ("x", 0.5, 7, "tiny")
     (tmp_path / "b.json").write_text(json.dumps({"output_dir": "y", "resume_from_checkpoint": "latest"}))
-    _, args = parse_args((BackboneArguments, TrainingArguments), [str(tmp_path / "b.json")])
+    _, args = parse_args((BackboneArguments, TrainingRunArguments), [str(tmp_path / "b.json")])
     assert args.resume_from_checkpoint == "latest"
     _, args = parse_args(
-        (BackboneArguments, TrainingArguments), ["--output_dir", "z", "--resume_from_checkpoint"]
+        (BackboneArguments, TrainingRunArguments), ["--output_dir", "z", "--resume_from_checkpoint"]
     )
     assert args.resume_from_checkpoint == "latest"  # the flag alone means the latest checkpoint
     (tmp_path / "c.json").write_text(json.dumps({"output_dir": "y", "learning_rat": 1}))
     with pytest.raises(ValueError, match="learning_rat"):
-        parse_args((BackboneArguments, TrainingArguments), [str(tmp_path / "c.json")])
+        parse_args((BackboneArguments, TrainingRunArguments), [str(tmp_path / "c.json")])
 
 
 def test_epoch_sampler_and_keyed_draws_are_reproducible():
@@ -753,7 +755,7 @@ def test_lr_schedules():
 def test_trackers_are_optional():
     import importlib.util
 
-    from clip2point_apps.training import resolve_trackers
+    from clip2point_apps.tracking import resolve_trackers
 
     assert resolve_trackers("none") is None
     if importlib.util.find_spec("tensorboard") is None:

@@ -277,8 +277,8 @@ def test_empty_split_and_missing_files_are_reported_before_any_work(tmp_path):
 
 
 def test_argument_file_takes_numbers_for_text_fields(tmp_path):
+    from clip2point_apps.arguments import BackboneArguments, parse_args
     from clip2point_apps.evaluation import ZeroShotArguments, parse_views
-    from clip2point_apps.training import BackboneArguments, parse_args
 
     for name, text in (("a.json", json.dumps({"views": 6, "split": "test"})), ("a.yaml", "views: 10\n")):
         (tmp_path / name).write_text(text)
@@ -290,16 +290,24 @@ def test_cli_options_are_one_family_and_device_cuda_without_cuda_is_one_line(
     tiny_model_dir, tmp_path, capsys
 ):
     from clip2point_apps.cli import build_parser
+    from clip2point_apps.evaluation import parse_evaluation_arguments
 
     parser = build_parser()
-    a = parser.parse_args(
-        ["evaluate", "--dataset", "d", "--model", "m", "--batch-size", "3", "--on-missing", "skip"]
+    a = parser.parse_args(["classify", "x.ply", "--batch-size", "3", "--up-axis", "z"])
+    b = parser.parse_args(["classify", "x.ply", "--batch_size", "3", "--up_axis", "z"])
+    assert vars(a) == vars(b) and a.batch_size == 3 and a.up_axis == "z"
+    assert (
+        "--batch-size" not in a.command_parser.format_help()
+        and "--batch_size" in a.command_parser.format_help()
     )
-    b = parser.parse_args(
-        ["evaluate", "--dataset", "d", "--model", "m", "--batch_size", "3", "--on_missing", "skip"]
+    # `clip2point evaluate` takes the evaluation's own options, with the same two spellings
+    a, _ = parse_evaluation_arguments(
+        ["--dataset", "d", "--model", "m", "--batch-size", "3", "--on-missing", "skip"]
     )
-    assert vars(a) == vars(b) and a.batch_size == 3 and a.on_missing == "skip"
-    assert "--batch-size" not in parser._subparsers._group_actions[0].choices["evaluate"].format_help()
+    b, _ = parse_evaluation_arguments(
+        ["--dataset", "d", "--model", "m", "--batch_size", "3", "--on_missing", "skip"]
+    )
+    assert a == b and a.batch_size == 3 and a.on_missing == "skip"
     if torch.cuda.is_available():
         pytest.skip("this torch has CUDA")
     np.save(tmp_path / "c.npy", np.random.default_rng(0).normal(size=(50, 3)))
@@ -324,7 +332,7 @@ def test_quiet_console_and_one_line_warnings():
     import datasets
     from transformers.utils import logging
 
-    from clip2point_apps.training import configure_console
+    from clip2point_apps.console import configure_console
 
     saved = warnings.formatwarning
     try:

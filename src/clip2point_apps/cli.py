@@ -1,7 +1,12 @@
 """`clip2point`: classify, render, evaluate, convert, publish, search and serve a web page from the command line.
 
-User errors (a bad file, an unknown option value, a model folder missing files, an unreachable Hub) end
-in one line on stderr and exit code 2, with no traceback.
+User errors (a bad file, an unknown option value, a model folder missing files, an unreachable Hub) end in one line
+on stderr and exit code 2, with no traceback: argparse's errors, :class:`CommandError` and the package's user-error
+classes (``clip2point_hf.errors.SCRIPT_USER_ERRORS``). Any other exception is a bug and keeps its traceback.
+
+``--help``, a mistyped option and a missing input file are answered before torch or transformers load: this module
+imports only the standard library and :mod:`clip2point_apps.console`; each command checks its inputs first
+(``check_inputs``) and imports what it needs inside its function.
 """
 
 from __future__ import annotations
@@ -11,27 +16,123 @@ import dataclasses
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
-from clip2point_hf.data.formats import DATASET_FORMATS
-from clip2point_hf.errors import ModelLoadError, first_line
-from clip2point_hf.points_clip2point import UP_AXES
-
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, OSError, KeyError, RuntimeError)
+from .console import configure_console, unrecognized_options_message
 
 
 class CommandError(Exception):
-    """A user-facing error: printed as one line."""
+    """A user-facing error found by the command itself: printed as one line."""
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse with the example scripts' spelling: an option ``--name_with_underscores`` (shown in ``--help``) is
+    also accepted as ``--name-with-dashes``, as HfArgumentParser accepts it. An error is one line, and
+    :attr:`option_names` lists the options for the "did you mean" of a mistyped one."""
+
+    def __init__(self, *args, **kwargs):
+        self.option_names: list[str] = []
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *names: str, **kwargs) -> argparse.Action:
+        action = super().add_argument(*names, **kwargs)
+        self.option_names += [name for name in names if name.startswith("-")]
+        dashed = [name.replace("_", "-") for name in names if name.startswith("--") and "_" in name]
+        if dashed:
+            hidden = {**kwargs, "dest": action.dest, "default": argparse.SUPPRESS, "help": argparse.SUPPRESS}
+            super().add_argument(*dashed, **hidden)
+        return action
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+# --------------------------------------------------------------------------------------------------------- checks
+# What each command can tell without torch: run before anything heavy is imported.
+
+
+def check_files(paths: Sequence[str], option: str = "") -> None:
+    """Each of ``paths`` is an existing file (a folder or a missing path is one line naming it)."""
+    for path in paths:
+        if Path(path).is_dir():
+            raise CommandError(f"{option}{path}: is a folder, not a point-cloud or mesh file")
+        if not Path(path).is_file():
+            raise CommandError(f"{option}{path}: file not found")
+
+
+def check_model_spec(model: str | None) -> None:
+    """``--model`` (when given) is a folder or a Hub id."""
+    if model is not None and not (Path(model).is_dir() or "/" in model):
+        raise CommandError(f"--model: {model!r} is neither a folder nor a Hub id (org/name)")
+
+
+def check_up_axis(up_axis: str | None) -> None:
+    """``--up_axis`` (when given) is one the library knows; the list comes from the library, so this check
+    imports it: commands call it after their other checks."""
+    if up_axis is None:
+        return
+    from clip2point_hf.points_clip2point import UP_AXES
+
+    if up_axis not in UP_AXES:
+        raise CommandError(f"--up_axis: {up_axis!r} is not one of {', '.join(UP_AXES)}")
+
+
+def check_classify(args: argparse.Namespace) -> None:
+    check_files(args.files)
+    check_model_spec(args.model)
+    check_up_axis(args.up_axis)
+
+
+def check_render(args: argparse.Namespace) -> None:
+    check_files([args.file])
+    check_up_axis(args.up_axis)
+
+
+def check_convert(args: argparse.Namespace) -> None:
+    if not Path(args.checkpoint).is_file():
+        raise CommandError(f"{args.checkpoint}: file not found")
+
+
+def check_push(args: argparse.Namespace) -> None:
+    if not Path(args.model_dir).is_dir():
+        raise CommandError(f"{args.model_dir}: no such model folder")
+
+
+def check_serve(args: argparse.Namespace) -> None:
+    check_model_spec(args.model)
+    if args.index is not None and not Path(args.index).exists():
+        raise CommandError(f"--index: {args.index}: not found")
+
+
+def check_embed(args: argparse.Namespace) -> None:
+    if not Path(args.source).is_dir():
+        raise CommandError(f"{args.source}: not a folder (a folder of shapes or a saved dataset)")
+    check_model_spec(args.model)
+    check_up_axis(args.up_axis)
+
+
+def check_search(args: argparse.Namespace) -> None:
+    if (args.text is None) == (args.like is None):
+        raise CommandError("give either a query text or --like FILE (not both)")
+    if args.like is not None:
+        check_files([args.like], "--like ")
+    check_model_spec(args.model)
+    check_up_axis(args.up_axis)
+
+
+def no_check(args: argparse.Namespace) -> None:
+    """For a command whose inputs only its own code can check (``evaluate``: the evaluation's parser)."""
 
 
 # --------------------------------------------------------------------------------------------------------- helpers
 
 
 def _labels(text: str) -> list[str]:
-    from clip2point_hf.pipeline_clip2point import _check_labels
+    from clip2point_hf.pipeline_clip2point import parse_candidate_labels
 
-    return list(_check_labels(text))
+    return list(parse_candidate_labels(text))
 
 
 def _views(text: str):
@@ -48,6 +149,8 @@ def _views(text: str):
 def _load_pipeline(model: str | None, device: str | None):
     """The pipeline on ``--model``, or without it on the best weights reachable (`clip2point_apps.weights`); one
     line on stderr names the weights used."""
+    from clip2point_hf.errors import ModelLoadError, first_line
+
     from .weights import build_classifier, resolve_weights
 
     _check_device(device)
@@ -87,11 +190,6 @@ def cmd_classify(args: argparse.Namespace) -> None:
     from clip2point_hf.pipeline_clip2point import CLASSIFICATION_TASK
 
     labels = _labels(args.labels) if args.labels is not None else None
-    for path in args.files:
-        if Path(path).is_dir():
-            raise CommandError(f"{path}: is a folder, not a point-cloud or mesh file")
-        if not Path(path).is_file():
-            raise CommandError(f"{path}: file not found")
     classifier = _load_pipeline(args.model, args.device)
     if classifier.task == CLASSIFICATION_TASK:
         # A fine-tuned model answers with its own classes; --labels keeps some of them.
@@ -179,6 +277,7 @@ def _tokenizer(spec: str | None):
         return None
     from transformers import AutoTokenizer
 
+    from clip2point_hf.errors import first_line
     from clip2point_hf.loading import resolve_tokenizer
 
     try:
@@ -204,7 +303,7 @@ def _class_names(spec: str) -> list[str]:
 
 
 def cmd_push(args: argparse.Namespace) -> None:
-    from .hub import export_hub_folder, push_to_hub, verify_hub_folder
+    from .hub import HubPushError, export_hub_folder, push_to_hub, verify_hub_folder
 
     folder = Path(args.output or Path(args.model_dir) / "hub_export")
     export_hub_folder(args.model_dir, folder, args.results, repo_id=args.repo, base_model=args.base_model)
@@ -212,31 +311,22 @@ def cmd_push(args: argparse.Namespace) -> None:
     if args.dry_run:
         print(f"dry run: {folder} is complete and verified; nothing was uploaded")
         return
-    print(f"pushed {folder} to {args.repo}: {push_to_hub(folder, args.repo, private=args.private)}")
+    try:
+        url = push_to_hub(folder, args.repo, private=args.private)
+    except HubPushError as error:
+        raise CommandError(str(error)) from None
+    print(f"pushed {folder} to {args.repo}: {url}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from .evaluation import main as run_zero_shot
+    """The evaluation script itself: its options are parsed by its own parser (one declaration of each)."""
+    from .evaluation import parse_evaluation_arguments, run_evaluation
 
-    argv = ["--model", args.model, "--dataset", args.dataset, "--protocol", args.protocol]
-    if args.views is not None:
-        argv += ["--views", {"10": "reference10", "6": "reference6"}.get(args.views, args.views)]
-    if args.prompts is not None:
-        argv += ["--prompts", *args.prompts]
-    if args.prompt_naming is not None:
-        argv += ["--prompt_naming", args.prompt_naming]
-    if args.seed is not None:
-        argv += ["--seed", str(args.seed)]
-    argv += ["--output_dir", args.output_dir, "--batch_size", str(args.batch_size), "--split", args.split]
-    argv += ["--on_missing", args.on_missing, "--dataset_format", args.dataset_format]
-    for flag in ("tokenizer", "up_axis"):
-        if getattr(args, flag):
-            argv += [f"--{flag}", getattr(args, flag)]
-    argv += ["--overwrite_output_dir"] * args.overwrite_output_dir + ["--verbose"] * args.verbose
-    run_zero_shot(argv)
-    print(
-        f"results: {Path(args.output_dir) / 'zero_shot_results.json'}, {Path(args.output_dir) / 'confusion_matrix.png'}"
-    )
+    options, backbone = parse_evaluation_arguments(args.evaluation_options, prog="clip2point evaluate")
+    configure_console(verbose=options.verbose)
+    run_evaluation(options, backbone)
+    output_dir = Path(options.output_dir)
+    print(f"results: {output_dir / 'zero_shot_results.json'}, {output_dir / 'confusion_matrix.png'}")
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -246,18 +336,13 @@ def cmd_serve(args: argparse.Namespace) -> None:
         raise CommandError("the web page needs Gradio: pip install 'clip2point-hf[demo]'") from None
     from .web import build_demo
 
-    if args.model is not None and not (Path(args.model).is_dir() or "/" in args.model):
-        raise CommandError(f"--model: {args.model!r} is neither a folder nor a Hub id (org/name)")
-    if args.index is not None and not Path(args.index).exists():
-        raise CommandError(f"--index: {args.index}: not found")
     demo = build_demo(model=args.model, index=args.index, device=args.device)
     demo.launch(server_name=args.host, server_port=args.port)
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
-    if not Path(args.source).is_dir():
-        raise CommandError(f"{args.source}: not a folder (a folder of shapes or a saved dataset)")
-    _check_model(args.model)
+    from clip2point_hf.errors import first_line
+
     from .retrieval import ShapeIndex
 
     try:
@@ -287,12 +372,8 @@ def cmd_embed(args: argparse.Namespace) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> None:
-    if (args.text is None) == (args.like is None):
-        raise CommandError("give either a query text or --like FILE (not both)")
-    if args.like is not None and not Path(args.like).is_file():
-        raise CommandError(f"--like {args.like}: file not found")
-    if args.model:
-        _check_model(args.model)
+    from clip2point_hf.errors import first_line
+
     from .retrieval import ShapeIndex, load_embedder, save_hits_image
 
     index = ShapeIndex.load(args.index)
@@ -317,208 +398,203 @@ def cmd_search(args: argparse.Namespace) -> None:
         print(f"wrote {args.output}")
 
 
-def _check_model(model: str) -> None:
-    if not (Path(model).is_dir() or "/" in model):
-        raise CommandError(f"--model: {model!r} is neither a folder nor a Hub id (org/name)")
-
-
 # --------------------------------------------------------------------------------------------------------- parser
 
 
 UP_AXIS_HELP = (
-    "the files' up axis: z for ModelNet OFF; y for modelnet40_normal_resampled .txt, ShapeNet-55, "
-    "ScanObjectNN and glTF/GLB (README, 'Up axis')"
+    "the files' up axis (an axis, negated with -: z, -y, ...): z for ModelNet OFF; y for "
+    "modelnet40_normal_resampled .txt, ShapeNet-55, ScanObjectNN and glTF/GLB (README, 'Up axis')"
 )
+FILE_TYPES_HELP = "README, 'File types'"
 
 
-class _Options:
-    """Adds each option as `--name_with_underscores` (the spelling of the scripts' HfArgumentParser options,
-    shown in --help) and accepts `--name-with-dashes` for it too."""
-
-    def __init__(self, parser: argparse.ArgumentParser):
-        self.parser = parser
-
-    def __call__(self, *names: str, **kwargs) -> None:
-        action = self.parser.add_argument(*names, **kwargs)
-        aliases = [name.replace("_", "-") for name in names if name.startswith("--") and "_" in name]
-        if aliases:
-            hidden = {**kwargs, "dest": action.dest, "default": argparse.SUPPRESS, "help": argparse.SUPPRESS}
-            self.parser.add_argument(*aliases, **hidden)
+def add_command(
+    commands,
+    name: str,
+    run: Callable[[argparse.Namespace], None],
+    check_inputs: Callable[[argparse.Namespace], None],
+    **kwargs,
+) -> CommandParser:
+    """A subcommand: ``check_inputs(args)`` runs first (nothing heavy), then ``run(args)``."""
+    parser = commands.add_parser(name, **kwargs)
+    parser.set_defaults(run=run, check_inputs=check_inputs, command_parser=parser)
+    return parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> CommandParser:
+    parser = CommandParser(
         prog="clip2point",
         description=__doc__.splitlines()[0],
         epilog="Options are spelled --like_this (as the example scripts'); --like-this is accepted too.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    p = commands.add_parser("classify", help="classify point-cloud files (zero-shot or fine-tuned model)")
-    o = _Options(p)
-    o("files", nargs="+", help=f"point-cloud or mesh files ({' '.join(_file_types())})")
-    o(
+    p = add_command(
+        commands,
+        "classify",
+        cmd_classify,
+        check_classify,
+        help="classify point-cloud files (zero-shot or fine-tuned model)",
+    )
+    p.add_argument("files", nargs="+", help=f"point-cloud or mesh files ({FILE_TYPES_HELP})")
+    p.add_argument(
         "--labels",
         help="comma-separated candidate labels (required for a zero-shot model; for a fine-tuned one, "
         "only these of its classes are shown)",
     )
-    o(
+    p.add_argument(
         "--model",
         default=None,
         help="a CLIP2Point (zero-shot or fine-tuned) or CLIP folder or Hub id (default: the best weights "
         "reachable; see README)",
     )
-    o("--up_axis", choices=UP_AXES, default=None, help=UP_AXIS_HELP + "; default: the model's processor's")
-    o("--template", help="prompt template with {} (default: the model's)")
-    o("--device", default=None, help="cpu, cuda, cuda:1, ...")
-    o("--batch_size", type=int, default=16)
-    o("--top_k", type=int, default=3)
-    o("--json", action="store_true", help="print all scores as JSON")
-    p.set_defaults(func=cmd_classify)
+    p.add_argument("--up_axis", metavar="AXIS", help=UP_AXIS_HELP + "; default: the model's processor's")
+    p.add_argument("--template", help="prompt template with {} (default: the model's)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--top_k", type=int, default=3)
+    p.add_argument("--json", action="store_true", help="print all scores as JSON")
 
-    p = commands.add_parser("render", help="write a picture of a cloud's depth views")
-    o = _Options(p)
-    o("file", help=f"a point-cloud or mesh file ({' '.join(_file_types())})")
-    o("-o", "--output", default="views.png")
-    o("--views", default="10", help="10, 6, upper10 or 'elev,azim[,dist];...'")
-    o("--up_axis", choices=UP_AXES, default="y", help=UP_AXIS_HELP + "; default: y")
-    o("--num_points", type=int, default=1024)
-    o("--depth_mode", choices=("parity", "minmax"), default="parity")
-    o("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_render)
+    p = add_command(
+        commands, "render", cmd_render, check_render, help="write a picture of a cloud's depth views"
+    )
+    p.add_argument("file", help=f"a point-cloud or mesh file ({FILE_TYPES_HELP})")
+    p.add_argument("-o", "--output", default="views.png")
+    p.add_argument("--views", default="10", help="10, 6, upper10 or 'elev,azim[,dist];...'")
+    p.add_argument("--up_axis", metavar="AXIS", default="y", help=UP_AXIS_HELP + "; default: y")
+    p.add_argument("--num_points", type=int, default=1024)
+    p.add_argument("--depth_mode", choices=("parity", "minmax"), default="parity")
+    p.add_argument("--seed", type=int, default=0)
 
-    p = commands.add_parser(
-        "evaluate", help="accuracy on a dataset, zero-shot or fine-tuned (clip2point_apps.evaluation)"
+    add_command(
+        commands,
+        "evaluate",
+        cmd_evaluate,
+        no_check,
+        add_help=False,  # `clip2point evaluate --help` is the evaluation's own
+        help="accuracy on a dataset, zero-shot or fine-tuned: the options of examples/zero_shot.py "
+        "(clip2point evaluate --help)",
     )
-    o = _Options(p)
-    o("--dataset", required=True, help="a dataset folder (ModelNet, ScanObjectNN, mesh folder)")
-    o("--dataset_format", choices=DATASET_FORMATS, default="auto", help="which loader (default: detected)")
-    o("--model", required=True, help="a CLIP2Point folder or Hub id (zero-shot or fine-tuned)")
-    o("--up_axis", choices=UP_AXES, default=None, help=UP_AXIS_HELP + "; default: the dataset loader's")
-    o(
-        "--protocol",
-        choices=("default", "reference"),
-        default="default",
-        help="reference: the authors' zero-shot protocol (README, Evaluation); explicit flags override it",
-    )
-    o(
-        "--views",
-        help="6, 10, a preset name, or a JSON list of [elev, azim(, dist)] (default: 6 for a zero-shot model, "
-        "the saved processor's views for a fine-tuned one)",
-    )
-    o("--prompts", nargs="+", help="reference (default), ensemble, or templates with {}")
-    o("--prompt_naming", choices=("ours", "reference"), help="class spellings (default: ours)")
-    o("--split", default="test")
-    o(
-        "--seed",
-        type=int,
-        help="seed of the clouds sampled from the dataset (default: a fine-tuned model's run seed, else 0)",
-    )
-    o("--output_dir", default="zero_shot_output")
-    o("--overwrite_output_dir", action="store_true", help="replace results already in --output_dir")
-    o("--batch_size", type=int, default=32)
-    o("--tokenizer", help="CLIP tokenizer, if the model folder has none")
-    o(
-        "--on_missing",
-        choices=("error", "skip"),
-        default="error",
-        help="files a split list names but are absent: error, or skip them",
-    )
-    p.set_defaults(func=cmd_evaluate)
 
-    p = commands.add_parser("convert", help="convert an original checkpoint into a model folder")
-    o = _Options(p)
-    o("checkpoint", help="the authors' best_eval/best_val/best_test.pth, or an OpenAI CLIP .pt")
-    o("-o", "--output", required=True)
-    o(
+    p = add_command(
+        commands,
+        "convert",
+        cmd_convert,
+        check_convert,
+        help="convert an original checkpoint into a model folder",
+    )
+    p.add_argument("checkpoint", help="the authors' best_eval/best_val/best_test.pth, or an OpenAI CLIP .pt")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument(
         "--layout",
         choices=("auto", "clip", "pretraining", "dpa"),
         default="auto",
         help="checkpoint layout (default: detected from the keys; file names do not tell)",
     )
-    o("--clip", help="CLIP for the text tower: Hub id, folder or OpenAI .pt")
-    o("--tokenizer", help="CLIP tokenizer folder or Hub id (saved with the model)")
-    o("--class_names", default="modelnet40", help="DPA classes: modelnet40, a file, or a,b,c")
-    p.set_defaults(func=cmd_convert)
+    p.add_argument("--clip", help="CLIP for the text tower: Hub id, folder or OpenAI .pt")
+    p.add_argument("--tokenizer", help="CLIP tokenizer folder or Hub id (saved with the model)")
+    p.add_argument("--class_names", default="modelnet40", help="DPA classes: modelnet40, a file, or a,b,c")
 
-    p = commands.add_parser("push", help="export, verify and upload a model folder to the Hub")
-    o = _Options(p)
-    o("model_dir")
-    o("--repo", required=True, help="Hub repo id, org/name")
-    o("--results", nargs="*", default=[], help="zero-shot result JSON files for the card")
-    o("--output", help="where to write the upload folder (default: MODEL_DIR/hub_export)")
-    o("--base_model", help="the CLIP it was initialised from, for the card")
-    o("--private", action="store_true")
-    o("--dry_run", action="store_true", help="write and verify the folder, upload nothing")
-    p.set_defaults(func=cmd_push)
+    p = add_command(
+        commands, "push", cmd_push, no_check, help="export, verify and upload a model folder to the Hub"
+    )
+    p.add_argument("model_dir")
+    p.add_argument("--repo", required=True, help="Hub repo id, org/name")
+    p.add_argument("--results", nargs="*", default=[], help="zero-shot result JSON files for the card")
+    p.add_argument("--output", help="where to write the upload folder (default: MODEL_DIR/hub_export)")
+    p.add_argument("--base_model", help="the CLIP it was initialised from, for the card")
+    p.add_argument("--private", action="store_true")
+    p.add_argument("--dry_run", action="store_true", help="write and verify the folder, upload nothing")
 
-    p = commands.add_parser("serve", help="a local web page: upload a 3D file, see its views and scores")
-    o = _Options(p)
-    o("--model", help="a model folder or Hub id (default: the best weights reachable; see README)")
-    o("--index", help="a shape index from `clip2point embed` (adds a search tab)")
-    o("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
-    o("--port", type=int, default=7860)
-    o("--device", default=None, help="cpu, cuda, cuda:1, ...")
-    p.set_defaults(func=cmd_serve)
+    p = add_command(
+        commands,
+        "serve",
+        cmd_serve,
+        check_serve,
+        help="a local web page: upload a 3D file, see its views and scores",
+    )
+    p.add_argument(
+        "--model", help="a model folder or Hub id (default: the best weights reachable; see README)"
+    )
+    p.add_argument("--index", help="a shape index from `clip2point embed` (adds a search tab)")
+    p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ...")
 
-    p = commands.add_parser("embed", help="embed a folder or dataset of shapes into a search index")
-    o = _Options(p)
-    o("source", help="a folder of point/mesh files (recursive), or a folder saved by datasets")
-    o("--model", required=True, help="a CLIP2Point model folder or Hub id")
-    o("-o", "--output", required=True, help="the index folder, e.g. shapes.index")
-    o("--split", help="the split of a saved DatasetDict")
-    o("--up_axis", choices=UP_AXES, help=UP_AXIS_HELP + "; default: the dataset's, else the model's")
-    o("--num_shards", type=int, default=1, help="split the work over N processes")
-    o("--shard_index", type=int, help="this process's shard (omit to merge)")
-    o("--chunk_size", type=int, default=256, help="shapes per resumable chunk")
-    o("--batch_size", type=int, default=32)
-    o("--device", default=None, help="cpu, cuda, cuda:1, ...")
-    o("--faiss", default="auto", help="auto, none, or a faiss factory string (HNSW32, IVF1024,Flat)")
-    o("--skip_unreadable", action="store_true", help="skip files that cannot be read (listed)")
-    p.set_defaults(func=cmd_embed)
+    p = add_command(
+        commands,
+        "embed",
+        cmd_embed,
+        check_embed,
+        help="embed a folder or dataset of shapes into a search index",
+    )
+    p.add_argument("source", help="a folder of point/mesh files (recursive), or a folder saved by datasets")
+    p.add_argument("--model", required=True, help="a CLIP2Point model folder or Hub id")
+    p.add_argument("-o", "--output", required=True, help="the index folder, e.g. shapes.index")
+    p.add_argument("--split", help="the split of a saved DatasetDict")
+    p.add_argument(
+        "--up_axis", metavar="AXIS", help=UP_AXIS_HELP + "; default: the dataset's, else the model's"
+    )
+    p.add_argument("--num_shards", type=int, default=1, help="split the work over N processes")
+    p.add_argument("--shard_index", type=int, help="this process's shard (omit to merge)")
+    p.add_argument("--chunk_size", type=int, default=256, help="shapes per resumable chunk")
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ...")
+    p.add_argument(
+        "--faiss", default="auto", help="auto, none, or a faiss factory string (HNSW32, IVF1024,Flat)"
+    )
+    p.add_argument("--skip_unreadable", action="store_true", help="skip files that cannot be read (listed)")
 
-    p = commands.add_parser("search", help="text-to-shape or shape-to-shape search in an index")
-    o = _Options(p)
-    o("text", nargs="?", help='the query, e.g. "a chair with armrests"')
-    o("--like", help="a query shape file instead of a text")
-    o("--index", required=True, help="an index folder written by `clip2point embed`")
-    o("-k", type=int, default=8, help="how many hits")
-    o("-o", "--output", help="write a picture of the hits' front views (PNG)")
-    o("--template", help="prompt template with {} (default: the index's)")
-    o("--exact", action="store_true", help="exact search even when the index has a faiss index")
-    o("--model", help="embed the query with this model (default: the index's)")
-    o("--up_axis", choices=UP_AXES, help="the query shape's up axis (default: the index's)")
-    o("--device", default=None)
-    o("--json", action="store_true", help="print the hits as JSON")
-    p.set_defaults(func=cmd_search)
-    for command in commands.choices.values():
-        command.add_argument(
-            "--verbose",
-            action="store_true",
-            help="show the libraries' progress bars (loading, saving, datasets)",
-        )
+    p = add_command(
+        commands,
+        "search",
+        cmd_search,
+        check_search,
+        help="text-to-shape or shape-to-shape search in an index",
+    )
+    p.add_argument("text", nargs="?", help='the query, e.g. "a chair with armrests"')
+    p.add_argument("--like", help="a query shape file instead of a text")
+    p.add_argument("--index", required=True, help="an index folder written by `clip2point embed`")
+    p.add_argument("-k", type=int, default=8, help="how many hits")
+    p.add_argument("-o", "--output", help="write a picture of the hits' front views (PNG)")
+    p.add_argument("--template", help="prompt template with {} (default: the index's)")
+    p.add_argument("--exact", action="store_true", help="exact search even when the index has a faiss index")
+    p.add_argument("--model", help="embed the query with this model (default: the index's)")
+    p.add_argument("--up_axis", metavar="AXIS", help="the query shape's up axis (default: the index's)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--json", action="store_true", help="print the hits as JSON")
+    for name, command in commands.choices.items():
+        if name != "evaluate":
+            command.add_argument(
+                "--verbose",
+                action="store_true",
+                help="show the libraries' progress bars (loading, saving, datasets)",
+            )
     return parser
 
 
-def _file_types() -> tuple[str, ...]:
-    from clip2point_hf.point_files import POINT_FILE_TYPES
-
-    return POINT_FILE_TYPES
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from .training.tracking import configure_console
-
-    configure_console(args.verbose)
+    args, unrecognized = build_parser().parse_known_args(argv)
+    if args.command == "evaluate":
+        args.evaluation_options = unrecognized  # the evaluation's parser reads them
+    elif unrecognized:
+        command_parser = args.command_parser
+        command_parser.error(unrecognized_options_message(unrecognized, command_parser.option_names))
     try:
-        args.func(args)
+        args.check_inputs(args)
+        if (
+            args.command != "evaluate"
+        ):  # evaluate's --verbose is the evaluation's option: cmd_evaluate applies it
+            configure_console(verbose=args.verbose)
+        args.run(args)
     except CommandError as error:
         print(f"clip2point {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except USER_ERRORS as error:
-        if os.environ.get("CLIP2POINT_DEBUG"):
-            raise
+    except Exception as error:
+        from clip2point_hf.errors import SCRIPT_USER_ERRORS, first_line
+
+        if not isinstance(error, SCRIPT_USER_ERRORS) or os.environ.get("CLIP2POINT_DEBUG"):
+            raise  # a bug: its traceback
         print(f"clip2point {args.command}: error: {first_line(error)}", file=sys.stderr)
         return 2
     return 0

@@ -18,22 +18,21 @@ the folder, after saving it).
     python examples/zero_shot.py --model openai/clip-vit-base-patch32 --dataset ...   # untrained CLIP baseline
     clip2point evaluate --model runs/pretrain --dataset path/ModelNet40                # the same, installed
 
-It lives in the package (not only in ``examples/``) so that the ``clip2point evaluate`` command has it. The
-classification metrics and the confusion-matrix picture live here too; the training scripts use them.
+It lives in the package (not only in ``examples/``) so that the ``clip2point evaluate`` command has it, with these
+same options (:func:`parse_evaluation_arguments`). :func:`main` and :func:`run_evaluation` leave the console as they
+find it; the command-line entry points quiet it (:func:`clip2point_apps.console.configure_console`).
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from clip2point_hf.data import KeyedDataset, PointCloudBatchTransform, random_subset
@@ -44,23 +43,12 @@ from clip2point_hf.processing_clip2point import point_cloud_front_end
 from clip2point_hf.prompts import PROMPT_NAMINGS, encode_class_prompts, prompt_names, resolve_templates
 from clip2point_hf.rendering_clip2point import VIEW_PRESETS, resolve_views
 
-from .hub import RUN_ARGS_FILE
-from .metrics import load_accuracy_metric
-from .training import (
-    BackboneArguments,
-    PointCloudDataArguments,
-    args_to_dict,
-    build_clip,
-    configure_console,
-    load_tokenizer,
-    make_processor,
-    parse_args,
-    predict,
-    render_point_clouds,
-    resolve_trackers,
-    start_trackers,
-    write_json,
-)
+from .arguments import RUN_ARGS_FILE, BackboneArguments, PointCloudDataArguments, args_to_dict, parse_args
+from .backbone import build_clip, load_tokenizer, make_processor
+from .metrics import classification_metrics
+from .prediction import predict, render_point_clouds
+from .tracking import resolve_trackers, start_trackers, write_json
+from .visualization import save_confusion_matrix_image
 
 #: The authors' zero-shot protocol (their ``zeroshot.py`` and ``datasets/``), what ``--protocol reference`` sets
 #: wherever a flag is not given: 6 views, "image of a {}", their class spellings, their depth-to-intensity
@@ -213,60 +201,6 @@ def parse_views(spec: str | int):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Metrics and the confusion-matrix picture (also used by the training scripts)
-
-
-def classification_metrics(predictions, references, class_names: Sequence[str]) -> dict:
-    """Overall, mean-class and per-class accuracy and the confusion matrix, through the evaluate module."""
-    metric = load_accuracy_metric()
-    predictions = np.asarray(predictions, dtype=np.int64).tolist()
-    references = np.asarray(references, dtype=np.int64).tolist()
-    return metric.compute(
-        predictions=predictions,
-        references=references,
-        num_classes=len(class_names),
-        label_names=list(class_names),
-    )
-
-
-def save_confusion_matrix_image(
-    confusion: Sequence[Sequence[int]], class_names: Sequence[str], path: str | os.PathLike, title: str = ""
-) -> None:
-    """A PNG of the confusion matrix (rows: true class, columns: predicted), row-normalised shading, counts
-    written in the cells. Drawn with Pillow (no matplotlib needed)."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    cm = np.asarray(confusion, dtype=np.int64)
-    k = cm.shape[0]
-    font = ImageFont.load_default()
-    cell = 22 if k <= 40 else 12
-    label_w = 8 + 7 * max((len(n) for n in class_names), default=1)
-    top = label_w + (24 if title else 8)
-    width, height = label_w + k * cell + 10, top + k * cell + 10
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    if title:
-        draw.text((8, 6), f"{title}   (rows: true class, columns: predicted class)", fill="black", font=font)
-    rows = cm.sum(axis=1, keepdims=True)
-    share = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=float), where=rows > 0)
-    for i in range(k):
-        for j in range(k):
-            x0, y0 = label_w + j * cell, top + i * cell
-            level = int(255 - 215 * share[i, j])
-            colour = (level, level, 255) if i == j else (255, level, level)
-            draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=colour, outline=(225, 225, 225))
-            if cm[i, j] and cell >= 20:
-                draw.text((x0 + 3, y0 + 5), str(cm[i, j]), fill="black", font=font)
-    for i, name in enumerate(class_names):
-        draw.text((4, top + i * cell + (cell - 10) // 2), str(name), fill="black", font=font)
-        column = Image.new("RGB", (label_w, cell), "white")
-        ImageDraw.Draw(column).text((4, (cell - 10) // 2), str(name), fill="black", font=font)
-        column = column.rotate(90, expand=True)
-        image.paste(column, (label_w + i * cell, top - label_w))
-    image.save(path)
-
-
-# ---------------------------------------------------------------------------------------------------------
 # The zero-shot evaluation
 
 
@@ -345,11 +279,25 @@ def _check_classifier_classes(model, prompts: Sequence[str], model_spec: str) ->
         )
 
 
-def main(argv=None) -> dict:
+def parse_evaluation_arguments(
+    argv: Sequence[str] | None = None, *, prog: str | None = None
+) -> tuple[ZeroShotArguments, BackboneArguments]:
+    """The evaluation's options, from the command line (``argv``) or a JSON/YAML file; ``prog`` names the command
+    in ``--help`` and errors (``clip2point evaluate``)."""
+    return parse_args((ZeroShotArguments, BackboneArguments), argv, prog=prog)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Parse ``argv`` and :func:`run_evaluation`; returns the summary written to ``zero_shot_results.json``.
+    It leaves the console as it finds it: the command-line entry points set it up
+    (:func:`clip2point_apps.console.configure_console`)."""
+    return run_evaluation(*parse_evaluation_arguments(argv))
+
+
+def run_evaluation(args: ZeroShotArguments, backbone: BackboneArguments) -> dict:
+    """Score ``args.model`` on ``args.dataset`` and write the results into ``args.output_dir``."""
     from accelerate import Accelerator
 
-    args, backbone = parse_args((ZeroShotArguments, BackboneArguments), argv)
-    configure_console(args.verbose)
     if not args.dataset:
         raise ValueError("--dataset is required")
     views_given = args.views is not None  # a fine-tuned classifier keeps its own views unless told

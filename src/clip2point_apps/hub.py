@@ -31,10 +31,9 @@ from clip2point_hf.modeling_clip2point import (
 from clip2point_hf.pipeline_clip2point import CLASSIFICATION_TASK, task_for_architecture
 from clip2point_hf.processing_clip2point import point_cloud_front_end
 
+from .arguments import RUN_ARGS_FILE
+
 REMOTE_CODE_FILES = ("configuration_clip2point.py", "modeling_clip2point.py", "prompts.py")
-#: A training run's arguments, written beside the saved model by ``TrainingRun.record_config``: the card shows
-#: them, the evaluation reads the run's seed from them.
-RUN_ARGS_FILE = "run_args.json"
 PROCESSOR_CODE_FILES = (
     "processing_clip2point.py",
     "feature_extraction_clip2point.py",
@@ -168,7 +167,7 @@ def read_provenance(model_dir: str | os.PathLike) -> dict | None:
         raise HubFolderError(f"{path}: not valid JSON ({error})") from error
 
 
-def _provenance_section(provenance: dict | None, trained_here: bool) -> str:
+def _provenance_section(provenance: dict | None, *, trained_here: bool) -> str:
     """Where the weights come from and how they were selected: stated apart from the package's protocol."""
     if provenance is None:
         if trained_here:

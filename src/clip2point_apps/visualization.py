@@ -1,4 +1,5 @@
-"""Pictures for people: a grid of a cloud's depth views, as the demo, ``clip2point render`` and the web page draw it.
+"""Pictures for people: a grid of a cloud's depth views (the demo, ``clip2point render``, the web page) and a
+confusion matrix (the evaluation, the fine-tuning script).
 
 Application layer: it uses the point-cloud front end (``CLIP2PointFeatureExtractor``) but is not part of it.
 """
@@ -16,7 +17,7 @@ from PIL import Image, ImageDraw
 from clip2point_hf.feature_extraction_clip2point import CLIP2PointFeatureExtractor
 from clip2point_hf.rendering_clip2point import resolve_views, view_name
 
-__all__ = ["save_views_image"]
+__all__ = ["save_confusion_matrix_image", "save_views_image"]
 
 
 def _is_batch(x: Any) -> bool:
@@ -65,3 +66,40 @@ def save_views_image(
             draw.text((x0 + 2, y0 + 1), view_name(*view_list[idx]), fill=0)
     sheet.save(os.fspath(path))
     return sheet
+
+
+def save_confusion_matrix_image(
+    confusion: Sequence[Sequence[int]], class_names: Sequence[str], path: str | os.PathLike, title: str = ""
+) -> None:
+    """A PNG of the confusion matrix (rows: true class, columns: predicted), row-normalised shading, counts
+    written in the cells. Drawn with Pillow (no matplotlib needed)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    cm = np.asarray(confusion, dtype=np.int64)
+    k = cm.shape[0]
+    font = ImageFont.load_default()
+    cell = 22 if k <= 40 else 12
+    label_w = 8 + 7 * max((len(n) for n in class_names), default=1)
+    top = label_w + (24 if title else 8)
+    width, height = label_w + k * cell + 10, top + k * cell + 10
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    if title:
+        draw.text((8, 6), f"{title}   (rows: true class, columns: predicted class)", fill="black", font=font)
+    rows = cm.sum(axis=1, keepdims=True)
+    share = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=float), where=rows > 0)
+    for i in range(k):
+        for j in range(k):
+            x0, y0 = label_w + j * cell, top + i * cell
+            level = int(255 - 215 * share[i, j])
+            colour = (level, level, 255) if i == j else (255, level, level)
+            draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=colour, outline=(225, 225, 225))
+            if cm[i, j] and cell >= 20:
+                draw.text((x0 + 3, y0 + 5), str(cm[i, j]), fill="black", font=font)
+    for i, name in enumerate(class_names):
+        draw.text((4, top + i * cell + (cell - 10) // 2), str(name), fill="black", font=font)
+        column = Image.new("RGB", (label_w, cell), "white")
+        ImageDraw.Draw(column).text((4, (cell - 10) // 2), str(name), fill="black", font=font)
+        column = column.rotate(90, expand=True)
+        image.paste(column, (label_w + i * cell, top - label_w))
+    image.save(path)

@@ -23,7 +23,7 @@ import torch
 
 from clip2point_hf.feature_extraction_clip2point import CLIP2PointFeatureExtractor
 from clip2point_hf.mesh_io import read_mesh
-from clip2point_hf.pipeline_clip2point import ZeroShotPointCloudClassificationPipeline, _check_labels
+from clip2point_hf.pipeline_clip2point import ZeroShotPointCloudClassificationPipeline, parse_candidate_labels
 from clip2point_hf.point_files import MESH_FILES, POINT_FILE_TYPES, read_point_cloud
 from clip2point_hf.points_clip2point import UP_AXES, convert_up_axis
 from clip2point_hf.processing_clip2point import CLIP2PointProcessor
@@ -106,7 +106,7 @@ class PageBackend:
     ) -> PageResult:
         """Score `labels` for the uploaded `file` (or else the bundled `sample`); raises ValueError with one
         line for the user on bad input."""
-        candidate_labels = _check_labels(labels)
+        candidate_labels = parse_candidate_labels(labels)
         if up_axis not in UP_AXES:
             raise ValueError(f"up axis must be one of {list(UP_AXES)}, got {up_axis!r}")
         if views not in self.view_choices:

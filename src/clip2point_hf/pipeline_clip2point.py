@@ -111,7 +111,9 @@ class ZeroShotPointCloudClassificationPipeline(PointCloudPipeline):
     ):
         forward, postprocess = {}, {}
         if candidate_labels is not None:
-            forward["candidate_labels"] = postprocess["candidate_labels"] = _check_labels(candidate_labels)
+            forward["candidate_labels"] = postprocess["candidate_labels"] = parse_candidate_labels(
+                candidate_labels
+            )
         if hypothesis_template is not None:
             if "{}" not in hypothesis_template:
                 raise ValueError(f"`hypothesis_template` must contain '{{}}', got {hypothesis_template!r}")
@@ -205,7 +207,9 @@ class PointCloudClassificationPipeline(PointCloudPipeline):
         return ranked[: min(top_k, len(ranked))]
 
 
-def _check_labels(labels: str | Sequence[str]) -> tuple[str, ...]:
+def parse_candidate_labels(labels: str | Sequence[str]) -> tuple[str, ...]:
+    """Candidate labels as a tuple, from a list or comma-separated text; a `ValueError` names a blank or
+    repeated label."""
     labels = [label.strip() for label in labels.split(",")] if isinstance(labels, str) else list(labels)
     if not labels or any(not isinstance(label, str) or not label.strip() for label in labels):
         raise ValueError(f"`candidate_labels` must be a non-empty list of non-blank strings, got {labels!r}")
@@ -221,5 +225,6 @@ __all__ = [
     "PointCloudClassificationPipeline",
     "PointCloudPipeline",
     "ZeroShotPointCloudClassificationPipeline",
+    "parse_candidate_labels",
     "task_for_architecture",
 ]

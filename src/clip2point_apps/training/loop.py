@@ -1,5 +1,6 @@
-"""The update loop every script runs, zero-shot/validation prediction, rendering a batch on the accelerator
-device, and :class:`TrainingRun`, the scaffolding the scripts share around them."""
+"""The update loop every training script runs, and the scaffolding around it: :class:`TrainingRun` (the
+accelerator, the output folder, the log) and :class:`PreparedTraining` (what accelerate prepared, the progress,
+the resume)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,20 @@ import math
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
 from clip2point_hf.atomic import atomic_folder
-from clip2point_hf.points_clip2point import normalize_point_cloud
 
-from ..hub import RUN_ARGS_FILE, HubPushError, push_to_hub
-from .arguments import TrainingArguments
+from ..arguments import RUN_ARGS_FILE
+from ..hub import HubPushError, push_to_hub
+from ..prediction import render_point_clouds
+from ..sampling import seed_step
+from ..tracking import JsonLogger, resolve_trackers, start_trackers, write_json
+from .arguments import TrainingRunArguments
 from .checkpointing import (
     TrainingProgress,
     clean_partial_checkpoints,
@@ -24,34 +29,20 @@ from .checkpointing import (
     save_checkpoint,
 )
 from .optimization import build_lr_scheduler
-from .sampling import seed_step
-from .tracking import (
-    JsonLogger,
-    configure_console,
-    resolve_trackers,
-    start_trackers,
-    write_json,
-)
+
+if TYPE_CHECKING:
+    from accelerate.optimizer import AcceleratedOptimizer
+    from accelerate.scheduler import AcceleratedScheduler
 
 __all__ = [
+    "PreparedTraining",
     "TrainingRun",
     "best_metric_line",
     "finish_with_hub",
-    "predict",
     "pretraining_inputs",
-    "render_point_clouds",
     "run_training",
     "setup_accelerator",
 ]
-
-
-def render_point_clouds(
-    renderer, points: torch.Tensor, views, distances: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Normalise ``points`` (B, N, 3) into the unit sphere and render ``views`` on their device, outside autocast."""
-    device_type = points.device.type
-    with torch.autocast(device_type=device_type, enabled=False):
-        return renderer.render(normalize_point_cloud(points.float())[0], views, distances)
 
 
 def pretraining_inputs(renderer, batch: Mapping) -> dict:
@@ -64,36 +55,9 @@ def pretraining_inputs(renderer, batch: Mapping) -> dict:
     return {"pixel_values": batch["image"], "depth_pixel_values": depth}
 
 
-@torch.no_grad()
-def predict(accelerator, loader, logits_fn: Callable, desc: str | None = None) -> dict:
-    """Run ``logits_fn(batch) -> (B, K)`` over ``loader``; gathered ``predictions``, ``references``, ``indices``
-    and ``logits`` as numpy arrays (duplicates added to even out the last batch are dropped)."""
-    from tqdm.auto import tqdm
-
-    preds, refs, indices, logits_all = [], [], [], []
-    for batch in tqdm(loader, desc=desc, disable=not accelerator.is_local_main_process, leave=False):
-        logits = logits_fn(batch).float()
-        gathered = accelerator.gather_for_metrics(
-            (
-                logits.argmax(dim=-1),
-                batch["label"].to(logits.device),
-                batch["index"].to(logits.device),
-                logits,
-            )
-        )
-        for store, value in zip((preds, refs, indices, logits_all), gathered):
-            store.append(value.cpu().numpy())
-    return {
-        "predictions": np.concatenate(preds),
-        "references": np.concatenate(refs),
-        "indices": np.concatenate(indices),
-        "logits": np.concatenate(logits_all),
-    }
-
-
 def run_training(
     accelerator,
-    args: TrainingArguments,
+    args: TrainingRunArguments,
     model,
     optimizer,
     scheduler,
@@ -214,7 +178,7 @@ def run_training(
     return progress
 
 
-def setup_accelerator(args: TrainingArguments):
+def setup_accelerator(args: TrainingRunArguments):
     """An ``Accelerator`` logging under ``<output_dir>/runs``, with the trackers. Checkpoints are named and pruned
     by :func:`save_checkpoint` (accelerate's automatic naming prunes before it writes)."""
     from accelerate import Accelerator
@@ -238,7 +202,7 @@ def setup_accelerator(args: TrainingArguments):
     )
 
 
-def finish_with_hub(accelerator, args: TrainingArguments, folder: str | os.PathLike) -> None:
+def finish_with_hub(accelerator, args: TrainingRunArguments, folder: str | os.PathLike) -> None:
     """``--push_to_hub``: upload ``folder`` (already saved locally); exit 1 with one clear line on failure."""
     if not args.push_to_hub:
         return
@@ -254,19 +218,19 @@ def finish_with_hub(accelerator, args: TrainingArguments, folder: str | os.PathL
 
 
 class TrainingRun:
-    """The scaffolding every training script shares, in the order a script uses it.
+    """The scaffolding every training script shares, in the order a script uses it; each attribute is set once
+    the run is constructed.
 
-    ``TrainingRun(args)`` creates the ``Accelerator`` (checkpoints under
-    ``<output_dir>/checkpoints``, trackers) and the JSON log; :meth:`prepare` builds the LR schedule, prepares
-    model/optimizer/scheduler, registers the progress and resumes; :meth:`record_config` writes
-    ``run_args.json`` and starts the trackers; :meth:`train` runs :func:`run_training`; :meth:`save_best` keeps
-    the best model in ``<output_dir>/best_model``; :meth:`finish` ends the trackers and pushes to the Hub. What a
-    script computes (its data, model, loss and evaluation) stays in the script.
+    ``TrainingRun(args)`` creates the ``Accelerator`` (checkpoints under ``<output_dir>/checkpoints``, trackers)
+    and the JSON log (:attr:`log`); :meth:`prepare` prepares model, optimizer and LR schedule and resumes, and
+    returns the :class:`PreparedTraining` that trains them; :meth:`record_config` writes ``run_args.json`` and
+    starts the trackers; :meth:`save_best` keeps the best model in ``<output_dir>/best_model``; :meth:`finish`
+    ends the trackers and pushes to the Hub. What a script computes (its data, model, loss and evaluation) stays
+    in the script.
     """
 
-    def __init__(self, args: TrainingArguments):
+    def __init__(self, args: TrainingRunArguments):
         self.args = args
-        configure_console(args.verbose)
         self.output_dir = Path(args.output_dir)  # created by the first write, once inputs are validated
         self.accelerator = setup_accelerator(args)
         self.log = JsonLogger(self.accelerator, self.output_dir)
@@ -275,36 +239,36 @@ class TrainingRun:
         if self.accelerator.is_main_process:
             clean_partial_checkpoints(self.checkpoint_root)  # what a killed save left
 
-    def prepare(self, model, optimizer, train_loader, per_device_batch_size: int):
-        """The model prepared by accelerate (with ``optimizer`` and the LR schedule, kept for :meth:`train`);
-        ``train_loader`` must be prepared already.
-
-        Sets ``total_updates`` (``--max_train_steps`` or the epochs' updates), ``progress`` (registered for
-        checkpointing) and ``resumed`` (the checkpoint folder resumed from, or ``None``).
-        """
+    def prepare(self, model, optimizer, train_loader, *, per_device_batch_size: int) -> PreparedTraining:
+        """Model, ``optimizer`` and the LR schedule prepared by accelerate, the progress registered for
+        checkpointing and, with ``--resume_from_checkpoint``, restored; ``train_loader`` must be prepared already.
+        The schedule spans ``--max_train_steps`` or the epochs' updates."""
         args, accelerator = self.args, self.accelerator
         updates_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
-        self.total_updates = args.max_train_steps or args.num_train_epochs * updates_per_epoch
-        scheduler = build_lr_scheduler(optimizer, args, self.total_updates, updates_per_epoch)
+        total_updates = args.max_train_steps or args.num_train_epochs * updates_per_epoch
+        scheduler = build_lr_scheduler(optimizer, args, total_updates, updates_per_epoch)
         model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-        self.model, self.optimizer, self.scheduler, self.train_loader = (
-            model,
-            optimizer,
-            scheduler,
-            train_loader,
-        )
-        self.progress = TrainingProgress(
+        progress = TrainingProgress(
             batches_per_epoch=len(train_loader),
             num_processes=accelerator.num_processes,
             total_batch_size=per_device_batch_size
             * accelerator.num_processes
             * args.gradient_accumulation_steps,
         )
-        accelerator.register_for_checkpointing(self.progress)
-        self.resumed = resume_from_checkpoint(
-            accelerator, args.resume_from_checkpoint, self.checkpoint_root, self.progress
+        accelerator.register_for_checkpointing(progress)
+        resumed = resume_from_checkpoint(
+            accelerator, args.resume_from_checkpoint, self.checkpoint_root, progress
         )
-        return model
+        return PreparedTraining(
+            run=self,
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            train_loader=train_loader,
+            progress=progress,
+            total_updates=total_updates,
+            resumed=resumed,
+        )
 
     def record_config(self, project_name: str, config: Mapping) -> None:
         """``<output_dir>/run_args.json`` (main process) and the trackers' hyper-parameters."""
@@ -326,26 +290,6 @@ class TrainingRun:
             return self.best_dir
         return None
 
-    def train(
-        self, compute_loss: Callable, evaluate: Callable | None = None, on_best: Callable | None = None
-    ) -> TrainingProgress:
-        """:func:`run_training` on what :meth:`prepare` prepared."""
-        return run_training(
-            self.accelerator,
-            self.args,
-            self.model,
-            self.optimizer,
-            self.scheduler,
-            self.train_loader,
-            self.progress,
-            compute_loss=compute_loss,
-            total_updates=self.total_updates,
-            log=self.log,
-            evaluate=evaluate,
-            on_best=on_best,
-            checkpoint_root=self.checkpoint_root,
-        )
-
     def finish(self, summary: Sequence[str] = ()) -> None:
         """End the trackers and, with ``--push_to_hub``, upload the output folder (saved by then); then print
         ``summary`` (what a person reads at the end: best and test metrics, where the model is, how to use it)."""
@@ -353,6 +297,42 @@ class TrainingRun:
         finish_with_hub(self.accelerator, self.args, self.output_dir)
         if summary and self.accelerator.is_main_process:
             print("\n".join(["", "Summary", *(f"  {line}" for line in summary)]), flush=True)
+
+
+@dataclass
+class PreparedTraining:
+    """What :meth:`TrainingRun.prepare` returns: the prepared model, optimizer, schedule and loader, where the run
+    is (``progress``, restored on resume), how long it goes (``total_updates``) and the checkpoint folder it
+    resumed from (``resumed``, ``None`` for a fresh start)."""
+
+    run: TrainingRun
+    model: torch.nn.Module
+    optimizer: AcceleratedOptimizer
+    scheduler: AcceleratedScheduler
+    train_loader: torch.utils.data.DataLoader
+    progress: TrainingProgress
+    total_updates: int
+    resumed: str | None
+
+    def train(
+        self, compute_loss: Callable, *, evaluate: Callable | None = None, on_best: Callable | None = None
+    ) -> TrainingProgress:
+        """:func:`run_training` on the prepared objects, logging to the run's JSON log and trackers."""
+        return run_training(
+            self.run.accelerator,
+            self.run.args,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            self.train_loader,
+            self.progress,
+            compute_loss=compute_loss,
+            total_updates=self.total_updates,
+            log=self.run.log,
+            evaluate=evaluate,
+            on_best=on_best,
+            checkpoint_root=self.run.checkpoint_root,
+        )
 
 
 def best_metric_line(name: str, progress: TrainingProgress) -> str:

@@ -6,12 +6,12 @@ import math
 
 import torch
 
-from .arguments import TrainingArguments
+from .arguments import TrainingRunArguments
 
 __all__ = ["build_lr_scheduler", "build_optimizer", "lr_multiplier"]
 
 
-def build_optimizer(model: torch.nn.Module, args: TrainingArguments, parameters=None):
+def build_optimizer(model: torch.nn.Module, args: TrainingRunArguments, parameters=None):
     """AdamW (default; LAMB's stand-in, docs/design.md "Image-depth pre-training") or LAMB from timm, over trainable parameters.
 
     Weight decay skips biases, norm layers and scalar/vector parameters (scales, gates, the balance weight).
@@ -61,7 +61,7 @@ def lr_multiplier(step: int, kind: str, total: int, warmup: int, period: int, fl
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * p))
 
 
-def build_lr_scheduler(optimizer, args: TrainingArguments, total_updates: int, updates_per_epoch: int):
+def build_lr_scheduler(optimizer, args: TrainingRunArguments, total_updates: int, updates_per_epoch: int):
     """A ``LambdaLR`` stepped once per optimiser update (its state is the update count: exact on resume)."""
     import functools
 

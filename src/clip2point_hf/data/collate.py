@@ -76,7 +76,7 @@ class EpochSampler(torch.utils.data.Sampler):
     ``(seed, epoch, index)`` in any worker process. ``set_epoch`` is called by Accelerate's data loader.
     """
 
-    def __init__(self, num_samples: int, seed: int, shuffle: bool = True):
+    def __init__(self, num_samples: int, seed: int, *, shuffle: bool = True):
         self.num_samples = int(num_samples)
         self.seed = int(seed)
         self.shuffle = shuffle
@@ -137,7 +137,7 @@ class KeyedDataset(torch.utils.data.Dataset):
     def __getitem__(self, key):
         return self.__getitems__([key])
 
-    def loader(self, batch_size: int, shuffle: bool, drop_last: bool, num_workers: int = 0):
+    def loader(self, batch_size: int, *, shuffle: bool, drop_last: bool, num_workers: int = 0):
         sampler = EpochSampler(len(self), self.seed if shuffle else 0, shuffle=shuffle)
         return torch.utils.data.DataLoader(
             self,

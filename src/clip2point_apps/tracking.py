@@ -1,5 +1,5 @@
-"""Where a run's numbers go: accelerate trackers (TensorBoard, W&B), a JSON-lines log in the output folder, and
-what the console shows (:func:`configure_console`)."""
+"""Where a run's numbers go: accelerate trackers (TensorBoard, W&B) and a JSON-lines log in the output folder
+(what the terminal shows is :mod:`clip2point_apps.console`)."""
 
 from __future__ import annotations
 
@@ -11,29 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["JsonLogger", "configure_console", "resolve_trackers", "start_trackers", "write_json"]
-
-
-def configure_console(verbose: bool = False) -> None:
-    """A quiet console for the command line and the scripts: the answer, our own progress for long work, and
-    warnings as one line (``warning: ...``, without the source line that raised them). ``verbose=True`` leaves
-    the libraries' defaults: transformers' load/save bars, datasets' generate/save/cast bars, Hub bars."""
-    if verbose:
-        return
-    import warnings
-
-    import datasets
-    from huggingface_hub.utils import disable_progress_bars
-    from transformers.utils import logging
-
-    disable_progress_bars()
-    logging.disable_progress_bar()
-    datasets.disable_progress_bars()
-    warnings.formatwarning = _one_line_warning
-
-
-def _one_line_warning(message, category, filename, lineno, line=None) -> str:
-    return f"warning: {message}\n"
+__all__ = ["JsonLogger", "resolve_trackers", "start_trackers", "write_json"]
 
 
 def resolve_trackers(report_to: str | None) -> list[str] | None:

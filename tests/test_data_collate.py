@@ -75,7 +75,9 @@ def test_keyed_loader_with_every_augmentation(mesh_ds):
 
 
 def test_keyed_loader_batched_reads(mesh_ds):
-    loader = KeyedDataset(mesh_ds, PointCloudBatchTransform(num_points=16), 0, "train").loader(3, True, False)
+    loader = KeyedDataset(mesh_ds, PointCloudBatchTransform(num_points=16), 0, "train").loader(
+        3, shuffle=True, drop_last=False
+    )
     batches = list(loader)
     assert [b["points"].shape for b in batches] == [(3, 16, 3), (3, 16, 3), (2, 16, 3)]
     plain = list(KeyedDataset(mesh_ds, None, 0, "plain").loader(4, False, False, num_workers=2))

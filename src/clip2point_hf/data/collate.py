@@ -1,7 +1,7 @@
 """Batching point-cloud rows into tensors, and the one data loader: a batch read from Arrow with one query, each
 row drawn with its own keyed generator.
 
-``KeyedDataset(ds, transform, seed, stream).loader(batch_size, shuffle, drop_last)`` applies a transform of
+``KeyedDataset(ds, transform, seed, stream).loader(batch_size, shuffle=..., drop_last=...)`` applies a transform of
 :mod:`clip2point_hf.data.transforms` (or none: tensors only); the order of an epoch comes from ``(seed, epoch)``
 and each row's draws from ``(seed, stream, epoch, index)``, so a resumed or multi-process run replays exactly
 the same batches and draws (see docs/design.md, "Seeded and keyed randomness"). Call

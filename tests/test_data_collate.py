@@ -80,7 +80,9 @@ def test_keyed_loader_batched_reads(mesh_ds):
     )
     batches = list(loader)
     assert [b["points"].shape for b in batches] == [(3, 16, 3), (3, 16, 3), (2, 16, 3)]
-    plain = list(KeyedDataset(mesh_ds, None, 0, "plain").loader(4, False, False, num_workers=2))
+    plain = list(
+        KeyedDataset(mesh_ds, None, 0, "plain").loader(4, shuffle=False, drop_last=False, num_workers=2)
+    )
     assert plain[0]["points"].shape == (4, 64, 3) and plain[0]["label"].dtype == torch.int64
     assert sorted(n for b in plain for n in b["name"]) == sorted(mesh_ds["name"])
     np.testing.assert_array_equal(plain[1]["points"].numpy(), mesh_ds.with_format("numpy")[4:8]["points"])

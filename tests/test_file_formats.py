@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 
 from clip2point_apps.web import write_preview_glb
-from clip2point_hf import CLIP2PointFeatureExtractor, point_files
+from clip2point_hf import CLIP2PointFeatureExtractor, point_io
 from clip2point_hf.errors import DatasetFormatError
-from clip2point_hf.mesh_io import Mesh, read_mesh, sample_surface
-from clip2point_hf.point_files import POINT_FILE_TYPES, lzf_decompress, read_point_cloud
+from clip2point_hf.mesh_io import Mesh, sample_surface
+from clip2point_hf.point_files import POINT_FILE_TYPES, read_mesh, read_point_cloud
+from clip2point_hf.point_io import lzf_decompress
 from clip2point_hf.seeding import seeded_rng
 
 
@@ -312,7 +313,7 @@ def test_las_sub_sampling_is_seeded_and_the_same_across_chunks(tmp_path, monkeyp
     rows = [int(np.argmin(np.abs(real - p).sum(axis=1))) for p in first]
     np.testing.assert_allclose(first, real[rows], atol=2e-4)  # each is one of the file's points
     assert len(set(rows)) == 64 and rows == sorted(rows)  # without replacement, in file order
-    monkeypatch.setattr(point_files, "_LAS_CHUNK", 7)  # many chunks: the same selection
+    monkeypatch.setattr(point_io, "LAS_CHUNK_POINTS", 7)  # many chunks: the same selection
     np.testing.assert_array_equal(read_point_cloud(tmp_path / "big.las", num_points=64, seed=5), first)
     assert not np.array_equal(read_point_cloud(tmp_path / "big.las", num_points=64, seed=6), first)
 

@@ -370,6 +370,10 @@ def read_ply(path: str | Path) -> Mesh | np.ndarray:
         vertices, faces = _ply_binary(
             path, data, body_start, elements, "<" if fmt.endswith("little_endian") else ">"
         )
+    if faces is None and "tristrips" in names:
+        raise DatasetFormatError(
+            path, "PLY triangle strips ('tristrips') are not read; export 'face' elements"
+        )
     if faces is None or len(faces) == 0:
         return np.asarray(vertices, dtype=np.float64)
     return checked_mesh(path, vertices, faces, "PLY")

@@ -269,13 +269,10 @@ def _obj_fast(text: str):
             return None
         if "/" in joined:
             joined = _OBJ_CORNER_TAIL.sub("", joined)
-        idx = np.array(joined.split(), dtype=np.int64)
+        faces = np.loadtxt(joined.splitlines(), np.int64, ndmin=2, comments=None) - 1  # rows of one length
     except ValueError:
         return None
-    if len(idx) != 3 * len(fl) or (idx <= 0).any() or any(len(ln.split()) != 3 for ln in fl):
-        return None
-    faces = idx.reshape(-1, 3) - 1
-    if faces.max() >= len(vertices):
+    if faces.shape[1] != 3 or (faces < 0).any() or faces.max() >= len(vertices):
         return None
     return vertices, faces
 

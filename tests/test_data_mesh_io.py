@@ -13,6 +13,7 @@ try:
         CUBE_QUADS,
         CUBE_TRIS,
         CUBE_V,
+        SHARED_DATA,
         tetra,
         write_obj,
         write_off,
@@ -24,6 +25,7 @@ except ImportError:  # tests/ imported as a package
         CUBE_QUADS,
         CUBE_TRIS,
         CUBE_V,
+        SHARED_DATA,
         tetra,
         write_obj,
         write_off,
@@ -107,6 +109,35 @@ def test_stl(tmp_path, binary, solid_header):
     m = read_mesh(p)
     assert m.faces.shape == (12, 3)
     _same_geometry(m, CUBE_V, CUBE_TRIS)
+
+
+def test_obj_reader_reads_shrec16_as_trimesh_does():
+    """trimesh as the control: the same vertices and triangles from real OBJ files (every 10th of SHREC'16's
+    600; benchmarks/readers.py compares all of them, the edge cases and the times)."""
+    trimesh = pytest.importorskip("trimesh")
+    files = sorted((SHARED_DATA / "shrec_16").glob("*/*/*.obj"))[::10]
+    if not files:
+        pytest.skip("../shared/data/shrec_16 is absent")
+    for path in files:
+        mesh, control = read_mesh(path), trimesh.load(path, process=False, force="mesh")
+        np.testing.assert_array_equal(mesh.vertices, control.vertices, err_msg=str(path))
+        np.testing.assert_array_equal(mesh.faces, control.faces, err_msg=str(path))
+
+
+def test_ply_without_faces_is_points_and_triangle_strips_are_refused(tmp_path):
+    from clip2point_hf.point_files import read_point_cloud
+
+    head = "ply\nformat ascii 1.0\nelement vertex 3\n" + "".join(f"property float {a}\n" for a in "xyz")
+    (tmp_path / "scan.ply").write_text(head + "end_header\n0 0 0\n1 0 0\n0 1 0.5\n")
+    np.testing.assert_array_equal(
+        read_point_cloud(tmp_path / "scan.ply"), [[0, 0, 0], [1, 0, 0], [0, 1, 0.5]]
+    )
+    with pytest.raises(DatasetFormatError, match="holds points, not a surface"):
+        read_mesh(tmp_path / "scan.ply")
+    strips = "element tristrips 1\nproperty list int int vertex_indices\nend_header\n0 0 0\n1 0 0\n0 1 0\n3 0 1 2\n"
+    (tmp_path / "strip.ply").write_text(head + strips)
+    with pytest.raises(DatasetFormatError, match="triangle strips"):
+        read_mesh(tmp_path / "strip.ply")
 
 
 BAD_FILES = {

@@ -9,15 +9,18 @@ import os
 import struct
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
 
 from clip2point_apps.web import write_preview_glb
-from clip2point_hf import CLIP2PointFeatureExtractor, point_files
+from clip2point_hf import CLIP2PointFeatureExtractor, point_io
 from clip2point_hf.errors import DatasetFormatError
-from clip2point_hf.mesh_io import Mesh, read_mesh, sample_surface
-from clip2point_hf.point_files import POINT_FILE_TYPES, lzf_decompress, read_point_cloud
+from clip2point_hf.mesh_io import Mesh, sample_surface
+from clip2point_hf.point_files import POINT_FILE_TYPES, read_mesh, read_point_cloud
+from clip2point_hf.point_io import lzf_decompress
+from clip2point_hf.samples import make_sample_point_cloud
 from clip2point_hf.seeding import seeded_rng
 
 
@@ -284,18 +287,23 @@ def test_pcd_bad_files_are_one_line_errors(tmp_path):
 # ---------------------------------------------------------------------------------------------- LAS/LAZ
 
 
-def write_las(path, count: int) -> np.ndarray:
+def write_las(path, count: int, version: str = "1.2") -> np.ndarray:
     """``count`` points on LAS's 0.01 grid far from the origin (offsets 1000, 2000, 10); their real
     coordinates."""
-    laspy = pytest.importorskip("laspy")
     rng = np.random.default_rng(0)
     real = np.round(rng.uniform(-50, 50, (count, 3)), 2) + np.array([1000, 2000, 10])
-    header = laspy.LasHeader(point_format=3, version="1.2")
-    header.scales, header.offsets = np.array([0.01] * 3), np.array([1000.0, 2000.0, 10.0])
+    write_las_points(path, real, offsets=(1000, 2000, 10), scale=0.01, version=version)
+    return real
+
+
+def write_las_points(path, real: np.ndarray, *, offsets, scale: float, version: str = "1.2") -> None:
+    """``real`` coordinates as a LAS or LAZ file (by the suffix), written by laspy itself."""
+    laspy = pytest.importorskip("laspy")
+    header = laspy.LasHeader(point_format=3 if version == "1.2" else 6, version=version)
+    header.scales, header.offsets = np.array([scale] * 3), np.asarray(offsets, dtype=np.float64)
     las = laspy.LasData(header)
     las.x, las.y, las.z = real[:, 0], real[:, 1], real[:, 2]
     las.write(str(path))
-    return real
 
 
 @pytest.mark.parametrize("ext", [".las", ".laz"])
@@ -312,7 +320,7 @@ def test_las_sub_sampling_is_seeded_and_the_same_across_chunks(tmp_path, monkeyp
     rows = [int(np.argmin(np.abs(real - p).sum(axis=1))) for p in first]
     np.testing.assert_allclose(first, real[rows], atol=2e-4)  # each is one of the file's points
     assert len(set(rows)) == 64 and rows == sorted(rows)  # without replacement, in file order
-    monkeypatch.setattr(point_files, "_LAS_CHUNK", 7)  # many chunks: the same selection
+    monkeypatch.setattr(point_io, "LAS_CHUNK_POINTS", 7)  # many chunks: the same selection
     np.testing.assert_array_equal(read_point_cloud(tmp_path / "big.las", num_points=64, seed=5), first)
     assert not np.array_equal(read_point_cloud(tmp_path / "big.las", num_points=64, seed=6), first)
 
@@ -330,6 +338,118 @@ def test_las_errors_and_missing_libraries_are_one_line(tmp_path, monkeypatch):
     assert_one_line_error(
         read_point_cloud, tmp_path / "scan.laz", "needs laspy", "pip install 'clip2point-hf[las]'"
     )
+
+
+def with_field(data: bytes, fmt: str, offset: int, value: int) -> bytes:
+    """``data`` with one header field (struct format ``fmt`` at byte ``offset``) overwritten."""
+    out = bytearray(data)
+    struct.pack_into(fmt, out, offset, value)
+    return bytes(out)
+
+
+# LAS 1.2 header fields: header size at byte 94, start of the points 96, VLR count 100, point count 107; the
+# first VLR's record length at 227 + 20. Each damage ended in a hang, a traceback or a numpy/lazrs message.
+LAS_DAMAGE = {
+    "vlrs.las": (lambda d: with_field(d, "<I", 100, 0xFFFFFFF0), ["declares 4294967280 VLRs"]),
+    "vlrs.laz": (lambda d: with_field(d, "<I", 100, 0xFFFFFFF0), ["declares 4294967280 VLRs"]),
+    "cut.las": (lambda d: d[:-1000], ["truncated LAS file", "300 points of 34 bytes"]),
+    "cut.laz": (lambda d: d[:-100], ["truncated LAZ file", "chunk table"]),
+    "stub.las": (lambda d: d[:200], ["truncated LAS file", "200 bytes"]),
+    "offset.las": (lambda d: with_field(d, "<I", 96, 10**9), ["points start at byte 1000000000"]),
+    "header.las": (lambda d: with_field(d, "<H", 94, 100), ["corrupt LAS header", "says 100"]),
+    "count.las": (
+        lambda d: with_field(d, "<I", 107, 0xFFFFFFFF),
+        ["truncated LAS file", "4294967295 points"],
+    ),
+    "count.laz": (lambda d: with_field(d, "<I", 107, 10**9), ["1000000000 points", "hold at most 50000"]),
+    "vlr.laz": (lambda d: with_field(d, "<H", 227 + 20, 65535), ["VLR 1 of 1 runs past"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LAS_DAMAGE))
+def test_damaged_las_and_laz_files_are_one_line_errors(tmp_path, name):
+    """However the header lies, the header is checked against the file before laspy reads it."""
+    damage, fragments = LAS_DAMAGE[name]
+    write_las(tmp_path / f"good{name[-4:]}", 300)
+    (tmp_path / name).write_bytes(damage((tmp_path / f"good{name[-4:]}").read_bytes()))
+    assert_one_line_error(read_point_cloud, tmp_path / name, *fragments)
+
+
+def test_las14_extended_vlrs_are_not_read(tmp_path):
+    """EVLRs hold no points: a LAS 1.4 file whose EVLR count and start lie (0xFFFFFFFF EVLRs at byte 2**63)
+    reads its points as if they were right."""
+    real = write_las(tmp_path / "good.las", 50, version="1.4")
+    data = with_field(
+        with_field((tmp_path / "good.las").read_bytes(), "<Q", 235, 2**63), "<I", 243, 0xFFFFFFFF
+    )
+    (tmp_path / "evlrs.las").write_bytes(data)
+    np.testing.assert_allclose(read_point_cloud(tmp_path / "evlrs.las"), real, atol=2e-4)
+    (tmp_path / "count.las").write_bytes(with_field(data, "<Q", 247, 2**64 - 1))  # the 64-bit point count
+    assert_one_line_error(
+        read_point_cloud, tmp_path / "count.las", "corrupt LAS header", "18446744073709551615"
+    )
+
+
+# ------------------------------------------------------------------------------------------- map coordinates
+
+MAP_OFFSET = (5e5, 4e6, 0.0)  # UTM-like: easting, northing
+
+
+def float32_warnings(record) -> list[str]:
+    return [str(w.message) for w in record if "float32" in str(w.message)]
+
+
+def test_a_chair_at_map_coordinates_renders_as_at_the_origin(tmp_path):
+    """A 1 m chair at (5e5, 4e6, 0) renders the pixels of the same chair at the origin, read from LAS, LAZ and
+    float64 .npy (sampled at random or farthest-point): the coordinates stay float64 (LAS: scaled and offset as
+    stored) until they are centred. The two
+    differ by float64 rounding of the offset (4e6 * 2**-52 < 1e-9 of a 1 m chair), far below the float32 rounding
+    of the normalised cloud (6e-8), so the pixel values agree to 1e-5 (CLIP's std divides by 0.27)."""
+    pytest.importorskip("laspy")
+    chair = make_sample_point_cloud("chair", num_points=2048, seed=0).astype(np.float64)
+    front_end = CLIP2PointFeatureExtractor(views="reference6", image_size=64)
+    pixels = {}
+    for place, offset in (("origin", (0.0, 0.0, 0.0)), ("map", MAP_OFFSET)):
+        folder = tmp_path / place
+        folder.mkdir()
+        np.save(folder / "chair.npy", chair + offset)
+        for ext in (".las", ".laz"):
+            write_las_points(folder / f"chair{ext}", chair + offset, offsets=offset, scale=1e-4)
+        for name in ("chair.npy", "chair.las", "chair.laz"):
+            with warnings.catch_warnings(record=True) as record:
+                warnings.simplefilter("always")
+                points = read_point_cloud(folder / name, num_points=2048)
+                pixels[place, name] = front_end(points)["pixel_values"]
+            assert not float32_warnings(record), (place, name)
+        farthest = CLIP2PointFeatureExtractor(views="reference6", image_size=64, sampling="fps")
+        pixels[place, "fps"] = farthest(read_point_cloud(folder / "chair.npy", num_points=2048))[
+            "pixel_values"
+        ]
+    for name in ("chair.npy", "chair.las", "chair.laz", "fps"):
+        np.testing.assert_allclose(pixels["map", name], pixels["origin", name], atol=1e-5, err_msg=name)
+    assert pixels["origin", "chair.npy"].std() > 0.1  # a chair, not a blank page
+
+
+def test_float32_that_lost_the_shape_warns_once(tmp_path):
+    """Stored as float32 at (5e5, 4e6) a 1 m chair is gone (numbers 0.25 apart): one warning naming the file,
+    or the input of the front end. At 1e5 from the origin float32 still holds it (0.0078 apart): no warning."""
+    chair = make_sample_point_cloud("chair", num_points=2048, seed=0).astype(np.float64)
+    np.save(tmp_path / "map32.npy", (chair + MAP_OFFSET).astype(np.float32))
+    np.save(tmp_path / "near32.npy", (chair + np.array([1e5, 1e5, 0])).astype(np.float32))
+    front_end = CLIP2PointFeatureExtractor(views="reference6", image_size=64)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        lost = front_end(read_point_cloud(tmp_path / "map32.npy"))["pixel_values"]
+    (message,) = float32_warnings(record)
+    assert "map32.npy" in message and "0.25 apart" in message and "\n" not in message
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        front_end([(chair + MAP_OFFSET).astype(np.float32)])
+        near = front_end(read_point_cloud(tmp_path / "near32.npy"))["pixel_values"]
+    (message,) = float32_warnings(record)
+    assert message.startswith("point_clouds[0]: float32 numbers near 4e+06")
+    origin = front_end(chair)["pixel_values"]  # float32 moves the near chair's points by < 1% of its size:
+    assert (near - origin).abs().mean() < 0.25 * (lost - origin).abs().mean()  # its views stay close
 
 
 # ---------------------------------------------------------------------------------------------- the CLI

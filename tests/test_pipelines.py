@@ -17,6 +17,7 @@ from transformers import pipeline
 
 import clip2point_hf  # noqa: F401  (registers the tasks)
 from clip2point_apps.hub import PIPELINE_CODE_FILES, export_hub_folder
+from clip2point_apps.web import write_preview_glb
 from clip2point_hf import (
     CLIP2PointFeatureExtractor,
     CLIP2PointForPointCloudClassification,
@@ -26,6 +27,7 @@ from clip2point_hf import (
 from clip2point_hf.point_files import read_point_cloud
 from clip2point_hf.samples import make_sample_point_cloud
 from conftest import make_tiny_clip, make_tiny_config, make_tiny_tokenizer
+from test_data_helpers import CUBE_TRIS, CUBE_V, write_off
 
 CLASSES = ["chair", "cone", "lamp", "cup"]
 LABELS = ["chair", "cone", "lamp"]
@@ -208,17 +210,25 @@ REMOTE = textwrap.dedent(
     assert "clip2point_hf" not in type(clf).__module__, type(clf).__module__
     assert "clip2point_hf" not in type(clf.model).__module__, type(clf.model).__module__
     results = clf(np.load(clouds), **kwargs)
-    print(json.dumps({"task": clf.task, "class": type(clf).__name__, "results": results}))
+    from_files = clf(files, **kwargs)  # read by the folder's own copies of the file readers
+    print(json.dumps({"task": clf.task, "class": type(clf).__name__, "results": results, "from_files": from_files}))
     """
 )
 
 
+def shape_files(folder) -> list[str]:
+    """A mesh in OFF and a cloud's preview in GLB: files the Hub copy of the pipeline reads by itself."""
+    write_off(folder / "box.off", CUBE_V, CUBE_TRIS)
+    write_preview_glb(folder / "lamp.glb", clouds(3)[2])
+    return [str(folder / "box.off"), str(folder / "lamp.glb")]
+
+
 def run_remote(folder, kwargs: dict, tmp_path) -> dict:
-    """The pipeline's answers on two clouds, loaded from `folder` in a process without clip2point_hf."""
+    """The pipeline's answers on two clouds and two files, loaded from `folder` in a process without
+    clip2point_hf."""
     np.save(tmp_path / "clouds.npy", np.stack(clouds(2)))
-    code = (
-        f"folder, clouds, kwargs = {str(folder)!r}, {str(tmp_path / 'clouds.npy')!r}, {kwargs!r}\n" + REMOTE
-    )
+    code = f"folder, clouds, kwargs = {str(folder)!r}, {str(tmp_path / 'clouds.npy')!r}, {kwargs!r}\n"
+    code += f"files = {shape_files(tmp_path)!r}\n" + REMOTE
     result = run_without_package(code, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -239,8 +249,9 @@ def test_hub_export_loads_as_a_remote_code_pipeline(task, kwargs, classifier_dir
     assert list(custom) == [task]
     remote = run_remote(export, kwargs, tmp_path)
     assert remote["task"] == task
-    local = pipeline(task, model=str(folder))(np.stack(clouds(2)), **kwargs)
-    assert_same_answers(remote["results"], local)
+    local = pipeline(task, model=str(folder))
+    assert_same_answers(remote["results"], local(np.stack(clouds(2)), **kwargs))
+    assert_same_answers(remote["from_files"], local(shape_files(tmp_path), **kwargs))
 
 
 def test_pipeline_save_pretrained_round_trips_without_the_package(zero_shot_dir, tmp_path):
@@ -251,6 +262,7 @@ def test_pipeline_save_pretrained_round_trips_without_the_package(zero_shot_dir,
     remote = run_remote(tmp_path / "saved", {"candidate_labels": LABELS}, tmp_path)
     assert remote["class"] == "ZeroShotPointCloudClassificationPipeline"
     assert_same_answers(remote["results"], clf(np.stack(clouds(2)), candidate_labels=LABELS))
+    assert_same_answers(remote["from_files"], clf(shape_files(tmp_path), candidate_labels=LABELS))
 
 
 def test_cli_classify_chooses_the_pipeline_from_the_config(zero_shot_dir, classifier_dir, tmp_path, capsys):

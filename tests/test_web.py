@@ -21,7 +21,7 @@ import clip2point_hf  # noqa: F401  (registers the task)
 from clip2point_apps.visualization import save_views_image
 from clip2point_apps.web import PageBackend, write_preview_glb
 from clip2point_hf import CLIP2PointFeatureExtractor, CLIP2PointModel, CLIP2PointProcessor
-from clip2point_hf.mesh_io import read_mesh
+from clip2point_hf.point_files import read_mesh
 from clip2point_hf.points_clip2point import convert_up_axis
 from clip2point_hf.samples import make_sample_point_cloud
 from conftest import make_tiny_config, make_tiny_tokenizer

@@ -46,6 +46,7 @@ PIPELINE_CODE_FILES = (
     "point_files.py",
     "mesh_io.py",
     "gltf_io.py",
+    "point_io.py",
     "seeding.py",
     "errors.py",
     "prompts.py",

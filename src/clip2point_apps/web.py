@@ -22,9 +22,8 @@ import numpy as np
 import torch
 
 from clip2point_hf.feature_extraction_clip2point import CLIP2PointFeatureExtractor
-from clip2point_hf.mesh_io import read_mesh
 from clip2point_hf.pipeline_clip2point import ZeroShotPointCloudClassificationPipeline, parse_candidate_labels
-from clip2point_hf.point_files import MESH_FILES, POINT_FILE_TYPES, read_point_cloud
+from clip2point_hf.point_files import MESH_EXTENSIONS, POINT_FILE_TYPES, read_mesh, read_point_cloud
 from clip2point_hf.points_clip2point import UP_AXES, convert_up_axis
 from clip2point_hf.processing_clip2point import CLIP2PointProcessor
 from clip2point_hf.rendering_clip2point import VIEW_PRESETS
@@ -143,8 +142,7 @@ def scores_markdown(scores: list[dict]) -> str:
 
 def _preview_mesh(path: Path):
     """The file's mesh when it is one of a size a browser shows at once, else None (show the points)."""
-    ext = path.suffix.lower()
-    if ext not in MESH_FILES and ext != ".ply":
+    if path.suffix.lower() not in MESH_EXTENSIONS:
         return None
     try:
         mesh = read_mesh(path)

@@ -10,6 +10,7 @@ This file is copied flat into Hub folders: it imports only flat siblings and thi
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +22,8 @@ from .points_clip2point import (
     UP_AXES,
     convert_up_axis,
     farthest_point_sample,
+    float32_shape_loss,
+    float32_shape_warning,
     normalize_point_cloud,
     random_point_sample,
 )
@@ -87,8 +90,9 @@ class CLIP2PointFeatureExtractor(FeatureExtractionMixin):
         depth_mean, depth_std: per-channel normalisation of the 3-channel depth images (CLIP's by default).
         max_fps_points: with ``sampling="fps"``, clouds with more points are first reduced to this many by seeded
             random sampling (FPS costs ``num_points x N``).
-        validate_values: check that coordinates are finite (raises ``ValueError`` naming the cloud). For inputs
-            already on a GPU this check synchronises once; the renderer itself never does.
+        validate_values: check that coordinates are finite (raises ``ValueError`` naming the cloud), and warn once
+            when float32 coordinates far from the origin have already lost a cloud's shape. For inputs already on
+            a GPU this check synchronises once; the renderer itself never does.
 
     Calling it returns a :class:`~transformers.BatchFeature` with ``pixel_values`` ``(B, V, 3, S, S)`` (float32,
     on ``device`` or the input's device). Call-time options override the saved settings for that call only, as
@@ -213,9 +217,17 @@ class CLIP2PointFeatureExtractor(FeatureExtractionMixin):
             t = t.float()  # normalise in float32 (float64 input stays float64 until the render)
         if self.validate_values:
             finite = torch.isfinite(t).all(dim=-1).all(dim=-1)
-            if not bool(finite.all()):
+            coarse = float32_shape_loss(t) if t.dtype == torch.float32 else torch.zeros_like(finite)
+            all_finite, any_coarse = torch.stack([finite.all(), coarse.any()]).tolist()  # one synchronisation
+            if not all_finite:
                 where = name if t.dim() == 2 else f"{name}[{int((~finite).nonzero()[0, 0])}]"
                 raise ValueError(f"`{where}` contains NaN or Inf coordinates")
+            if any_coarse:
+                warnings.warn(float32_shape_warning(t, name), stacklevel=2)
+        if t.dtype == torch.float64:
+            # Centred while still float64: every later step (farthest-point sampling, the render) may work in
+            # float32, which keeps a 1 m object's shape only up to about 1e5 from the origin.
+            t = t - t.mean(dim=-2, keepdim=True)
         return t
 
     def _generator(self, generator: torch.Generator | None) -> torch.Generator | None:

@@ -1,11 +1,9 @@
 """glTF 2.0 reader (``.glb``; ``.gltf`` with external files or ``data:`` buffers): the default scene's triangles.
 
-A reader of our own: the container is a JSON document plus typed views into binary buffers, and the libraries
-that parse it either stop at the JSON (pygltflib: decoding accessors and walking the scene would still be ours)
-or bring a large dependency tree (trimesh). It is apart from ``mesh_io.py`` because, unlike the line- and
-record-based formats there, it is a scene graph to walk; ``mesh_io.read_mesh`` dispatches ``.glb``/``.gltf``
-here and this module reuses its :class:`~clip2point_hf.mesh_io.Mesh` and checks (one-way import: ``mesh_io``
-imports this module only inside ``read_mesh``). Flat: it travels into Hub folders with the pipeline.
+A reader of our own: trimesh reads most glTF files, but drops triangle-fan primitives without a word, fails
+on a document without scenes and on a percent-encoded buffer uri (BENCHMARKS.md, "Reading files"); pygltflib
+parses only the JSON. It is a scene graph to walk, so it has its own module; it builds on ``mesh_io``'s
+:class:`~clip2point_hf.mesh_io.Mesh` and checks. Flat: it travels into Hub folders with the pipeline.
 """
 
 from __future__ import annotations
@@ -18,7 +16,7 @@ from urllib.parse import unquote
 import numpy as np
 
 from .errors import DatasetFormatError
-from .mesh_io import Mesh, _finish, _read_bytes
+from .mesh_io import Mesh, checked_mesh, read_file_bytes
 
 __all__ = ["read_gltf"]
 
@@ -40,7 +38,7 @@ def read_gltf(path: str | Path) -> Mesh:
     y-up by its specification, the renderer's convention.
     """
     path = Path(path)
-    document, binary_chunk = _gltf_document(path, _read_bytes(path))
+    document, binary_chunk = _gltf_document(path, read_file_bytes(path))
     try:
         return _gltf_mesh(path, document, binary_chunk)
     except DatasetFormatError:
@@ -135,7 +133,7 @@ def _gltf_mesh(path: Path, doc: dict, binary: bytes | None) -> Mesh:
             count += len(positions)
     if not faces:
         raise DatasetFormatError(path, "glTF file has no triangle meshes in its default scene")
-    return _finish(path, np.concatenate(vertices), np.concatenate(faces), "glTF")
+    return checked_mesh(path, np.concatenate(vertices), np.concatenate(faces), "glTF")
 
 
 def _gltf_buffer(path: Path, spec: dict, index: int, binary: bytes | None) -> bytes:

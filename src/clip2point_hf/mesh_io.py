@@ -1,4 +1,5 @@
-"""Small, dependency-free mesh readers (OFF, OBJ, PLY, STL, glTF/GLB) and seeded area-weighted surface sampling.
+"""Mesh files read by our own readers (OFF, OBJ, PLY, STL), the :class:`Mesh` they give, and seeded
+area-weighted surface sampling.
 
 Every reader returns a :class:`Mesh` of float64 vertices ``(V, 3)`` and int64 triangles ``(F, 3)``
 (polygons are fan-triangulated). Anything that cannot be read -- an empty, truncated or corrupt
@@ -7,15 +8,17 @@ file, an index out of range, a non-finite coordinate, a mesh without faces -- ra
 
 Formats and quirks handled:
 
-- OFF (also ``COFF``/``NOFF``/``STOFF`` extra vertex columns, face colours, ``#`` comments and the
-  ModelNet header glued to the counts: ``OFF490 518 0``).
+- OFF (also ``COFF``/``NOFF``/``STOFF`` extra vertex columns, face colours, ``#`` comments, records wrapped
+  over several lines, and the ModelNet header glued to the counts: ``OFF490 518 0``).
 - OBJ: ``v`` lines (extra colour columns ignored), ``f`` lines with ``v``, ``v/vt``, ``v//vn``,
   ``v/vt/vn`` corners, negative (relative) indices, polygons, ``\\`` line continuations.
 - PLY: ``ascii``, ``binary_little_endian`` and ``binary_big_endian``; any scalar types; face list
-  ``vertex_indices`` or ``vertex_index``; extra elements and properties are skipped.
-- STL: ASCII and binary (binary files whose header starts with ``solid`` too).
-- glTF 2.0: ``.glb`` and ``.gltf``, read by ``gltf_io.read_gltf`` (a scene graph to walk, its own module);
-  :func:`read_mesh` dispatches to it.
+  ``vertex_indices`` or ``vertex_index``, polygons of mixed sizes; extra elements and properties are skipped.
+  A PLY without faces is a scan: :func:`read_ply` gives its vertices as points.
+- STL: ASCII (one or several solids) and binary (binary files whose header starts with ``solid`` too).
+
+Why our own readers and not trimesh's: BENCHMARKS.md, "Reading files". The table from file type to
+reader is ``point_files.FILE_TYPES``; glTF is read in ``gltf_io.py``, point formats in ``point_io.py``.
 """
 
 from __future__ import annotations
@@ -29,17 +32,15 @@ import numpy as np
 from .errors import DatasetFormatError
 
 __all__ = [
-    "MESH_EXTENSIONS",
     "Mesh",
-    "read_mesh",
+    "checked_mesh",
+    "read_file_bytes",
     "read_obj",
     "read_off",
     "read_ply",
     "read_stl",
     "sample_surface",
 ]
-
-MESH_EXTENSIONS = (".obj", ".off", ".ply", ".stl", ".glb", ".gltf")
 
 
 @dataclass(frozen=True)
@@ -50,29 +51,8 @@ class Mesh:
     faces: np.ndarray
 
 
-def read_mesh(path: str | Path) -> Mesh:
-    """Read an ``.off``, ``.obj``, ``.ply``, ``.stl``, ``.glb`` or ``.gltf`` file (extension, case-insensitive,
-    picks the reader)."""
-    from .gltf_io import read_gltf  # gltf_io builds on this module's Mesh and checks
-
-    path = Path(path)
-    ext = path.suffix.lower()
-    readers = {
-        ".off": read_off,
-        ".obj": read_obj,
-        ".ply": read_ply,
-        ".stl": read_stl,
-        ".glb": read_gltf,
-        ".gltf": read_gltf,
-    }
-    if ext not in readers:
-        raise DatasetFormatError(
-            path, f"unsupported mesh extension {ext!r} (expected one of {MESH_EXTENSIONS})"
-        )
-    return readers[ext](path)
-
-
-def _read_bytes(path: Path) -> bytes:
+def read_file_bytes(path: Path) -> bytes:
+    """The whole file, or one line naming it: not found, unreadable, or empty (whitespace only)."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -84,8 +64,9 @@ def _read_bytes(path: Path) -> bytes:
     return data
 
 
-def _finish(path: Path, vertices, faces, fmt: str) -> Mesh:
-    """Validate and package reader output."""
+def checked_mesh(path: Path, vertices, faces, fmt: str) -> Mesh:
+    """A reader's vertices and triangles as a :class:`Mesh`, once they are known to be one: finite
+    coordinates, at least one face, every index in range (``fmt`` names the format in the errors)."""
     try:
         v = np.asarray(vertices, dtype=np.float64).reshape(-1, 3)
     except ValueError as exc:
@@ -120,7 +101,7 @@ _OFF_HEADER = re.compile(r"^(ST)?C?N?OFF(?![A-Za-z])")
 def read_off(path: str | Path) -> Mesh:
     """Read an OFF file, including ModelNet's broken header (``OFF490 518 0`` on one line)."""
     path = Path(path)
-    text = _read_bytes(path).decode("latin-1")
+    text = read_file_bytes(path).decode("latin-1")
     lines = [s for s in (raw.split("#", 1)[0].strip() for raw in text.splitlines()) if s]
     if not lines:
         raise DatasetFormatError(path, "empty file (only comments)")
@@ -148,7 +129,7 @@ def read_off(path: str | Path) -> Mesh:
             vertices, faces = _off_tokens(path, " ".join(lines[pos:]).split(), nv, nf, m.group(0))
         except DatasetFormatError:
             raise by_lines from None
-    return _finish(path, vertices, faces, "OFF")
+    return checked_mesh(path, vertices, faces, "OFF")
 
 
 def _off_tokens(path: Path, tokens: list[str], nv: int, nf: int, header: str):
@@ -179,31 +160,23 @@ def _off_tokens(path: Path, tokens: list[str], nv: int, nf: int, header: str):
 
 def _off_records(path: Path, lines: list[str], nv: int, nf: int):
     """OFF data one record per line (the common case, and the only one with face colours)."""
-    pos = 0
     if len(lines) < nv + nf:
         raise DatasetFormatError(
             path,
             f"truncated OFF file: the header declares {nv} vertices and {nf} faces "
             f"but only {len(lines)} data lines follow",
         )
-    vrows = [ln.split()[:3] for ln in lines[pos : pos + nv]]
+    vertex_lines, face_lines = lines[:nv], lines[nv : nv + nf]
     try:
-        vertices = np.array(vrows, dtype=np.float64)
-        if nv and vertices.shape != (nv, 3):
-            raise ValueError("a vertex line has fewer than 3 coordinates")
+        vertices = (
+            np.loadtxt(vertex_lines, usecols=(0, 1, 2), ndmin=2, comments=None) if nv else np.zeros((0, 3))
+        )
     except ValueError as exc:
         raise DatasetFormatError(path, f"corrupt OFF vertex data ({exc})") from None
-    frows = [ln.split() for ln in lines[pos + nv : pos + nv + nf]]
-    faces = None
-    try:
-        head = np.array([r[:4] for r in frows], dtype=np.int64)
-        if head.ndim == 2 and head.shape[1] == 4 and (head[:, 0] == 3).all():
-            faces = head[:, 1:]
-    except ValueError:
-        pass
+    faces = _triangle_rows(face_lines)
     if faces is None:
         polys = []
-        for r in frows:
+        for r in (ln.split() for ln in face_lines):
             try:
                 n = int(r[0])
                 idx = [int(t) for t in r[1 : 1 + n]]
@@ -217,15 +190,25 @@ def _off_records(path: Path, lines: list[str], nv: int, nf: int):
     return vertices, faces
 
 
+def _triangle_rows(rows: list[str]) -> np.ndarray | None:
+    """``(F, 3)`` indices of text rows ``3 i j k`` (anything after them ignored: colours), or None when any row
+    is something else, to be parsed one by one. numpy's own parser: 10x faster on an 80k-face file."""
+    try:
+        head = np.loadtxt(rows, np.int64, usecols=range(4), ndmin=2, comments=None) if rows else None
+    except ValueError:
+        return None
+    return head[:, 1:] if head is not None and (head[:, 0] == 3).all() else None
+
+
 def read_obj(path: str | Path) -> Mesh:
     """Read the geometry of a Wavefront OBJ file (``v`` and ``f`` records; everything else is ignored)."""
     path = Path(path)
-    text = _read_bytes(path).decode("latin-1")
+    text = read_file_bytes(path).decode("latin-1")
     if "\\\n" in text or "\\\r\n" in text:
         text = text.replace("\\\r\n", " ").replace("\\\n", " ")
     fast = _obj_fast(text)
     if fast is not None:
-        return _finish(path, fast[0], fast[1], "OBJ")
+        return checked_mesh(path, fast[0], fast[1], "OBJ")
     vrows: list[list[str]] = []
     polys: list[list[int]] = []
     for lineno, raw in enumerate(text.splitlines(), start=1):
@@ -261,7 +244,7 @@ def read_obj(path: str | Path) -> Mesh:
         raise DatasetFormatError(path, f"corrupt OBJ vertex data ({exc})") from None
     if not polys and not vrows:
         raise DatasetFormatError(path, "no 'v' or 'f' records: not an OBJ mesh")
-    return _finish(path, vertices, _fan(polys), "OBJ")
+    return checked_mesh(path, vertices, _fan(polys), "OBJ")
 
 
 _OBJ_CORNER_TAIL = re.compile(r"/\S*")
@@ -280,22 +263,16 @@ def _obj_fast(text: str):
     if not vl or not fl:
         return None
     try:
-        vrows = [ln.split()[1:4] for ln in vl]
-        vertices = np.array(vrows, dtype=np.float64)
-        if vertices.ndim != 2 or vertices.shape[1] != 3:
-            return None
+        vertices = np.loadtxt(vl, usecols=(1, 2, 3), ndmin=2, comments=None)  # numpy's own parser: fast
         joined = "\n".join(fl)
         if "#" in joined:
             return None
         if "/" in joined:
             joined = _OBJ_CORNER_TAIL.sub("", joined)
-        idx = np.array(joined.split(), dtype=np.int64)
+        faces = np.loadtxt(joined.splitlines(), np.int64, ndmin=2, comments=None) - 1  # rows of one length
     except ValueError:
         return None
-    if len(idx) != 3 * len(fl) or (idx <= 0).any() or any(len(ln.split()) != 3 for ln in fl):
-        return None
-    faces = idx.reshape(-1, 3) - 1
-    if faces.max() >= len(vertices):
+    if faces.shape[1] != 3 or (faces < 0).any() or faces.max() >= len(vertices):
         return None
     return vertices, faces
 
@@ -374,19 +351,11 @@ def _ply_face_prop(path: Path, props) -> int:
     raise DatasetFormatError(path, "PLY face element has no vertex index list")
 
 
-def read_ply(path: str | Path) -> Mesh:
-    """Read a PLY mesh (ascii or binary, either endianness)."""
+def read_ply(path: str | Path) -> Mesh | np.ndarray:
+    """Read a PLY file (ascii or binary, either endianness): a :class:`Mesh` when it has faces, else its
+    vertices as a float64 ``(N, 3)`` array of points (a scan)."""
     path = Path(path)
-    vertices, faces, names = read_ply_elements(path)
-    if faces is None:
-        raise DatasetFormatError(path, f"PLY file needs 'vertex' and 'face' elements (has {names})")
-    return _finish(path, vertices, faces, "PLY")
-
-
-def read_ply_elements(path: str | Path):
-    """``(vertices, faces or None, element names)`` of a PLY file; a file without faces is a point cloud."""
-    path = Path(path)
-    data = _read_bytes(path)
+    data = read_file_bytes(path)
     fmt, elements, body_start = _ply_header(path, data)
     names = [e[0] for e in elements]
     if "vertex" not in names:
@@ -397,7 +366,13 @@ def read_ply_elements(path: str | Path):
         vertices, faces = _ply_binary(
             path, data, body_start, elements, "<" if fmt.endswith("little_endian") else ">"
         )
-    return vertices, faces, names
+    if faces is None and "tristrips" in names:
+        raise DatasetFormatError(
+            path, "PLY triangle strips ('tristrips') are not read; export 'face' elements"
+        )
+    if faces is None or len(faces) == 0:
+        return np.asarray(vertices, dtype=np.float64)
+    return checked_mesh(path, vertices, faces, "PLY")
 
 
 def _ply_ascii(path: Path, body: bytes, elements):
@@ -418,12 +393,15 @@ def _ply_ascii(path: Path, body: bytes, elements):
             if any(len(p) == 3 for p in props):
                 raise DatasetFormatError(path, "PLY vertex element with list properties is not supported")
             try:
-                table = np.array([r.split() for r in rows], dtype=np.float64)
-                vertices = table.reshape(count, -1)[:, cols]
+                table = np.loadtxt(rows, ndmin=2, comments=None) if count else np.zeros((0, len(props)))
+                vertices = table[:, cols]
             except (ValueError, IndexError) as exc:
                 raise DatasetFormatError(path, f"corrupt PLY vertex data ({exc})") from None
         elif name == "face":
             k = _ply_face_prop(path, props)
+            faces = _triangle_rows(rows) if k == 0 else None
+            if faces is not None:
+                continue
             polys = []
             for r in rows:
                 toks = r.split()
@@ -540,7 +518,7 @@ _STL_RECORD = np.dtype([("normal", "<f4", (3,)), ("v", "<f4", (3, 3)), ("attr", 
 def read_stl(path: str | Path) -> Mesh:
     """Read an ASCII or binary STL file (triangle soup: three vertices per face)."""
     path = Path(path)
-    data = _read_bytes(path)
+    data = read_file_bytes(path)
     is_binary = False
     if len(data) >= 84:
         n = int.from_bytes(data[80:84], "little")
@@ -559,7 +537,7 @@ def read_stl(path: str | Path) -> Mesh:
             v = np.array(matches, dtype=np.float64)
         except ValueError as exc:
             raise DatasetFormatError(path, f"corrupt ASCII STL vertex ({exc})") from None
-        return _finish(path, v, np.arange(len(v)).reshape(-1, 3), "STL")
+        return checked_mesh(path, v, np.arange(len(v)).reshape(-1, 3), "STL")
     if len(data) < 84:
         raise DatasetFormatError(path, f"binary STL shorter than its 84-byte header ({len(data)} bytes)")
     n = int.from_bytes(data[80:84], "little")
@@ -571,7 +549,7 @@ def read_stl(path: str | Path) -> Mesh:
         )
     rec = np.frombuffer(data, dtype=_STL_RECORD, count=n, offset=84)
     v = rec["v"].reshape(-1, 3).astype(np.float64)
-    return _finish(path, v, np.arange(len(v)).reshape(-1, 3), "STL")
+    return checked_mesh(path, v, np.arange(len(v)).reshape(-1, 3), "STL")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -586,16 +564,20 @@ def sample_surface(
     *,
     return_normals: bool = False,
     path: str | Path | None = None,
+    dtype: type[np.floating] = np.float32,
 ):
     """Area-weighted uniform sampling of ``num_points`` points on the surface of ``mesh``.
 
     Each point picks a triangle with probability proportional to its area (zero-area triangles are
     never picked), then uniform barycentric coordinates (the square-root trick). Only
-    ``rng.random`` is used, whose stream numpy keeps stable across versions.
+    ``rng.random`` is used, whose stream numpy keeps stable across versions (trimesh's
+    ``sample_surface`` draws the same distribution, but its stream is its own: BENCHMARKS.md,
+    "Reading files").
 
     Returns:
-        ``points`` float32 ``(num_points, 3)``, and with ``return_normals`` also the unit normals of the
-        picked triangles (float32, orientation as the mesh's winding).
+        ``points`` ``(num_points, 3)`` of ``dtype``, and with ``return_normals`` also the unit normals of the
+        picked triangles (orientation as the mesh's winding). The points are computed in float64: ask for
+        float64 to keep a mesh far from the origin (map coordinates) exact until it is centred.
 
     Raises:
         DatasetFormatError: the mesh has zero (or non-finite) surface area (``path`` names the file).
@@ -619,8 +601,8 @@ def sample_surface(
     s = np.sqrt(r[:, 0])
     w1 = (s * (1.0 - r[:, 1]))[:, None]
     w2 = (s * r[:, 1])[:, None]
-    points = (a[idx] + w1 * e1[idx] + w2 * e2[idx]).astype(np.float32)
+    points = (a[idx] + w1 * e1[idx] + w2 * e2[idx]).astype(dtype)
     if not return_normals:
         return points
-    normals = (cross[idx] / dbl_area[idx, None]).astype(np.float32)
+    normals = (cross[idx] / dbl_area[idx, None]).astype(dtype)
     return points, normals

@@ -12,15 +12,25 @@ copied flat into Hub folders next to ``processing_clip2point.py``.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 __all__ = [
+    "FLOAT32_SHAPE_TOLERANCE",
     "UP_AXES",
     "convert_up_axis",
     "farthest_point_sample",
+    "float32_shape_loss",
+    "float32_shape_warning",
     "normalize_point_cloud",
     "random_point_sample",
 ]
+
+#: float32 numbers spaced more than this fraction of a cloud's size apart where the cloud lies have lost its
+#: shape: a 1 m object keeps it up to about 1.3e5 from the origin (spacing 0.0078 there) and loses it at map
+#: coordinates (spacing 0.25 near 4e6, where it renders as a dot).
+FLOAT32_SHAPE_TOLERANCE = 0.01
 
 
 def _check_points(points: torch.Tensor, name: str = "points") -> None:
@@ -200,6 +210,37 @@ def normalize_point_cloud(points: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
         normalized.to(orig_dtype),
         (centroid * unit.unsqueeze(-1)).squeeze(-2).to(orig_dtype),
         (scale * unit).squeeze(-1).to(orig_dtype),
+    )
+
+
+def float32_shape_loss(points: torch.Tensor) -> torch.Tensor:
+    """Per cloud (``(N, 3)`` -> ``()``, ``(B, N, 3)`` -> ``(B,)``): whether float32 coordinates cannot hold its
+    shape, the spacing of float32 numbers at its largest coordinate being more than
+    :data:`FLOAT32_SHAPE_TOLERANCE` of its size (the longest side of its bounding box).
+
+    A cloud far from the origin must be centred in float64 before it is cast to float32; one that arrives as
+    float32 and is flagged here has already lost its shape. Clouds of a single position are never flagged.
+    """
+    magnitude = points.abs().amax(dim=(-2, -1)).float()
+    size = (points.amax(dim=-2) - points.amin(dim=-2)).amax(dim=-1).float()
+    spacing = torch.nextafter(magnitude, torch.full_like(magnitude, math.inf)) - magnitude
+    return (spacing > FLOAT32_SHAPE_TOLERANCE * size) & (size > 0)
+
+
+def float32_shape_warning(points: torch.Tensor, name: str) -> str:
+    """The one-line warning for (the first of) the clouds :func:`float32_shape_loss` flags; ``name`` says which
+    input or file they came from."""
+    lost = float32_shape_loss(points).reshape(-1)
+    k = int(lost.nonzero()[0, 0]) if bool(lost.any()) else 0
+    cloud = points.reshape(-1, *points.shape[-2:])[k].double()
+    where = f"{name}[{k}]" if points.dim() == 3 else name
+    magnitude = cloud.abs().max().float()
+    spacing = float(torch.nextafter(magnitude, torch.tensor(math.inf)) - magnitude)
+    size = float((cloud.amax(dim=0) - cloud.amin(dim=0)).max())
+    return (
+        f"{where}: float32 numbers near {float(magnitude):.3g} are {spacing:.3g} apart, {spacing / size:.0%} of "
+        f"the cloud's size {size:.3g}: its shape was lost when it was stored as float32 "
+        "(keep map coordinates in float64, or centre the cloud on the origin first)"
     )
 
 

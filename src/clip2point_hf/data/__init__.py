@@ -20,7 +20,8 @@ and K-shot subsets. Class-name prompt spellings are in :mod:`clip2point_hf.promp
 """
 
 from ..errors import DatasetFormatError, MissingFilesError
-from ..mesh_io import MESH_EXTENSIONS, Mesh, read_mesh, sample_surface
+from ..mesh_io import Mesh, sample_surface
+from ..point_files import MESH_EXTENSIONS, read_mesh
 from ..seeding import seeded_rng
 from .cache import LOADER_VERSION, dataset_metadata, default_cache_dir
 from .collate import EpochSampler, KeyedDataset, batch_to_tensors, collate_point_clouds

@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 from ..errors import DatasetFormatError
-from ..mesh_io import MESH_EXTENSIONS
+from ..point_files import MESH_EXTENSIONS
 from .cache import dataset_metadata
 from .mesh_folder import load_mesh_folder
 from .modelnet import detect_modelnet_format, load_modelnet

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import DatasetFormatError
-from ..mesh_io import MESH_EXTENSIONS, read_mesh, sample_surface
+from ..mesh_io import sample_surface
+from ..point_files import MESH_EXTENSIONS, read_mesh
 from ..points_clip2point import UP_AXES
 from ..seeding import seeded_rng
 from ._common import check_choice, check_root, natural_key, normalize_np

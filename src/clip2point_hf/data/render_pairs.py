@@ -29,7 +29,8 @@ import torch
 
 from ..atomic import atomic_folder
 from ..errors import DatasetFormatError
-from ..mesh_io import MESH_EXTENSIONS, read_mesh, sample_surface
+from ..mesh_io import sample_surface
+from ..point_files import MESH_EXTENSIONS, read_mesh
 from ..points_clip2point import UP_AXES
 from ..prompts import prompt_names
 from ..seeding import seeded_rng

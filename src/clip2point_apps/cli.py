@@ -277,33 +277,48 @@ def cmd_embed(args: argparse.Namespace) -> None:
         )
     except ImportError as error:
         raise CommandError(first_line(error)) from None
-    if index is None:
+    if index is not None:
+        print(f"wrote {args.output}: {index}")
+    elif args.shard_index is not None:
         print(
             f"shard {args.shard_index}/{args.num_shards} done in {args.output}; once every shard is done, run the "
             "same command without --shard_index to merge"
         )
-    else:
-        print(f"wrote {args.output}: {index}")
+    # else: a process of `accelerate launch` other than the main one, which merged and printed
 
 
 def cmd_search(args: argparse.Namespace) -> None:
-    if (args.text is None) == (args.like is None):
-        raise CommandError("give either a query text or --like FILE (not both)")
-    if args.like is not None and not Path(args.like).is_file():
-        raise CommandError(f"--like {args.like}: file not found")
-    if args.model:
-        _check_model(args.model)
-    from .retrieval import ShapeIndex, load_embedder, save_hits_image
+    queries = [q for q in (args.text, args.like, args.image) if q is not None]
+    if len(queries) != 1:
+        raise CommandError("give either a query text or --like FILE or --image PHOTO (exactly one)")
+    for flag, path in (("--like", args.like), ("--image", args.image)):
+        if path is not None and not Path(path).is_file():
+            raise CommandError(f"{flag} {path}: file not found")
+    if args.template is not None and "{}" not in args.template:
+        raise CommandError(f"--template {args.template!r}: must contain {{}} where the query goes")
+    for flag in ("model", "image_model"):
+        if getattr(args, flag):
+            _check_model(getattr(args, flag), f"--{flag}")
+    from .retrieval import PhotoEncoder, ShapeIndex, load_embedder, save_hits_image
 
     index = ShapeIndex.load(args.index)
-    if args.model or args.device or args.up_axis:
-        model = args.model or index.config.get("model")
-        index.embedder = load_embedder(model, args.device, args.up_axis or index.config.get("up_axis"))
+    up_axis = args.up_axis or index.config.get("up_axis")
+    if args.image is not None:
+        encoder = PhotoEncoder.from_pretrained(args.image_model or args.model or index.model_location())
+        index.image_encoder = (
+            encoder
+            if args.device is None
+            else PhotoEncoder(encoder.model.to(args.device), encoder.image_processor, encoder.source)
+        )
+    elif args.model or args.device or args.up_axis:
+        index.embedder = load_embedder(args.model or index.model_location(), args.device, up_axis)
     try:
         if args.text is not None:
             hits = index.search_text(args.text, k=args.k, template=args.template, exact=args.exact or None)
-        else:
+        elif args.like is not None:
             hits = index.search_shape(args.like, k=args.k, exact=args.exact or None)
+        else:
+            hits = index.search_image(args.image, k=args.k, exact=args.exact or None)
     except ImportError as error:
         raise CommandError(first_line(error)) from None
     if args.json:
@@ -311,15 +326,31 @@ def cmd_search(args: argparse.Namespace) -> None:
     else:
         for rank, hit in enumerate(hits, 1):
             print(f"{rank:3d}. {hit.score:.4f}  {hit.name}  ({hit.path})")
+    gone = [hit.path for hit in hits if hit.path and not Path(hit.path).is_file()]
+    if gone:
+        print(
+            f"note: {len(gone)} of {len(hits)} hits' shape files are gone (first: {gone[0]}); {args.index} keeps "
+            "shape paths relative to its folder: move the shapes along with it",
+            file=sys.stderr,
+        )
     if args.output:
-        query = args.text if args.text is not None else f"like {args.like}"
-        save_hits_image(hits, args.output, up_axis=index.config.get("up_axis", "y"), title=f"query: {query}")
+        if args.text is not None:
+            query = args.text
+        else:
+            query = f"like {args.like}" if args.like is not None else f"photo {args.image}"
+        save_hits_image(
+            hits,
+            args.output,
+            up_axis=index.config.get("up_axis") or "y",
+            title=f"query: {query}",
+            query_image=args.image,
+        )
         print(f"wrote {args.output}")
 
 
-def _check_model(model: str) -> None:
+def _check_model(model: str, flag: str = "--model") -> None:
     if not (Path(model).is_dir() or "/" in model):
-        raise CommandError(f"--model: {model!r} is neither a folder nor a Hub id (org/name)")
+        raise CommandError(f"{flag}: {model!r} is neither a folder nor a Hub id (org/name)")
 
 
 # --------------------------------------------------------------------------------------------------------- parser
@@ -468,8 +499,14 @@ def build_parser() -> argparse.ArgumentParser:
     o("-o", "--output", required=True, help="the index folder, e.g. shapes.index")
     o("--split", help="the split of a saved DatasetDict")
     o("--up_axis", choices=UP_AXES, help=UP_AXIS_HELP + "; default: the dataset's, else the model's")
-    o("--num_shards", type=int, default=1, help="split the work over N processes")
-    o("--shard_index", type=int, help="this process's shard (omit to merge)")
+    o(
+        "--num_shards",
+        type=int,
+        default=1,
+        help="split the work over N jobs of a scheduler without accelerate (SLURM arrays); under "
+        "`accelerate launch` the processes split it by themselves",
+    )
+    o("--shard_index", type=int, help="this job's shard (omit to merge)")
     o("--chunk_size", type=int, default=256, help="shapes per resumable chunk")
     o("--batch_size", type=int, default=32)
     o("--device", default=None, help="cpu, cuda, cuda:1, ...")
@@ -477,16 +514,27 @@ def build_parser() -> argparse.ArgumentParser:
     o("--skip_unreadable", action="store_true", help="skip files that cannot be read (listed)")
     p.set_defaults(func=cmd_embed)
 
-    p = commands.add_parser("search", help="text-to-shape or shape-to-shape search in an index")
+    p = commands.add_parser("search", help="text-, shape- or photo-to-shape search in an index")
     o = _Options(p)
-    o("text", nargs="?", help='the query, e.g. "a chair with armrests"')
+    o(
+        "text",
+        nargs="?",
+        help='the query, e.g. "a chair with armrests" (a query starting with a/an/the/two... keeps its own '
+        'article: "a horse" -> "image of a horse"; README, Search)',
+    )
     o("--like", help="a query shape file instead of a text")
+    o("--image", help="a query photo (jpg, png, ...) instead of a text, through CLIP's image tower")
     o("--index", required=True, help="an index folder written by `clip2point embed`")
     o("-k", type=int, default=8, help="how many hits")
     o("-o", "--output", help="write a picture of the hits' front views (PNG)")
-    o("--template", help="prompt template with {} (default: the index's)")
+    o("--template", help="prompt template with {} (default: the index's, e.g. 'image of a {}')")
     o("--exact", action="store_true", help="exact search even when the index has a faiss index")
     o("--model", help="embed the query with this model (default: the index's)")
+    o(
+        "--image_model",
+        help="where a photo's image tower comes from: the CLIP the model was pre-trained from, or a model folder "
+        "with image_encoder/ (default: the index's model)",
+    )
     o("--up_axis", choices=UP_AXES, help="the query shape's up axis (default: the index's)")
     o("--device", default=None)
     o("--json", action="store_true", help="print the hits as JSON")
@@ -506,8 +554,19 @@ def _file_types() -> tuple[str, ...]:
     return POINT_FILE_TYPES
 
 
+def _signed_axes_attached(argv: Sequence[str]) -> list[str]:
+    """`--up_axis -x` as `--up_axis=-x`: argparse takes a value starting with '-' for an option."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in ("--up_axis", "--up-axis") and arg in UP_AXES:
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_signed_axes_attached(sys.argv[1:] if argv is None else argv))
     from .training.tracking import configure_console
 
     configure_console(args.verbose)

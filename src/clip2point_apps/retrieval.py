@@ -264,8 +264,7 @@ class PhotoEncoder:
         if kind not in IMAGE_TOWERS:
             raise _no_image_tower(source or kind, kind)
         tower_name, projection_name = IMAGE_TOWERS[kind]
-        config = copy.deepcopy(model.config.vision_config)
-        config.projection_dim = model.config.projection_dim
+        config = _with_projection(model.config.vision_config, model.config.projection_dim)
         tower = CLIPVisionModelWithProjection(config).to(model.dtype)
         tower.vision_model.load_state_dict(getattr(model, tower_name).state_dict())
         tower.visual_projection.load_state_dict(getattr(model, projection_name).state_dict())
@@ -286,7 +285,9 @@ class PhotoEncoder:
         config = AutoConfig.from_pretrained(source, subfolder=subfolder)
         kind = (config.architectures or [type(config).__name__])[0]
         if config.model_type in ("clip", "clip_vision_model"):
-            model = CLIPVisionModelWithProjection.from_pretrained(source, subfolder=subfolder)
+            if config.model_type == "clip":  # the projection's width is the full config's, not the tower's
+                config = _with_projection(config.vision_config, config.projection_dim)
+            model = CLIPVisionModelWithProjection.from_pretrained(source, subfolder=subfolder, config=config)
             processor_file = (
                 f"{subfolder}/preprocessor_config.json" if subfolder else "preprocessor_config.json"
             )
@@ -319,6 +320,13 @@ class PhotoEncoder:
                 embeds = self.model(pixel_values=pixels.to(device, self.model.dtype)).image_embeds
             vectors.append(torch.nn.functional.normalize(embeds.float(), dim=-1).cpu())
         return torch.cat(vectors).numpy()
+
+
+def _with_projection(vision_config, projection_dim: int):
+    """A copy of a CLIP vision config whose projection is `projection_dim` wide."""
+    config = copy.deepcopy(vision_config)
+    config.projection_dim = projection_dim
+    return config
 
 
 def _has_file(source: str, filename: str) -> bool:
@@ -615,8 +623,10 @@ class ShapeIndex:
         if chunk_size < 1:
             raise ValueError(f"`chunk_size` must be >= 1, got {chunk_size}")
         from accelerate import PartialState
+        from accelerate.utils import parse_flag_from_env
 
-        processes = PartialState()
+        # As `Accelerator` does: CPU processes (gloo) only when the launch asks for them.
+        processes = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
         if processes.num_processes > 1:
             if shard_index is not None or num_shards != 1:
                 raise ValueError(
@@ -812,8 +822,11 @@ class ShapeIndex:
             return
         base = os.path.abspath(folder)
         saved_in = self.config.get("saved_in")
-        moved_alone = saved_in and not os.path.exists(os.path.join(base, first))
-        if moved_alone and os.path.exists(os.path.join(saved_in, first)):
+
+        def found(folder: str) -> bool:  # normalised first: "gone-folder/../x" exists for no file system
+            return os.path.exists(os.path.normpath(os.path.join(folder, first)))
+
+        if saved_in and not found(base) and found(saved_in):
             base = saved_in
         self.dataset = _with_paths(
             self.dataset, _rebase(paths, lambda d: os.path.normpath(os.path.join(base, d)))

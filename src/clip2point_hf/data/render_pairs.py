@@ -215,6 +215,28 @@ def _render_batch(task) -> tuple[list[tuple[str, str]], list[str]]:
     return written, failed
 
 
+def _render_share(tasks: list, num_proc: int | None, processes, tmp: Path) -> list:
+    """``_render_batch`` results of every task, in task order. With several processes each renders its share
+    (task ``t`` to process ``t % N``) and leaves its results in ``tmp``; after all are done, the main process reads
+    them back (the others get an empty list)."""
+    rank, world = processes.process_index, processes.num_processes
+    mine = list(range(rank, len(tasks), world))
+    nproc = max(1, min(resolve_num_proc(num_proc, sum(len(tasks[t][2]) for t in mine)), len(mine)))
+    results = list(run_tasks(_render_batch, [tasks[t] for t in mine], nproc, "rendering pairs", "batch"))
+    if world == 1:
+        return results
+    (tmp / f".part-{rank}.json").write_text(json.dumps(dict(zip(mine, results, strict=True))))
+    processes.wait_for_everyone()
+    if not processes.is_main_process:
+        return []
+    merged: dict[int, list] = {}
+    for part in range(world):
+        path = tmp / f".part-{part}.json"
+        merged.update({int(t): result for t, result in json.loads(path.read_text()).items()})
+        path.unlink()
+    return [merged[t] for t in range(len(tasks))]
+
+
 def build_render_pairs(
     root: str | Path,
     out_dir: str | Path,
@@ -252,15 +274,22 @@ def build_render_pairs(
         albedo, ambient: shading (grey material, 30 % ambient light).
         batch_size: meshes rendered together.
         num_proc: render processes, each with one torch thread (default: all cores, at most 8, for 64
-            meshes or more). ``1`` renders in this process with torch's current thread setting. Output
-            does not depend on it.
+            meshes or more; 1 per process under ``accelerate launch``). ``1`` renders in this process with
+            torch's current thread setting. Output does not depend on it.
         on_error: a mesh that cannot be read or sampled: ``"error"`` (default; nothing is written) or
             ``"skip"`` (a warning lists them).
         overwrite: replace an existing ``out_dir``.
 
+    Under ``accelerate launch`` with N processes (on one machine or several sharing the output's file
+    system), process ``r`` renders the batches ``b`` with ``b % N == r`` into one temporary folder and the main
+    process writes the lists and renames it once every process is done: the output is the one-process output.
+
     Returns:
         ``out_dir``. Read it with ``load_shapenet_pairs(out_dir, out_dir)``.
     """
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list, parse_flag_from_env
+
     from ..rendering_clip2point import resolve_views
 
     num_points = check_num_points(num_points)
@@ -283,14 +312,20 @@ def build_render_pairs(
 
     jobs = _assign_ids(root, splits)  # (split, rel, object_id, render_dir)
 
+    # As `Accelerator` does: CPU processes (gloo) only when the launch asks for them.
+    processes = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{token}"
+    token = [f"{os.getpid()}-{uuid.uuid4().hex[:8]}"]
+    if processes.num_processes > 1:  # one temporary folder for all: the main process's name
+        broadcast_object_list(token)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{token[0]}"
     failed: list[str] = []
     try:
-        (tmp / "rendering").mkdir(parents=True)
-        (tmp / "shapenet_pc").mkdir()
-        (tmp / "ShapeNet-55").mkdir()
+        if processes.is_main_process:
+            (tmp / "rendering").mkdir(parents=True)
+            (tmp / "shapenet_pc").mkdir()
+            (tmp / "ShapeNet-55").mkdir()
+        processes.wait_for_everyone()
         lists: dict[str, list[str]] = {s: [] for s in splits}
         settings = (render_points, num_points, seed, up_axis, view_list, image_size, point_radius)
         settings += (tuple(albedo), ambient, on_error)
@@ -298,11 +333,15 @@ def build_render_pairs(
             (str(root), str(tmp), jobs[i : i + batch_size], *settings)
             for i in range(0, len(jobs), batch_size)
         ]
-        nproc = min(resolve_num_proc(num_proc, len(jobs)), len(tasks))
-        for written, skipped in run_tasks(_render_batch, tasks, nproc, "rendering pairs", "batch"):
+        if processes.num_processes > 1 and num_proc is None:
+            num_proc = 1  # the launch already runs a process per core or device
+        for written, skipped in _render_share(tasks, num_proc, processes, tmp):
             for split, name in written:
                 lists[split].append(name)
             failed.extend(skipped)
+        if not processes.is_main_process:
+            processes.wait_for_everyone()  # the main process writes the lists and renames the folder
+            return out_dir
         for split, names in lists.items():
             (tmp / "ShapeNet-55" / f"{split}.txt").write_text("".join(n + "\n" for n in names))
         for split in ("train", "test"):  # load_shapenet_pairs reads both
@@ -329,7 +368,7 @@ def build_render_pairs(
         }
         (tmp / PAIRS_META_FILE).write_text(json.dumps(meta, indent=2))
         if out_dir.exists():
-            old = out_dir.parent / f".{out_dir.name}.old-{token}"
+            old = out_dir.parent / f".{out_dir.name}.old-{token[0]}"
             os.rename(out_dir, old)
             os.rename(tmp, out_dir)
             shutil.rmtree(old, ignore_errors=True)
@@ -338,6 +377,7 @@ def build_render_pairs(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    processes.wait_for_everyone()
     if failed:
         warnings.warn(
             f"{root}: skipped {len(failed)} meshes that could not be used: {failed[:5]}", stacklevel=2

@@ -5,44 +5,20 @@ and the recorded metadata (up axis, source layout, class names, sampling) must c
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 
 from clip2point_hf.data import dataset_metadata, load_dataset_from_hub, load_mesh_folder, push_dataset_to_hub
 from clip2point_hf.data.cache import META_FILE
-
-TETRA = "v 0 0 0\nv 1 0 0\nv 0 1 0\nv 0 0 1\nf 1 3 2\nf 1 2 4\nf 1 4 3\nf 2 3 4\n"
+from conftest import capture_hub_uploads, write_tetra_mesh_folder
 
 
 @pytest.fixture
 def mesh_dataset(tmp_path):
     """A two-class mesh folder through `load_mesh_folder` (z-up, 64 points), train and test splits."""
-    for cls in ("cone", "cup"):
-        for split, count in (("train", 2), ("test", 1)):
-            (tmp_path / "meshes" / cls / split).mkdir(parents=True)
-            for i in range(count):
-                (tmp_path / "meshes" / cls / split / f"{cls}{i}.obj").write_text(TETRA)
+    write_tetra_mesh_folder(tmp_path / "meshes")
     return load_mesh_folder(tmp_path / "meshes", num_points=64, up_axis="z", cache_dir=tmp_path / "cache")
-
-
-def capture_uploads(monkeypatch, into):
-    import huggingface_hub
-
-    calls = []
-
-    def create_repo(self, repo_id, **kwargs):
-        calls.append(("create_repo", repo_id, kwargs))
-
-    def upload_folder(self, *, repo_id, folder_path, **kwargs):
-        calls.append(("upload_folder", repo_id, kwargs))
-        shutil.copytree(folder_path, into)
-        return "commit"
-
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
-    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
-    return calls
 
 
 def test_metadata_survives_the_hub_round_trip(mesh_dataset, tmp_path, monkeypatch):
@@ -50,7 +26,7 @@ def test_metadata_survives_the_hub_round_trip(mesh_dataset, tmp_path, monkeypatc
 
     recorded = dataset_metadata(mesh_dataset)
     assert recorded["up_axis"] == "z" and recorded["class_names"] == ["cone", "cup"]
-    calls = capture_uploads(monkeypatch, tmp_path / "repo")
+    calls = capture_hub_uploads(monkeypatch, tmp_path / "repo")
     assert push_dataset_to_hub(mesh_dataset, "org/meshes") == "commit"
     assert [c[:2] for c in calls] == [("create_repo", "org/meshes"), ("upload_folder", "org/meshes")]
     assert all(c[2]["repo_type"] == "dataset" for c in calls)
@@ -83,7 +59,7 @@ def test_metadata_survives_the_hub_round_trip(mesh_dataset, tmp_path, monkeypatc
 
 
 def test_one_split_goes_up_as_train(mesh_dataset, tmp_path, monkeypatch):
-    capture_uploads(monkeypatch, tmp_path / "repo")
+    capture_hub_uploads(monkeypatch, tmp_path / "repo")
     push_dataset_to_hub(mesh_dataset["test"], "org/test-only")
     shared = load_dataset_from_hub(tmp_path / "repo", split="train", cache_dir=tmp_path / "hf")
     assert len(shared) == 2 and dataset_metadata(shared)["class_names"] == ["cone", "cup"]

@@ -18,11 +18,9 @@ import torch
 
 from clip2point_apps.retrieval import ShapeIndex
 from clip2point_hf.data import build_render_pairs
-from conftest import save_tiny_model
+from conftest import save_tiny_model, write_tetra_mesh_folder
 
 pytestmark = pytest.mark.slow
-
-TETRA = "v 0 0 0\nv 1 0 0\nv 0 1 0\nv 0 0 1\nf 1 3 2\nf 1 2 4\nf 1 4 3\nf 2 3 4\n"
 
 
 def launch_two_processes(*args, cwd) -> subprocess.CompletedProcess:
@@ -48,7 +46,9 @@ def test_embed_under_accelerate_equals_a_one_process_build(tmp_path):
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.count("wrote two.index") == 1  # the main process merged and reported, once
-    assert "embedding (shard 0/2)" in run.stderr and "embedding (shard 1/2)" in run.stderr  # the work was split
+    assert (
+        "embedding (shard 0/2)" in run.stderr and "embedding (shard 1/2)" in run.stderr
+    )  # the work was split
     assert not (tmp_path / "two.index" / "chunks").exists()
     single = ShapeIndex.build(
         tmp_path / "shapes", model, tmp_path / "one.index", chunk_size=2, progress=False
@@ -62,11 +62,7 @@ def test_embed_under_accelerate_equals_a_one_process_build(tmp_path):
 
 
 def test_build_render_pairs_under_accelerate_equals_a_one_process_build(tmp_path):
-    for cls in ("cone", "cup"):
-        for split, count in (("train", 2), ("test", 1)):
-            (tmp_path / "meshes" / cls / split).mkdir(parents=True)
-            for i in range(count):
-                (tmp_path / "meshes" / cls / split / f"{cls}{i}.obj").write_text(TETRA)
+    write_tetra_mesh_folder(tmp_path / "meshes")
     script = tmp_path / "pairs.py"
     settings = "num_points=64, render_points=256, image_size=32, batch_size=1"
     script.write_text(

@@ -34,7 +34,13 @@ from clip2point_hf import (
 )
 from clip2point_hf.errors import DatasetFormatError
 from clip2point_hf.point_files import read_point_cloud
-from conftest import make_tiny_clip, make_tiny_config, make_tiny_tokenizer, save_tiny_model
+from conftest import (
+    capture_hub_uploads,
+    make_tiny_clip,
+    make_tiny_config,
+    make_tiny_tokenizer,
+    save_tiny_model,
+)
 
 NUM_SHAPES = 11
 READ_SHAPE = _Source.load
@@ -631,26 +637,6 @@ def test_embed_and_search_with_a_signed_up_axis(model_dir, shapes_dir, tmp_path,
 # ---------------------------------------------------------------------------------------------------- the Hub
 
 
-def capture_uploads(monkeypatch, into):
-    """Replace huggingface_hub's repo creation and folder upload: record the calls, copy what would be uploaded."""
-    import huggingface_hub
-
-    calls = []
-
-    def create_repo(self, repo_id, **kwargs):
-        calls.append(("create_repo", repo_id, kwargs))
-        return f"https://huggingface.co/datasets/{repo_id}"
-
-    def upload_folder(self, *, repo_id, folder_path, **kwargs):
-        calls.append(("upload_folder", repo_id, kwargs))
-        shutil.copytree(folder_path, into)
-        return "commit"
-
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
-    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
-    return calls
-
-
 def test_push_to_hub_uploads_a_loadable_dataset_repo_and_from_hub_reads_it(tmp_path, monkeypatch):
     from datasets import load_dataset
 
@@ -658,7 +644,7 @@ def test_push_to_hub_uploads_a_loadable_dataset_repo_and_from_hub_reads_it(tmp_p
     index.config.update(model="org/model", template="image of a {}")
     index.save(tmp_path / "idx")
     index = ShapeIndex.load(tmp_path / "idx")
-    calls = capture_uploads(monkeypatch, tmp_path / "uploaded")
+    calls = capture_hub_uploads(monkeypatch, tmp_path / "uploaded")
     assert index.push_to_hub("org/shapes", private=True) == "commit"
     assert [c[:2] for c in calls] == [("create_repo", "org/shapes"), ("upload_folder", "org/shapes")]
     assert (

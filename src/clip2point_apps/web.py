@@ -348,7 +348,7 @@ def search_index(
         hits = shapes.search_text(text.strip(), k=int(k))
         query = f"'{text.strip()}'"
     else:
-        raise ValueError("type a description, or upload a shape or a photo to search with")
+        raise ValueError("type a description or upload a shape or a photo to search with")
     _retrieval().save_hits_image(
         hits, picture, up_axis=shapes.config.get("up_axis") or "y", title=query, query_image=photo or None
     )

@@ -622,12 +622,10 @@ class ShapeIndex:
             raise ValueError(f"`shard_index` must be in [0, {num_shards}), got {shard_index}")
         if chunk_size < 1:
             raise ValueError(f"`chunk_size` must be >= 1, got {chunk_size}")
-        from accelerate import PartialState
-        from accelerate.utils import parse_flag_from_env
+        from clip2point_hf.distributed import launched_processes
 
-        # As `Accelerator` does: CPU processes (gloo) only when the launch asks for them.
-        processes = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
-        if processes.num_processes > 1:
+        processes = launched_processes()
+        if processes is not None:
             if shard_index is not None or num_shards != 1:
                 raise ValueError(
                     f"`num_shards`/`shard_index` are for runs without accelerate; this is one of "
@@ -649,7 +647,11 @@ class ShapeIndex:
         _write_or_check_manifest(output, manifest)
         if (output / CONFIG_NAME).is_file() and (output / DATA_DIR).is_dir():
             logger.info("%s is complete; loading it", output)
-            return cls.load(output, embedder=embedder) if processes.is_main_process else None
+            return (
+                cls.load(output, embedder=embedder)
+                if processes is None or processes.is_main_process
+                else None
+            )
         num_chunks = math.ceil(len(src.names) / chunk_size)
         mine = [c for c in range(num_chunks) if shard_index is None or c % num_shards == shard_index]
         chunk_dir = output / CHUNK_DIR
@@ -660,7 +662,7 @@ class ShapeIndex:
         with tqdm(total=total, desc=label, unit="shape", disable=not progress) as bar:
             for chunk in todo:
                 _embed_chunk(src, embedder, chunk, chunk_size, batch_size, on_error, chunk_dir, bar)
-        if processes.num_processes > 1:  # the main process merges once every process has written its chunks
+        if processes is not None:  # the main process merges once every process has written its chunks
             processes.wait_for_everyone()
             index = (
                 cls._merge(output, manifest, num_chunks, embedder, faiss)

@@ -216,14 +216,14 @@ def _render_batch(task) -> tuple[list[tuple[str, str]], list[str]]:
 
 
 def _render_share(tasks: list, num_proc: int | None, processes, tmp: Path) -> list:
-    """``_render_batch`` results of every task, in task order. With several processes each renders its share
-    (task ``t`` to process ``t % N``) and leaves its results in ``tmp``; after all are done, the main process reads
-    them back (the others get an empty list)."""
-    rank, world = processes.process_index, processes.num_processes
+    """``_render_batch`` results of every task, in task order. With several processes (`processes`, accelerate's
+    state) each renders its share (task ``t`` to process ``t % N``) and leaves its results in ``tmp``; after all
+    are done, the main process reads them back (the others get an empty list)."""
+    rank, world = (0, 1) if processes is None else (processes.process_index, processes.num_processes)
     mine = list(range(rank, len(tasks), world))
     nproc = max(1, min(resolve_num_proc(num_proc, sum(len(tasks[t][2]) for t in mine)), len(mine)))
     results = list(run_tasks(_render_batch, [tasks[t] for t in mine], nproc, "rendering pairs", "batch"))
-    if world == 1:
+    if processes is None:
         return results
     (tmp / f".part-{rank}.json").write_text(json.dumps(dict(zip(mine, results, strict=True))))
     processes.wait_for_everyone()
@@ -287,9 +287,9 @@ def build_render_pairs(
     Returns:
         ``out_dir``. Read it with ``load_shapenet_pairs(out_dir, out_dir)``.
     """
-    from accelerate import PartialState
-    from accelerate.utils import broadcast_object_list, parse_flag_from_env
+    from accelerate.utils import broadcast_object_list
 
+    from ..distributed import launched_processes
     from ..rendering_clip2point import resolve_views
 
     num_points = check_num_points(num_points)
@@ -312,20 +312,21 @@ def build_render_pairs(
 
     jobs = _assign_ids(root, splits)  # (split, rel, object_id, render_dir)
 
-    # As `Accelerator` does: CPU processes (gloo) only when the launch asks for them.
-    processes = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    processes = launched_processes()
+    main_process = processes is None or processes.is_main_process
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     token = [f"{os.getpid()}-{uuid.uuid4().hex[:8]}"]
-    if processes.num_processes > 1:  # one temporary folder for all: the main process's name
+    if processes is not None:  # one temporary folder for all: the main process's name
         broadcast_object_list(token)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{token[0]}"
     failed: list[str] = []
     try:
-        if processes.is_main_process:
+        if main_process:
             (tmp / "rendering").mkdir(parents=True)
             (tmp / "shapenet_pc").mkdir()
             (tmp / "ShapeNet-55").mkdir()
-        processes.wait_for_everyone()
+        if processes is not None:
+            processes.wait_for_everyone()
         lists: dict[str, list[str]] = {s: [] for s in splits}
         settings = (render_points, num_points, seed, up_axis, view_list, image_size, point_radius)
         settings += (tuple(albedo), ambient, on_error)
@@ -333,13 +334,13 @@ def build_render_pairs(
             (str(root), str(tmp), jobs[i : i + batch_size], *settings)
             for i in range(0, len(jobs), batch_size)
         ]
-        if processes.num_processes > 1 and num_proc is None:
+        if processes is not None and num_proc is None:
             num_proc = 1  # the launch already runs a process per core or device
         for written, skipped in _render_share(tasks, num_proc, processes, tmp):
             for split, name in written:
                 lists[split].append(name)
             failed.extend(skipped)
-        if not processes.is_main_process:
+        if not main_process:
             processes.wait_for_everyone()  # the main process writes the lists and renames the folder
             return out_dir
         for split, names in lists.items():
@@ -377,7 +378,8 @@ def build_render_pairs(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    processes.wait_for_everyone()
+    if processes is not None:
+        processes.wait_for_everyone()
     if failed:
         warnings.warn(
             f"{root}: skipped {len(failed)} meshes that could not be used: {failed[:5]}", stacklevel=2

@@ -304,12 +304,11 @@ def cmd_search(args: argparse.Namespace) -> None:
     index = ShapeIndex.load(args.index)
     up_axis = args.up_axis or index.config.get("up_axis")
     if args.image is not None:
-        encoder = PhotoEncoder.from_pretrained(args.image_model or args.model or index.model_location())
-        index.image_encoder = (
-            encoder
-            if args.device is None
-            else PhotoEncoder(encoder.model.to(args.device), encoder.image_processor, encoder.source)
+        index.image_encoder = PhotoEncoder.from_pretrained(
+            args.image_model or args.model or index.model_location()
         )
+        if args.device:
+            index.image_encoder.model.to(args.device)
     elif args.model or args.device or args.up_axis:
         index.embedder = load_embedder(args.model or index.model_location(), args.device, up_axis)
     try:

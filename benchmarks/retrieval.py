@@ -10,6 +10,15 @@ splits; 1024 points, the given views and point radius):
 
 Chance: precision@k of a random ranking is R/N; chance mAP is the mean AP of random rankings (200 draws).
 
+``photo``: photo -> shape, CLIP2Point's native query (pre-training aligns the depth encoder with CLIP's image tower).
+Queries: the shaded RGB renderings of the SHREC'16 test shapes as ``build_render_pairs`` makes them (10 views each,
+1,200 photos; ``--pairs_dir``), through the model's image tower and CLIP's image processor
+(``clip2point_apps.retrieval.PhotoEncoder``). Index: the 120 SHREC'16 test shapes (meshes sampled to 1024 points by
+``load_mesh_folder``, not the pairs' clouds). A shape of the photo's class is relevant (4 per class): precision@1, @5
+and mAP; and instance recall@1/@5 (the photo's own shape found). Each model folder is measured after pre-training
+and *before* it: the same folder with its depth encoder reset to the image tower (pre-training starts the depth
+encoder as a copy of that tower).
+
 ``scale``: synthetic L2-normalised vectors (D=512, CLIP ViT-B/32's size) drawn around 1,000 random centres (real
 embeddings cluster; uniform random vectors are the worst case for any approximate index), at 10k, 100k and 1M:
 the index build (``ShapeIndex.from_embeddings`` + ``save``; then faiss IVF or HNSW through datasets'
@@ -22,6 +31,7 @@ merge). Medians of ``--repeats`` runs.
         --model before=runs/tiny_clip --model after=runs/pretrain_shrec --views 10 --point_radius 0.04
     python benchmarks/retrieval.py scale --sizes 10000 100000 1000000 --model runs/pretrain_shrec \\
         --dataset ../shared/data/shrec_16
+    python benchmarks/retrieval.py photo --pairs_dir runs/shrec_pairs --model runs/pretrain_photo
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import tempfile
 import time
@@ -38,7 +49,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clip2point_apps.retrieval import ShapeIndex, embed_texts
+from clip2point_apps.retrieval import PhotoEncoder, ShapeIndex
 from clip2point_hf import (
     CLIP2PointFeatureExtractor,
     CLIP2PointModel,
@@ -67,6 +78,15 @@ def load_embedder(path: str, views: str, point_radius: float) -> PointCloudFeatu
         AutoTokenizer.from_pretrained(path),
     )
     return PointCloudFeatureExtractionPipeline(model=model.eval(), processor=processor)
+
+
+def zero_shot_prompts(embedder: PointCloudFeatureExtractionPipeline, names: list[str]) -> np.ndarray:
+    """The class prompts exactly as zero-shot classification makes them (the model's template, names put whole)."""
+    from clip2point_hf.prompts import encode_class_prompts
+
+    templates = list(embedder.model.config.prompt_templates)
+    with torch.inference_mode():
+        return encode_class_prompts(embedder.model, embedder.processor.tokenizer, names, templates).numpy()
 
 
 def average_precision(relevant: np.ndarray) -> float:
@@ -99,7 +119,7 @@ def quality(args) -> dict:
             )
             for split in ("train", "test")
         }
-        text = embed_texts(embedder, prompts)
+        text = zero_shot_prompts(embedder, prompts)
         row = {"model": path}
         for split in ("test", "train"):
             _, rows = index[split].search_rows(text, k=5, exact=True)
@@ -123,6 +143,74 @@ def quality(args) -> dict:
         "text_p@k_train": float(per_class["train"]),
         "shape_map": float(np.mean(chance_ap)),
         "shape_p@1": float(per_class["train"]),
+    }
+    print("chance", json.dumps(result["chance"]))
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------- photo
+
+
+def before_pretraining(embedder: PointCloudFeatureExtractionPipeline, encoder: PhotoEncoder):
+    """The embedder with its depth encoder reset to the image tower, as pre-training starts it."""
+    import copy
+
+    model = copy.deepcopy(embedder.model)
+    model.depth_model.load_state_dict(encoder.model.vision_model.state_dict())
+    model.depth_projection.load_state_dict(encoder.model.visual_projection.state_dict())
+    return PointCloudFeatureExtractionPipeline(model=model.eval(), processor=embedder.processor)
+
+
+def photo(args) -> dict:
+    from clip2point_hf.data import load_mesh_folder
+
+    data = load_mesh_folder(args.dataset, num_points=1024, seed=0)["test"]
+    classes = data.features["label"].names
+    labels = np.asarray(data["label"])
+    row_of = {path: row for row, path in enumerate(data["path"])}  # "<class>/test/<model>.obj"
+    pairs = Path(args.pairs_dir)
+    photos, photo_labels, photo_rows = [], [], []
+    for line in (pairs / "ShapeNet-55" / "test.txt").read_text().split():
+        cls, model = line.removesuffix(".npy").split("-", 1)
+        views = sorted((pairs / "rendering" / f"{cls}_{model}").glob("*.png"), key=lambda p: int(p.stem))
+        photos += views
+        photo_labels += [classes.index(cls)] * len(views)
+        photo_rows += [row_of[f"{cls}/test/{model}.obj"]] * len(views)
+    photo_labels, photo_rows = np.asarray(photo_labels), np.asarray(photo_rows)
+    result = {"dataset": args.dataset, "pairs_dir": args.pairs_dir, "photos": len(photos), "models": {}}
+    for path in args.model:
+        embedder = load_embedder(path, args.views, args.point_radius)
+        encoder = PhotoEncoder.from_pretrained(path)
+        start = time.perf_counter()
+        queries = encoder.embed(photos)
+        photo_seconds = time.perf_counter() - start
+        for tag, depth in (("before", before_pretraining(embedder, encoder)), ("after", embedder)):
+            out = Path(args.output_dir) / Path(path).name / tag
+            shutil.rmtree(out, ignore_errors=True)  # a complete index there would be loaded, not rebuilt
+            index = ShapeIndex.build(data, depth, out, paths_root=args.dataset, faiss=None, progress=False)
+            _, rows = index.search_rows(queries, k=len(index), exact=True)
+            relevant = labels[rows] == photo_labels[:, None]
+            own = rows == photo_rows[:, None]
+            row = {
+                "model": path,
+                "p@1": precision_at(relevant, 1),
+                "p@5": precision_at(relevant, 5),
+                "map": float(np.mean([average_precision(r) for r in relevant])),
+                "instance_r@1": float(own[:, :1].any(axis=1).mean()),
+                "instance_r@5": float(own[:, :5].any(axis=1).mean()),
+                "photos_per_s": len(photos) / photo_seconds,
+            }
+            result["models"][f"{Path(path).name}/{tag}"] = row
+            print(f"{Path(path).name}/{tag}", json.dumps(row))
+    rng = np.random.default_rng(0)
+    chance_ap = [
+        average_precision(labels[rng.permutation(len(labels))] == photo_labels[q]) for q in range(len(photos))
+    ]
+    result["chance"] = {
+        "p@k": float(np.bincount(labels).mean() / len(labels)),
+        "map": float(np.mean(chance_ap)),
+        "instance_r@1": 1 / len(labels),
+        "instance_r@5": 5 / len(labels),
     }
     print("chance", json.dumps(result["chance"]))
     return result
@@ -250,6 +338,10 @@ def main() -> None:
     q = commands.add_parser("quality", help="retrieval quality on SHREC'16, before/after pre-training")
     q.add_argument("--model", action="append", required=True, help="tag=path (a CLIP or CLIP2Point folder)")
     q.add_argument("--output_dir", default="runs/retrieval_quality")
+    ph = commands.add_parser("photo", help="photo -> shape on SHREC'16, before/after pre-training")
+    ph.add_argument("--model", action="append", required=True, help="a CLIP2Point folder with image_encoder/")
+    ph.add_argument("--pairs_dir", required=True, help="build_render_pairs output over the dataset")
+    ph.add_argument("--output_dir", default="runs/retrieval_photo")
     s = commands.add_parser("scale", help="index build throughput and query latency on synthetic vectors")
     s.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000, 1_000_000])
     s.add_argument("--queries", type=int, default=100)
@@ -259,14 +351,14 @@ def main() -> None:
     s.add_argument(
         "--model", help="also time ShapeIndex.build over the SHREC'16 train meshes with this model"
     )
-    for p in (q, s):
+    for p in (q, ph, s):
         p.add_argument("--dataset", default="../shared/data/shrec_16")
         p.add_argument("--views", default="reference10")
         p.add_argument("--point_radius", type=float, default=0.04)
         p.add_argument("--repeats", type=int, default=3)
         p.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
-    result = quality(args) if args.command == "quality" else scale(args)
+    result = {"quality": quality, "photo": photo, "scale": scale}[args.command](args)
     result["machine"] = (
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
     )

@@ -10,6 +10,8 @@ from the GLOBAL batch (all processes). Depth maps are rendered on the accelerato
 Model selection: zero-shot accuracy on a held-out part of the TRAIN split (``--validation_split_percentage``);
 the test split is never read. The output folder holds the selected ``CLIP2PointModel`` (depth encoder + CLIP's
 text tower) and the processor; ``AutoModel.from_pretrained(output_dir)`` and ``examples/zero_shot.py`` read it.
+``image_encoder/`` holds the frozen CLIP image tower the depth encoder was aligned with, and CLIP's image processor:
+what a photo query of ``clip2point search --image`` goes through.
 
     accelerate launch examples/pretrain.py --pairs_dir out/pairs --clip openai/clip-vit-base-patch32 \\
         --output_dir runs/pretrain --mixed_precision bf16 --per_device_train_batch_size 32
@@ -36,6 +38,7 @@ from clip2point_apps.backbone import build_clip, load_tokenizer, make_processor
 from clip2point_apps.console import configure_console
 from clip2point_apps.metrics import classification_metrics
 from clip2point_apps.prediction import predict, render_point_clouds
+from clip2point_apps.retrieval import IMAGE_ENCODER_DIR, PhotoEncoder
 from clip2point_apps.tracking import write_json
 from clip2point_apps.training import (
     TrainingRun,
@@ -337,6 +340,9 @@ def main(argv=None) -> dict:
     if accelerator.is_main_process:
         final.save_pretrained(output_dir)
         processor.save_pretrained(output_dir)
+        PhotoEncoder.from_model(accelerator.unwrap_model(model)).save_pretrained(
+            output_dir / IMAGE_ENCODER_DIR
+        )
         write_json(output_dir / "all_results.json", results)
     run.finish(
         [

@@ -88,3 +88,38 @@ TRANSFORMERS_TEST_MARKERS = (
 def pytest_configure(config):
     for marker in TRANSFORMERS_TEST_MARKERS:
         config.addinivalue_line("markers", f"{marker}: a marker of transformers' generic model tests")
+
+
+TETRA_OBJ = "v 0 0 0\nv 1 0 0\nv 0 1 0\nv 0 0 1\nf 1 3 2\nf 1 2 4\nf 1 4 3\nf 2 3 4\n"
+
+
+def write_tetra_mesh_folder(root, classes=("cone", "cup"), counts=(("train", 2), ("test", 1))):
+    """A mesh folder (``<class>/<split>/<class><i>.obj``) of tetrahedra: the smallest input of the mesh loaders."""
+    for cls in classes:
+        for split, count in counts:
+            (root / cls / split).mkdir(parents=True)
+            for i in range(count):
+                (root / cls / split / f"{cls}{i}.obj").write_text(TETRA_OBJ)
+    return root
+
+
+def capture_hub_uploads(monkeypatch, into):
+    """Replace huggingface_hub's repo creation and folder upload (its public boundary): record the calls and copy
+    the folder that would be uploaded to `into`."""
+    import shutil
+
+    import huggingface_hub
+
+    calls = []
+
+    def create_repo(self, repo_id, **kwargs):
+        calls.append(("create_repo", repo_id, kwargs))
+
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        calls.append(("upload_folder", repo_id, kwargs))
+        shutil.copytree(folder_path, into)
+        return "commit"
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    return calls

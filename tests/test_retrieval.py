@@ -1,5 +1,6 @@
 """Point-cloud embeddings and search: the feature pipeline, exact and faiss search, resumable and sharded builds,
-and the `clip2point embed` / `clip2point search` commands."""
+text, shape and photo queries, indexes searched from anywhere, sharing on the Hub, and the `clip2point embed` /
+`clip2point search` commands."""
 
 from __future__ import annotations
 
@@ -17,11 +18,29 @@ from transformers import pipeline
 
 import clip2point_hf  # noqa: F401  (registers the tasks)
 from clip2point_apps.cli import main
-from clip2point_apps.retrieval import ShapeIndex, _Source
-from clip2point_hf import CLIP2PointModel, CLIP2PointProcessor
+from clip2point_apps.retrieval import (
+    IMAGE_ENCODER_DIR,
+    PhotoEncoder,
+    ShapeIndex,
+    _Source,
+    embed_texts,
+    query_prompt,
+)
+from clip2point_hf import (
+    CLIP2PointFeatureExtractor,
+    CLIP2PointForPreTraining,
+    CLIP2PointModel,
+    CLIP2PointProcessor,
+)
 from clip2point_hf.errors import DatasetFormatError
 from clip2point_hf.point_files import read_point_cloud
-from conftest import save_tiny_model
+from conftest import (
+    capture_hub_uploads,
+    make_tiny_clip,
+    make_tiny_config,
+    make_tiny_tokenizer,
+    save_tiny_model,
+)
 
 NUM_SHAPES = 11
 READ_SHAPE = _Source.load
@@ -379,3 +398,273 @@ def test_build_over_a_loader_dataset_keeps_its_up_axis_and_readable_paths(model_
     torch.testing.assert_close(
         index.embeddings[:1], torch.nn.functional.normalize(expected, dim=-1), atol=1e-5, rtol=1e-5
     )
+
+
+# ---------------------------------------------------------------------------------------------------- text queries
+
+
+@pytest.mark.parametrize(
+    "query, template, prompt",
+    [
+        ("a horse", "image of a {}", "image of a horse"),
+        ("an old chair", "image of a {}", "image of an old chair"),
+        ("The lamp", "image of a {}", "image of The lamp"),
+        ("two chairs", "image of a {}", "image of two chairs"),
+        ("horse", "image of a {}", "image of a horse"),  # a class name: exactly the zero-shot prompt
+        ("chair with armrests", "image of a {}", "image of a chair with armrests"),
+        ("image of a red car", "image of a {}", "image of a red car"),  # already a prompt
+        ("  a   horse ", "image of a {}", "image of a horse"),
+        ("a horse", "{}", "a horse"),
+        ("a horse", "a {} in a room", "a horse in a room"),
+        ("horse", "a photo of {}", "a photo of horse"),
+    ],
+)
+def test_query_prompt(query, template, prompt):
+    assert query_prompt(query, template) == prompt
+
+
+def test_a_horse_is_encoded_without_a_doubled_article(model_dir):
+    embedder = pipeline("point-cloud-feature-extraction", model=str(model_dir))
+    tokenizer = embedder.processor.tokenizer
+    sent = []
+    real_call = type(tokenizer).__call__
+
+    def recording(self, text, *args, **kwargs):
+        sent.extend(text)
+        return real_call(self, text, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(type(tokenizer), "__call__", recording)
+        vector = embed_texts(embedder, ["a horse"])[0]
+    assert sent == ["image of a horse"]
+    assert tokenizer(sent)["input_ids"] == tokenizer(["image of a horse"])["input_ids"]
+    expected = direct_text_embedding(model_dir, "horse")  # the model on "image of a horse"
+    torch.testing.assert_close(torch.from_numpy(vector), expected, atol=1e-5, rtol=1e-5)
+    doubled = embed_texts(embedder, ["image of a a horse"])[0]  # control: the doubled prompt differs
+    assert not np.allclose(doubled, vector, atol=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------------- photo queries
+
+
+def write_photo(path, colour=(200, 30, 30), size=(48, 48)):
+    """A square disk of `colour` on white: what a rendering of a round object looks like."""
+    yy, xx = np.mgrid[: size[1], : size[0]]
+    disk = (xx - size[0] / 2) ** 2 + (yy - size[1] / 2) ** 2 < (min(size) / 3) ** 2
+    pixels = np.full((size[1], size[0], 3), 255, np.uint8)
+    pixels[disk] = colour
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def photo_model(tmp_path_factory):
+    """A model folder as examples/pretrain.py writes it (the CLIP2PointModel of a pre-training model, and its frozen
+    image tower in image_encoder/), and the pre-training model itself."""
+    folder = tmp_path_factory.mktemp("photo-model")
+    torch.manual_seed(3)
+    pretraining = CLIP2PointForPreTraining(make_tiny_config(num_views=6)).eval()
+    pretraining.clip2point.save_pretrained(folder)
+    CLIP2PointProcessor(
+        CLIP2PointFeatureExtractor(views="reference6", image_size=32, num_points=128), make_tiny_tokenizer()
+    ).save_pretrained(folder)
+    PhotoEncoder.from_model(pretraining).save_pretrained(folder / IMAGE_ENCODER_DIR)
+    return folder, pretraining
+
+
+def pretraining_image_embedding(pretraining, photo) -> torch.Tensor:
+    """The photo as pre-training feeds an RGB rendering to the frozen image tower (load_rgb_image, CLIP mean/std)."""
+    from clip2point_hf.data import load_rgb_image
+    from clip2point_hf.data.transforms import CLIP_MEAN, CLIP_STD
+
+    size = pretraining.config.vision_config.image_size
+    pixels = (
+        load_rgb_image(Image.open(photo), size) - torch.tensor(CLIP_MEAN)[:, None, None]
+    ) / torch.tensor(CLIP_STD)[:, None, None]
+    with torch.no_grad():
+        embeds = pretraining.get_image_features(pixels[None]).pooler_output
+    return torch.nn.functional.normalize(embeds, dim=-1)[0]
+
+
+def test_photo_search_goes_through_the_pretraining_image_tower(photo_model, shapes_dir, tmp_path):
+    folder, pretraining = photo_model
+    index = ShapeIndex.build(shapes_dir, folder, tmp_path / "idx", progress=False)
+    photo = write_photo(tmp_path / "photo.png")
+    hits = index.search_image(photo, k=4)
+    scores = index.embeddings @ pretraining_image_embedding(pretraining, photo)
+    assert [h.index for h in hits] == scores.topk(4).indices.tolist()
+    np.testing.assert_allclose([h.score for h in hits], scores.topk(4).values.numpy(), atol=1e-4)
+    two = index.search_image([photo, str(write_photo(tmp_path / "blue.png", (20, 40, 220)))], k=2)
+    assert [h.index for h in two[0]] == [h.index for h in hits[:2]] and len(two[1]) == 2
+    # The saved tower is transformers' own class: it loads without this package's help.
+    from transformers import CLIPVisionModelWithProjection
+
+    tower = CLIPVisionModelWithProjection.from_pretrained(folder / IMAGE_ENCODER_DIR)
+    for name, value in pretraining.image_model.state_dict().items():
+        torch.testing.assert_close(tower.vision_model.state_dict()[name], value, atol=0, rtol=0)
+
+
+def test_photo_encoder_from_a_clip_folder_equals_clips_image_features(tmp_path):
+    from transformers import CLIPImageProcessor
+
+    torch.manual_seed(4)
+    clip = make_tiny_clip().eval()
+    clip.save_pretrained(tmp_path / "clip")
+    encoder = PhotoEncoder.from_pretrained(tmp_path / "clip")
+    photo = write_photo(tmp_path / "p.png", size=(60, 40))  # not square: resized and centre-cropped
+    pixels = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})(
+        images=[Image.open(photo).convert("RGB")], return_tensors="pt"
+    )["pixel_values"]
+    with torch.no_grad():
+        out = clip.get_image_features(pixel_values=pixels)
+    expected = torch.nn.functional.normalize(getattr(out, "pooler_output", out), dim=-1)
+    torch.testing.assert_close(torch.from_numpy(encoder.embed([photo])), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_model_without_image_weights_says_so_in_one_line(model_dir, shapes_dir, tmp_path, capsys):
+    build = main(["embed", str(shapes_dir), "--model", str(model_dir), "-o", str(tmp_path / "idx")])
+    assert build == 0
+    capsys.readouterr()
+    photo = write_photo(tmp_path / "photo.png")
+    assert main(["search", "--image", str(photo), "--index", str(tmp_path / "idx")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert "CLIP2PointModel has no image tower" in err and "--image_model" in err and str(model_dir) in err
+    assert main(["search", "--image", str(tmp_path / "none.jpg"), "--index", str(tmp_path / "idx")]) == 2
+    assert "--image" in capsys.readouterr().err
+
+
+def test_cli_photo_search_prints_hits_and_draws_the_photo(photo_model, shapes_dir, tmp_path, capsys):
+    folder, pretraining = photo_model
+    assert main(["embed", str(shapes_dir), "--model", str(folder), "-o", str(tmp_path / "idx")]) == 0
+    photo = write_photo(tmp_path / "red.png")
+    capsys.readouterr()
+    args = ["search", "--image", str(photo), "--index", str(tmp_path / "idx"), "-k", "3"]
+    assert main([*args, "--json", "-o", str(tmp_path / "hits.png")]) == 0
+    hits = json.loads(capsys.readouterr().out.split("wrote")[0])
+    index = ShapeIndex.load(tmp_path / "idx")
+    scores = index.embeddings @ pretraining_image_embedding(pretraining, photo)
+    assert [h["index"] for h in hits] == scores.topk(3).indices.tolist()
+    with Image.open(tmp_path / "hits.png") as picture:
+        cells = np.asarray(picture.convert("RGB")).astype(int)
+    first = cells[24:248, 6:230]  # the query photo's cell: red
+    assert ((first[..., 0] > 150) & (first[..., 1] < 100)).any()
+    assert cells.shape[1] >= 4 * 224  # the photo and three hits
+
+
+# ---------------------------------------------------------------------------------------------------- travel
+
+
+def test_an_index_is_searched_from_anywhere_and_travels_with_its_shapes(
+    model_dir, shapes_dir, tmp_path, capsys, monkeypatch
+):
+    work = tmp_path / "work"
+    shutil.copytree(shapes_dir, work / "shapes")
+    shutil.copytree(model_dir, work / "tiny-model")
+    monkeypatch.chdir(work)
+    assert main(["embed", "shapes", "--model", "tiny-model", "-o", "s.index"]) == 0
+    config = json.loads((work / "s.index" / "index_config.json").read_text())
+    assert config["model"] == str(work / "tiny-model")  # resolved at build time
+    from datasets import load_from_disk
+
+    assert sorted(load_from_disk(str(work / "s.index" / "data"))["path"])[0] == "../shapes/flat/s00.npy"
+
+    monkeypatch.chdir(tmp_path)  # another folder: no Hub request, the same hits, every picture cell drawn
+    capsys.readouterr()
+    assert main(["search", "chair", "--index", "work/s.index", "-k", "3", "--json", "-o", "hits.png"]) == 0
+    out = capsys.readouterr()
+    hits = json.loads(out.out.split("wrote")[0])
+    assert all(os.path.isfile(hit["path"]) for hit in hits) and out.err == ""
+    with Image.open("hits.png") as picture:
+        assert (np.asarray(picture.convert("L"))[24:248, 6:230] < 200).any()
+
+    shutil.move(work, tmp_path / "moved")  # index, shapes and model moved together: the shapes are found
+    index = ShapeIndex.load(tmp_path / "moved" / "s.index")
+    assert sorted(index.dataset["path"]) == shape_files(tmp_path / "moved" / "shapes")
+    assert main(["search", "chair", "--index", "moved/s.index"]) == 2  # the model folder is gone
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(work / "tiny-model") in err and "moved/s.index" in err, err
+    assert main(["search", "chair", "--index", "moved/s.index", "--model", "moved/tiny-model"]) == 0
+    capsys.readouterr()
+
+    shutil.rmtree(tmp_path / "moved" / "shapes")  # the shapes gone: one line says so, cells name the path
+    args = ["search", "chair", "--index", "moved/s.index", "--model", "moved/tiny-model", "-k", "2"]
+    assert main([*args, "-o", "gone.png"]) == 0
+    err = capsys.readouterr().err
+    assert "2 of 2 hits' shape files are gone" in err and str(tmp_path / "moved" / "shapes") in err
+    with Image.open("gone.png") as picture:
+        cell = np.asarray(picture.convert("L"))[24:248, 6:230]
+    assert (cell == 230).mean() > 0.8 and (cell < 100).any()  # a grey cell with text in it
+
+
+def test_an_index_moved_alone_still_finds_its_shapes(model_dir, shapes_dir, tmp_path):
+    built = ShapeIndex.build(shapes_dir, model_dir, tmp_path / "a" / "idx", progress=False)
+    shutil.move(tmp_path / "a" / "idx", tmp_path / "idx")
+    moved = ShapeIndex.load(tmp_path / "idx")
+    assert list(moved.dataset["path"]) == list(built.dataset["path"])
+
+
+# ---------------------------------------------------------------------------------------------------- up axes
+
+
+def test_embed_and_search_with_a_signed_up_axis(model_dir, shapes_dir, tmp_path, capsys):
+    assert (
+        main(
+            ["embed", str(shapes_dir), "--model", str(model_dir), "-o", str(tmp_path / "x"), "--up_axis", "x"]
+        )
+        == 0
+    )
+    index = ShapeIndex.load(tmp_path / "x")
+    assert index.config["up_axis"] == "x"
+    files = list(index.dataset["path"])
+    expected = pipeline("point-cloud-feature-extraction", model=str(model_dir))(
+        files, up_axis="x", return_tensors=True
+    )
+    torch.testing.assert_close(index.embeddings, torch.stack(list(expected)), atol=1e-5, rtol=1e-5)
+    capsys.readouterr()
+    like = files[0]
+    args = ["search", "--like", like, "--index", str(tmp_path / "x"), "--json", "-k", "2", "--up_axis", "-x"]
+    assert main(args) == 0
+    hits = json.loads(capsys.readouterr().out)
+    query = pipeline("point-cloud-feature-extraction", model=str(model_dir))(
+        like, up_axis="-x", return_tensors=True
+    )
+    scores = index.embeddings @ query
+    assert [h["index"] for h in hits] == scores.topk(2).indices.tolist()
+    np.testing.assert_allclose([h["score"] for h in hits], scores.topk(2).values.numpy(), atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------- the Hub
+
+
+def test_push_to_hub_uploads_a_loadable_dataset_repo_and_from_hub_reads_it(tmp_path, monkeypatch):
+    from datasets import load_dataset
+
+    index, vectors = random_index(n=40, d=8)
+    index.config.update(model="org/model", template="image of a {}")
+    index.save(tmp_path / "idx")
+    index = ShapeIndex.load(tmp_path / "idx")
+    calls = capture_hub_uploads(monkeypatch, tmp_path / "uploaded")
+    assert index.push_to_hub("org/shapes", private=True) == "commit"
+    assert [c[:2] for c in calls] == [("create_repo", "org/shapes"), ("upload_folder", "org/shapes")]
+    assert (
+        calls[0][2]["repo_type"] == calls[1][2]["repo_type"] == "dataset" and calls[0][2]["private"] is True
+    )
+    uploaded = tmp_path / "uploaded"
+    assert sorted(p.relative_to(uploaded).as_posix() for p in uploaded.rglob("*") if p.is_file()) == [
+        "README.md",
+        "data/train-00000-of-00001.parquet",
+        "index_config.json",
+    ]
+    config = json.loads((uploaded / "index_config.json").read_text())
+    assert config["model"] == "org/model" and "saved_in" not in config
+    rows = load_dataset(str(uploaded), split="train", cache_dir=str(tmp_path / "cache"))
+    assert rows.column_names == ["name", "path", "embedding"] and rows[0]["name"] == "shape0"
+    assert rows[0]["path"] == os.path.relpath("/x/shape0.ply", tmp_path / "idx")  # no local folder published
+
+    shared = ShapeIndex.from_hub(uploaded, cache_dir=tmp_path / "cache")
+    torch.testing.assert_close(shared.embeddings, index.embeddings, atol=0, rtol=0)
+    assert list(shared.dataset["name"]) == list(index.dataset["name"])
+    assert shared.config["template"] == "image of a {}" and shared.model_location() == "org/model"
+    queries = np.random.default_rng(1).normal(size=(3, 8))
+    np.testing.assert_array_equal(shared.search_rows(queries, 5)[1], brute_force(vectors, queries, 5)[1])

@@ -187,18 +187,23 @@ def test_core_package_does_not_import_gradio():
     assert run.stdout.strip() == "False", run.stderr
 
 
+def sample_index(retrieval, model_dir, tmp_path):
+    """Four sample objects as .ply files, and their index."""
+    folder = tmp_path / "shapes"
+    folder.mkdir()
+    for name in ("chair", "cone", "lamp", "bowl"):
+        write_ascii_ply(folder / f"{name}.ply", make_sample_point_cloud(name, 800, seed=0))
+    return folder, retrieval.ShapeIndex.build(
+        folder, str(model_dir), tmp_path / "index", faiss=None, progress=False
+    )
+
+
 def test_search_tab_finds_a_shape_itself_first(model_dir, tmp_path):
     """The search tab's callback over a real index (skipped where `clip2point_apps.retrieval` is absent)."""
     retrieval = pytest.importorskip("clip2point_apps.retrieval")
     from clip2point_apps.web import search_index
 
-    folder = tmp_path / "shapes"
-    folder.mkdir()
-    for name in ("chair", "cone", "lamp", "bowl"):
-        write_ascii_ply(folder / f"{name}.ply", make_sample_point_cloud(name, 800, seed=0))
-    shapes = retrieval.ShapeIndex.build(
-        folder, str(model_dir), tmp_path / "index", faiss=None, progress=False
-    )
+    folder, shapes = sample_index(retrieval, model_dir, tmp_path)
     table = search_index(
         shapes, "a chair", str(folder / "cone.ply"), 3, tmp_path / "hits.png"
     )  # the file wins
@@ -227,3 +232,30 @@ def test_every_signed_up_axis_is_offered_and_matches_the_pipeline_call(backend, 
     np.testing.assert_allclose([s["score"] for s in got], [s["score"] for s in expected], atol=1e-6)
     with pytest.raises(ValueError, match="up axis must be one of"):
         backend.classify(None, "lamp", LABELS, "w", "reference10")
+
+
+def test_search_tab_finds_shapes_in_a_photo(model_dir, tmp_path):
+    """A photo goes through the image tower; a model without one is one line saying so."""
+    retrieval = pytest.importorskip("clip2point_apps.retrieval")
+    from clip2point_apps.web import search_index
+    from clip2point_hf import CLIP2PointForPreTraining
+
+    _, shapes = sample_index(retrieval, model_dir, tmp_path)
+    photo = tmp_path / "photo.png"
+    pixels = np.full((40, 40, 3), 255, np.uint8)
+    pixels[10:30, 15:25] = (40, 160, 40)
+    Image.fromarray(pixels).save(photo)
+    with pytest.raises(OSError, match="has no image tower"):
+        search_index(shapes, None, None, 3, tmp_path / "none.png", photo=str(photo))
+    torch.manual_seed(0)
+    encoder = retrieval.PhotoEncoder.from_model(CLIP2PointForPreTraining(make_tiny_config(num_views=6)))
+    shapes.image_encoder = encoder
+    table = search_index(
+        shapes, "a chair", None, 3, tmp_path / "hits.png", photo=str(photo)
+    )  # the photo wins
+    names = [line.split("|")[2].strip() for line in table.splitlines()[2:]]
+    scores = shapes.embeddings @ torch.from_numpy(encoder.embed([photo])[0])
+    assert names == [shapes.dataset["name"][i] for i in scores.topk(3).indices.tolist()]
+    with Image.open(tmp_path / "hits.png") as picture:
+        cell = np.asarray(picture.convert("RGB")).astype(int)[24:248, 6:230]
+    assert ((cell[..., 1] > 120) & (cell[..., 0] < 80)).any()  # the green photo is drawn first

@@ -62,10 +62,10 @@ def check_files(paths: Sequence[str], option: str = "") -> None:
             raise CommandError(f"{option}{path}: file not found")
 
 
-def check_model_spec(model: str | None) -> None:
-    """``--model`` (when given) is a folder or a Hub id."""
+def check_model_spec(model: str | None, flag: str = "--model") -> None:
+    """``--model`` (or another model option, when given) is a folder or a Hub id."""
     if model is not None and not (Path(model).is_dir() or "/" in model):
-        raise CommandError(f"--model: {model!r} is neither a folder nor a Hub id (org/name)")
+        raise CommandError(f"{flag}: {model!r} is neither a folder nor a Hub id (org/name)")
 
 
 def check_up_axis(up_axis: str | None) -> None:
@@ -114,11 +114,15 @@ def check_embed(args: argparse.Namespace) -> None:
 
 
 def check_search(args: argparse.Namespace) -> None:
-    if (args.text is None) == (args.like is None):
-        raise CommandError("give either a query text or --like FILE (not both)")
-    if args.like is not None:
-        check_files([args.like], "--like ")
+    if sum(query is not None for query in (args.text, args.like, args.image)) != 1:
+        raise CommandError("give either a query text or --like FILE or --image PHOTO (exactly one)")
+    for flag, path in (("--like", args.like), ("--image", args.image)):
+        if path is not None:
+            check_files([path], f"{flag} ")
+    if args.template is not None and "{}" not in args.template:
+        raise CommandError(f"--template {args.template!r}: must contain {{}} where the query goes")
     check_model_spec(args.model)
+    check_model_spec(args.image_model, "--image_model")
     check_up_axis(args.up_axis)
 
 
@@ -362,29 +366,38 @@ def cmd_embed(args: argparse.Namespace) -> None:
         )
     except ImportError as error:
         raise CommandError(first_line(error)) from None
-    if index is None:
+    if index is not None:
+        print(f"wrote {args.output}: {index}")
+    elif args.shard_index is not None:
         print(
             f"shard {args.shard_index}/{args.num_shards} done in {args.output}; once every shard is done, run the "
             "same command without --shard_index to merge"
         )
-    else:
-        print(f"wrote {args.output}: {index}")
+    # else: a process of `accelerate launch` other than the main one, which merged and printed
 
 
 def cmd_search(args: argparse.Namespace) -> None:
     from clip2point_hf.errors import first_line
 
-    from .retrieval import ShapeIndex, load_embedder, save_hits_image
+    from .retrieval import PhotoEncoder, ShapeIndex, load_embedder, save_hits_image
 
     index = ShapeIndex.load(args.index)
-    if args.model or args.device or args.up_axis:
-        model = args.model or index.config.get("model")
-        index.embedder = load_embedder(model, args.device, args.up_axis or index.config.get("up_axis"))
+    up_axis = args.up_axis or index.config.get("up_axis")
+    if args.image is not None:
+        index.image_encoder = PhotoEncoder.from_pretrained(
+            args.image_model or args.model or index.model_location()
+        )
+        if args.device:
+            index.image_encoder.model.to(args.device)
+    elif args.model or args.device or args.up_axis:
+        index.embedder = load_embedder(args.model or index.model_location(), args.device, up_axis)
     try:
         if args.text is not None:
             hits = index.search_text(args.text, k=args.k, template=args.template, exact=args.exact or None)
-        else:
+        elif args.like is not None:
             hits = index.search_shape(args.like, k=args.k, exact=args.exact or None)
+        else:
+            hits = index.search_image(args.image, k=args.k, exact=args.exact or None)
     except ImportError as error:
         raise CommandError(first_line(error)) from None
     if args.json:
@@ -392,9 +405,25 @@ def cmd_search(args: argparse.Namespace) -> None:
     else:
         for rank, hit in enumerate(hits, 1):
             print(f"{rank:3d}. {hit.score:.4f}  {hit.name}  ({hit.path})")
+    gone = [hit.path for hit in hits if hit.path and not Path(hit.path).is_file()]
+    if gone:
+        print(
+            f"note: {len(gone)} of {len(hits)} hits' shape files are gone (first: {gone[0]}); {args.index} keeps "
+            "shape paths relative to its folder: move the shapes along with it",
+            file=sys.stderr,
+        )
     if args.output:
-        query = args.text if args.text is not None else f"like {args.like}"
-        save_hits_image(hits, args.output, up_axis=index.config.get("up_axis", "y"), title=f"query: {query}")
+        if args.text is not None:
+            query = args.text
+        else:
+            query = f"like {args.like}" if args.like is not None else f"photo {args.image}"
+        save_hits_image(
+            hits,
+            args.output,
+            up_axis=index.config.get("up_axis") or "y",
+            title=f"query: {query}",
+            query_image=args.image,
+        )
         print(f"wrote {args.output}")
 
 
@@ -535,8 +564,14 @@ def build_parser() -> CommandParser:
     p.add_argument(
         "--up_axis", metavar="AXIS", help=UP_AXIS_HELP + "; default: the dataset's, else the model's"
     )
-    p.add_argument("--num_shards", type=int, default=1, help="split the work over N processes")
-    p.add_argument("--shard_index", type=int, help="this process's shard (omit to merge)")
+    p.add_argument(
+        "--num_shards",
+        type=int,
+        default=1,
+        help="split the work over N jobs of a scheduler without accelerate (SLURM arrays); under "
+        "`accelerate launch` the processes split it by themselves",
+    )
+    p.add_argument("--shard_index", type=int, help="this job's shard (omit to merge)")
     p.add_argument("--chunk_size", type=int, default=256, help="shapes per resumable chunk")
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ...")
@@ -550,16 +585,29 @@ def build_parser() -> CommandParser:
         "search",
         cmd_search,
         check_search,
-        help="text-to-shape or shape-to-shape search in an index",
+        help="text-, shape- or photo-to-shape search in an index",
     )
-    p.add_argument("text", nargs="?", help='the query, e.g. "a chair with armrests"')
+    p.add_argument(
+        "text",
+        nargs="?",
+        help='the query, e.g. "a chair with armrests" (a query starting with a/an/the/two... keeps its own '
+        'article: "a horse" -> "image of a horse"; README, Search)',
+    )
     p.add_argument("--like", help="a query shape file instead of a text")
+    p.add_argument(
+        "--image", help="a query photo (jpg, png, ...) instead of a text, through CLIP's image tower"
+    )
     p.add_argument("--index", required=True, help="an index folder written by `clip2point embed`")
     p.add_argument("-k", type=int, default=8, help="how many hits")
     p.add_argument("-o", "--output", help="write a picture of the hits' front views (PNG)")
-    p.add_argument("--template", help="prompt template with {} (default: the index's)")
+    p.add_argument("--template", help="prompt template with {} (default: the index's, e.g. 'image of a {}')")
     p.add_argument("--exact", action="store_true", help="exact search even when the index has a faiss index")
     p.add_argument("--model", help="embed the query with this model (default: the index's)")
+    p.add_argument(
+        "--image_model",
+        help="where a photo's image tower comes from: the CLIP the model was pre-trained from, or a model folder "
+        "with image_encoder/ (default: the index's model)",
+    )
     p.add_argument("--up_axis", metavar="AXIS", help="the query shape's up axis (default: the index's)")
     p.add_argument("--device", default=None)
     p.add_argument("--json", action="store_true", help="print the hits as JSON")

@@ -1,7 +1,7 @@
 """The web page (`clip2point serve`, the repository's `app.py`): drop a 3D file, see what the model sees.
 
 The page shows a 3D preview of the object, the depth views the model renders from it, and the zero-shot
-scores of the labels typed in; with a shape index it also searches. Gradio is an optional extra
+scores of the labels typed in; with a shape index it also searches (by text, by shape or by photo). Gradio is an optional extra
 (`pip install clip2point-hf[demo]`) imported only inside :func:`build_demo`; everything the page computes
 lives in :class:`PageBackend`, which needs no Gradio, so it is tested without a browser.
 
@@ -325,29 +325,43 @@ def _retrieval():
     return retrieval
 
 
-def search_index(shapes, text: str | None, like: str | None, k: int, picture: str | os.PathLike) -> str:
-    """Search `shapes` (a `ShapeIndex`) by a shape file `like`, else by `text`; write the hits' front views to
-    `picture` and return them as a Markdown table. Raises ValueError with one line for the user."""
+def search_index(
+    shapes,
+    text: str | None,
+    like: str | None,
+    k: int,
+    picture: str | os.PathLike,
+    photo: str | None = None,
+) -> str:
+    """Search `shapes` (a `ShapeIndex`) by a shape file `like`, else by a `photo`, else by `text`; write the hits'
+    front views (after the photo, for a photo query) to `picture` and return them as a Markdown table. Raises
+    ValueError (or OSError, for a model without an image tower) with one line for the user."""
     if like:
         hits = shapes.search_shape(like, k=int(k))
+        query = f"shapes like {Path(like).name}"
+    elif photo:
+        hits = shapes.search_image(photo, k=int(k))
+        query = f"shapes in the photo {Path(photo).name}"
     elif text and text.strip():
         hits = shapes.search_text(text.strip(), k=int(k))
+        query = f"'{text.strip()}'"
     else:
-        raise ValueError("type a description or upload a shape to search with")
-    query = f"shapes like {Path(like).name}" if like else f"'{text.strip()}'"
-    _retrieval().save_hits_image(hits, picture, up_axis=shapes.config.get("up_axis") or "y", title=query)
+        raise ValueError("type a description or upload a shape or a photo to search with")
+    _retrieval().save_hits_image(
+        hits, picture, up_axis=shapes.config.get("up_axis") or "y", title=query, query_image=photo or None
+    )
     rows = "\n".join(f"| {i} | {hit.name} | {hit.score:.4f} |" for i, hit in enumerate(hits, 1))
     return f"| rank | shape | cosine |\n|---:|---|---:|\n{rows}"
 
 
 def _search_tab(gr, shapes, backend: PageBackend) -> None:
-    """Text-to-shape and shape-to-shape search over the index: the hits' front views, names and scores."""
+    """Text-, shape- and photo-to-shape search over the index: the hits' front views, names and scores."""
 
-    def on_search(text, like, k):
+    def on_search(text, like, photo, k):
         picture = backend.new_file("hits.png")
         try:
-            table = search_index(shapes, text, like, k, picture)
-        except ValueError as error:
+            table = search_index(shapes, text, like, k, picture, photo=photo)
+        except (ValueError, OSError) as error:
             raise gr.Error(str(error).strip().splitlines()[0]) from None
         return str(picture), table
 
@@ -358,12 +372,13 @@ def _search_tab(gr, shapes, backend: PageBackend) -> None:
             like = gr.File(
                 label="or find shapes like this file", file_types=list(POINT_FILE_TYPES), elem_id="like"
             )
+            photo = gr.Image(label="or shapes in this photo", type="filepath", elem_id="photo")
             k = gr.Slider(1, 32, value=8, step=1, label="results")
         go = gr.Button("Search", variant="primary", elem_id="search")
         with gr.Row():
             hits = gr.Image(show_label=False, type="filepath", format="png", elem_id="hits")
             table = gr.Markdown(elem_id="hit-table")
-        go.click(on_search, inputs=[text, like, k], outputs=[hits, table])
+        go.click(on_search, inputs=[text, like, photo, k], outputs=[hits, table])
 
 
 __all__ = [

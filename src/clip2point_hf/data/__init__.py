@@ -8,6 +8,7 @@ ds = load_scanobjectnn("path/h5_files", variant="PB_T50_RS")         # or OBJ_ON
 pairs = load_shapenet_pairs("path/ShapeNet55", "path/rendering")     # clouds + 10 views
 ds = load_mesh_folder("path/shrec_16")                               # <class>/<split>/*.obj|off|ply|stl
 build_render_pairs("path/shrec_16", "out/pairs")                     # 10 shaded views per mesh
+push_dataset_to_hub(ds, "org/name"); load_dataset_from_hub("org/name")  # metadata travels too
 ```
 
 Every loader returns a ``datasets.DatasetDict`` with ``points`` (``Array2D`` float32), ``label``
@@ -23,7 +24,7 @@ from ..errors import DatasetFormatError, MissingFilesError
 from ..mesh_io import Mesh, sample_surface
 from ..point_files import MESH_EXTENSIONS, read_mesh
 from ..seeding import seeded_rng
-from .cache import LOADER_VERSION, dataset_metadata, default_cache_dir
+from .cache import LOADER_VERSION, dataset_metadata, default_cache_dir, set_dataset_metadata
 from .collate import EpochSampler, KeyedDataset, batch_to_tensors, collate_point_clouds
 from .fewshot import random_subset, sample_k_shot, stratified_split
 from .formats import DATASET_FORMATS, detect_dataset_format, load_point_cloud_dataset
@@ -38,6 +39,7 @@ from .names import (
 from .render_pairs import build_render_pairs
 from .scanobjectnn import SCANOBJECTNN_VARIANTS, load_scanobjectnn
 from .shapenet import load_shapenet_pairs
+from .sharing import load_dataset_from_hub, push_dataset_to_hub
 from .transforms import PointCloudBatchTransform, PretrainingPairTransform, load_rgb_image
 
 __all__ = [
@@ -64,17 +66,20 @@ __all__ = [
     "default_cache_dir",
     "detect_dataset_format",
     "detect_modelnet_format",
+    "load_dataset_from_hub",
     "load_mesh_folder",
     "load_modelnet",
     "load_point_cloud_dataset",
     "load_rgb_image",
     "load_scanobjectnn",
     "load_shapenet_pairs",
+    "push_dataset_to_hub",
     "random_subset",
     "read_mesh",
     "sample_k_shot",
     "sample_surface",
     "scan_mesh_folder",
     "seeded_rng",
+    "set_dataset_metadata",
     "stratified_split",
 ]

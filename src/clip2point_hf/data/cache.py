@@ -30,6 +30,7 @@ __all__ = [
     "dataset_metadata",
     "default_cache_dir",
     "fingerprint",
+    "set_dataset_metadata",
 ]
 
 logger = logging.getLogger(__name__)
@@ -89,6 +90,14 @@ def dataset_metadata(ds) -> dict:
     if _META_MARKER not in desc:
         return {}
     return json.loads(desc.split(_META_MARKER, 1)[1])
+
+
+def set_dataset_metadata(ds, meta: Mapping) -> None:
+    """Record `meta` where :func:`dataset_metadata` reads it, on a ``Dataset`` or every split of a
+    ``DatasetDict`` (e.g. after ``load_dataset`` from the Hub, which keeps no description)."""
+    for split in ds.values() if isinstance(ds, Mapping) else [ds]:
+        text = (split.info.description or "").split(_META_MARKER, 1)[0]
+        split.info.description = _description(text, meta)
 
 
 def build_cached(

@@ -20,6 +20,7 @@ the viewing direction (two-sided, so inconsistent face winding does not matter).
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import atomic_folder
+from ..atomic import replace_folder, work_folder
 from ..errors import DatasetFormatError
 from ..mesh_io import sample_surface
 from ..point_files import MESH_EXTENSIONS, read_mesh
@@ -214,6 +215,28 @@ def _render_batch(task) -> tuple[list[tuple[str, str]], list[str]]:
     return written, failed
 
 
+def _render_share(tasks: list, num_proc: int | None, processes, tmp: Path) -> list:
+    """``_render_batch`` results of every task, in task order. With several processes (`processes`, accelerate's
+    state) each renders its share (task ``t`` to process ``t % N``) and leaves its results in ``tmp``; after all
+    are done, the main process reads them back (the others get an empty list)."""
+    rank, world = (0, 1) if processes is None else (processes.process_index, processes.num_processes)
+    mine = list(range(rank, len(tasks), world))
+    nproc = max(1, min(resolve_num_proc(num_proc, sum(len(tasks[t][2]) for t in mine)), len(mine)))
+    results = list(run_tasks(_render_batch, [tasks[t] for t in mine], nproc, "rendering pairs", "batch"))
+    if processes is None:
+        return results
+    (tmp / f".part-{rank}.json").write_text(json.dumps(dict(zip(mine, results, strict=True))))
+    processes.wait_for_everyone()
+    if not processes.is_main_process:
+        return []
+    merged: dict[int, list] = {}
+    for part in range(world):
+        path = tmp / f".part-{part}.json"
+        merged.update({int(t): result for t, result in json.loads(path.read_text()).items()})
+        path.unlink()
+    return [merged[t] for t in range(len(tasks))]
+
+
 def build_render_pairs(
     root: str | Path,
     out_dir: str | Path,
@@ -251,15 +274,22 @@ def build_render_pairs(
         albedo, ambient: shading (grey material, 30 % ambient light).
         batch_size: meshes rendered together.
         num_proc: render processes, each with one torch thread (default: all cores, at most 8, for 64
-            meshes or more). ``1`` renders in this process with torch's current thread setting. Output
-            does not depend on it.
+            meshes or more; 1 per process under ``accelerate launch``). ``1`` renders in this process with
+            torch's current thread setting. Output does not depend on it.
         on_error: a mesh that cannot be read or sampled: ``"error"`` (default; nothing is written) or
             ``"skip"`` (a warning lists them).
         overwrite: replace an existing ``out_dir``.
 
+    Under ``accelerate launch`` with N processes (on one machine or several sharing the output's file
+    system), process ``r`` renders the batches ``b`` with ``b % N == r`` into one temporary folder and the main
+    process writes the lists and renames it once every process is done: the output is the one-process output.
+
     Returns:
         ``out_dir``. Read it with ``load_shapenet_pairs(out_dir, out_dir)``.
     """
+    from accelerate.utils import broadcast_object_list
+
+    from ..distributed import launched_processes
     from ..rendering_clip2point import resolve_views
 
     num_points = check_num_points(num_points)
@@ -282,11 +312,21 @@ def build_render_pairs(
 
     jobs = _assign_ids(root, splits)  # (split, rel, object_id, render_dir)
 
+    processes = launched_processes()
+    main_process = processes is None or processes.is_main_process
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = [str(work_folder(out_dir))]
+    if processes is not None:  # one work folder for all: the main process's
+        broadcast_object_list(work)
+    tmp = Path(work[0])
     failed: list[str] = []
-    with atomic_folder(out_dir) as tmp:
-        (tmp / "rendering").mkdir(parents=True)
-        (tmp / "shapenet_pc").mkdir()
-        (tmp / "ShapeNet-55").mkdir()
+    try:
+        if main_process:
+            (tmp / "rendering").mkdir(parents=True)
+            (tmp / "shapenet_pc").mkdir()
+            (tmp / "ShapeNet-55").mkdir()
+        if processes is not None:
+            processes.wait_for_everyone()
         lists: dict[str, list[str]] = {s: [] for s in splits}
         settings = (render_points, num_points, seed, up_axis, view_list, image_size, point_radius)
         settings += (tuple(albedo), ambient, on_error)
@@ -294,11 +334,15 @@ def build_render_pairs(
             (str(root), str(tmp), jobs[i : i + batch_size], *settings)
             for i in range(0, len(jobs), batch_size)
         ]
-        nproc = min(resolve_num_proc(num_proc, len(jobs)), len(tasks))
-        for written, skipped in run_tasks(_render_batch, tasks, nproc, "rendering pairs", "batch"):
+        if processes is not None and num_proc is None:
+            num_proc = 1  # the launch already runs a process per core or device
+        for written, skipped in _render_share(tasks, num_proc, processes, tmp):
             for split, name in written:
                 lists[split].append(name)
             failed.extend(skipped)
+        if not main_process:
+            processes.wait_for_everyone()  # the main process writes the lists and renames the folder
+            return out_dir
         for split, names in lists.items():
             (tmp / "ShapeNet-55" / f"{split}.txt").write_text("".join(n + "\n" for n in names))
         for split in ("train", "test"):  # load_shapenet_pairs reads both
@@ -324,6 +368,12 @@ def build_render_pairs(
             "skipped": failed,
         }
         (tmp / PAIRS_META_FILE).write_text(json.dumps(meta, indent=2))
+        replace_folder(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if processes is not None:
+        processes.wait_for_everyone()
     if failed:
         warnings.warn(
             f"{root}: skipped {len(failed)} meshes that could not be used: {failed[:5]}", stacklevel=2

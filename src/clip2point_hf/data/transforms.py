@@ -20,7 +20,17 @@ from ..points_clip2point import UP_AXES, convert_up_axis, farthest_point_sample,
 from ..rendering_clip2point import CLIP_MEAN, CLIP_STD
 from ._common import check_choice, check_num_points
 
-__all__ = ["PointCloudBatchTransform", "PretrainingPairTransform", "load_rgb_image"]
+__all__ = ["PointCloudBatchTransform", "PretrainingPairTransform", "composite_on_white", "load_rgb_image"]
+
+
+def composite_on_white(image):
+    """A PIL image as RGB, its transparent pixels composited onto white (the renderings' background)."""
+    from PIL import Image
+
+    if image.mode in ("RGBA", "LA", "P"):
+        image = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", image.size, (255, 255, 255, 255)), image)
+    return image.convert("RGB")
 
 
 def load_rgb_image(image, image_size: int) -> torch.Tensor:
@@ -32,10 +42,7 @@ def load_rgb_image(image, image_size: int) -> torch.Tensor:
 
     if isinstance(image, Mapping):
         image = Image.open(io.BytesIO(image["bytes"])) if image.get("bytes") else Image.open(image["path"])
-    if image.mode in ("RGBA", "LA", "P"):
-        image = image.convert("RGBA")
-        image = Image.alpha_composite(Image.new("RGBA", image.size, (255, 255, 255, 255)), image)
-    image = image.convert("RGB")
+    image = composite_on_white(image)
     if image.size != (image_size, image_size):
         image = image.resize((image_size, image_size), Image.BICUBIC)
     return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)

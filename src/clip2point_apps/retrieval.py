@@ -512,7 +512,9 @@ class ShapeIndex:
     def model_location(self) -> str:
         """The index's model: a folder that must exist, or a Hub id. A folder name is never sent to the Hub: a
         model folder that is gone is one line naming it and this index."""
-        from clip2point_hf.loading import ModelLoadError, is_hub_id
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        from clip2point_hf.errors import ModelLoadError
 
         model = self.config.get("model")
         where = f"the index {self.folder}" if self.folder else "this index"
@@ -522,8 +524,12 @@ class ShapeIndex:
             return model
         # Format 2 stores folders absolute; format 1 stored `--model` as typed, so only org/name is a Hub id there.
         legacy = self.config.get("format_version", FORMAT_VERSION) < 2
-        if not os.path.isabs(model) and is_hub_id(model) and ("/" in model or not legacy):
-            return model
+        if not os.path.isabs(model) and ("/" in model or not legacy):
+            try:
+                validate_repo_id(model)
+                return model
+            except HFValidationError:
+                pass
         raise ModelLoadError(
             model,
             f"model folder not found (named by {where}); pass --model with its folder or Hub id",

@@ -260,6 +260,16 @@ def test_pretrain_end_to_end(pretrained, pairs):
     assert processor.feature_extractor.image_size == model.config.vision_config.image_size
     results = json.loads((out / "all_results.json").read_text())
     assert results["best_eval_zero_shot_accuracy"] == max(e["eval/zero_shot_accuracy"] for e in evals)
+    # image_encoder/: the frozen image tower the depth encoder was aligned with (photo queries go through it)
+    from clip2point_apps.retrieval import PhotoEncoder
+    from clip2point_apps.training import BackboneArguments, build_clip, load_tokenizer
+
+    backbone = BackboneArguments(clip_config="tiny")
+    clip = build_clip(backbone, load_tokenizer(backbone), seed=3)
+    tower = PhotoEncoder.from_pretrained(out).model
+    for name, value in clip.vision_model.state_dict().items():
+        torch.testing.assert_close(tower.vision_model.state_dict()[name], value, atol=0, rtol=0)
+    torch.testing.assert_close(tower.visual_projection.weight, clip.visual_projection.weight, atol=0, rtol=0)
 
 
 def test_finetune_kshot_end_to_end(pretrained, meshes, workdir, env):

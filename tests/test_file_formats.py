@@ -399,35 +399,30 @@ def float32_warnings(record) -> list[str]:
     return [str(w.message) for w in record if "float32" in str(w.message)]
 
 
-def test_a_chair_at_map_coordinates_renders_as_at_the_origin(tmp_path):
-    """A 1 m chair at (5e5, 4e6, 0) renders the pixels of the same chair at the origin, read from LAS, LAZ and
-    float64 .npy (sampled at random or farthest-point): the coordinates stay float64 (LAS: scaled and offset as
-    stored) until they are centred. The two
+@pytest.mark.parametrize(
+    ("ext", "sampling"), [(".npy", "random"), (".npy", "fps"), (".las", "random"), (".laz", "random")]
+)
+def test_a_chair_at_map_coordinates_renders_as_at_the_origin(tmp_path, ext, sampling):
+    """A 1 m chair at (5e5, 4e6, 0) renders the pixels of the same chair at the origin, read from float64 .npy,
+    LAS and LAZ: the coordinates stay float64 (LAS: scaled and offset as stored) until they are centred. The two
     differ by float64 rounding of the offset (4e6 * 2**-52 < 1e-9 of a 1 m chair), far below the float32 rounding
     of the normalised cloud (6e-8), so the pixel values agree to 1e-5 (CLIP's std divides by 0.27)."""
-    pytest.importorskip("laspy")
     chair = make_sample_point_cloud("chair", num_points=2048, seed=0).astype(np.float64)
-    front_end = CLIP2PointFeatureExtractor(views="reference6", image_size=64)
+    front_end = CLIP2PointFeatureExtractor(views="reference6", image_size=64, sampling=sampling)
     pixels = {}
     for place, offset in (("origin", (0.0, 0.0, 0.0)), ("map", MAP_OFFSET)):
-        folder = tmp_path / place
-        folder.mkdir()
-        np.save(folder / "chair.npy", chair + offset)
-        for ext in (".las", ".laz"):
-            write_las_points(folder / f"chair{ext}", chair + offset, offsets=offset, scale=1e-4)
-        for name in ("chair.npy", "chair.las", "chair.laz"):
-            with warnings.catch_warnings(record=True) as record:
-                warnings.simplefilter("always")
-                points = read_point_cloud(folder / name, num_points=2048)
-                pixels[place, name] = front_end(points)["pixel_values"]
-            assert not float32_warnings(record), (place, name)
-        farthest = CLIP2PointFeatureExtractor(views="reference6", image_size=64, sampling="fps")
-        pixels[place, "fps"] = farthest(read_point_cloud(folder / "chair.npy", num_points=2048))[
-            "pixel_values"
-        ]
-    for name in ("chair.npy", "chair.las", "chair.laz", "fps"):
-        np.testing.assert_allclose(pixels["map", name], pixels["origin", name], atol=1e-5, err_msg=name)
-    assert pixels["origin", "chair.npy"].std() > 0.1  # a chair, not a blank page
+        path = tmp_path / place / f"chair{ext}"  # the same name: the same seeded sampling
+        path.parent.mkdir()
+        if ext == ".npy":
+            np.save(path, chair + offset)
+        else:
+            write_las_points(path, chair + offset, offsets=offset, scale=1e-4)
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            pixels[place] = front_end(read_point_cloud(path, num_points=2048))["pixel_values"]
+        assert not float32_warnings(record), place
+    np.testing.assert_allclose(pixels["map"], pixels["origin"], atol=1e-5)
+    assert pixels["origin"].std() > 0.1  # a chair, not a blank page
 
 
 def test_float32_that_lost_the_shape_warns_once(tmp_path):

@@ -1,8 +1,9 @@
-"""Point files, read by our own readers (trimesh reads none of these types; BENCHMARKS.md, "Reading files"):
-numpy (``.npy``, ``.npz``), text rows (``.txt``, ``.xyz``, ``.pts``, ``.csv``), PCL's ``.pcd`` (with its LZF
-decoder) and LAS/LAZ lidar files (through the optional ``laspy``). Each reader gives the file's points as
-stored, every column; ``point_files.read_point_cloud`` keeps x, y, z. A lidar file, often millions of points,
-is checked and opened here and read later, a seeded subset at a time (:class:`LidarFile`).
+"""Point files, read by our own readers (trimesh has no reader for numpy, PCD or LAS/LAZ files, nor for
+ModelNet's comma-separated txt; BENCHMARKS.md, "Reading files"): numpy (``.npy``, ``.npz``), text rows (``.txt``,
+``.xyz``, ``.pts``, ``.csv``), PCL's ``.pcd`` (with its LZF decoder) and LAS/LAZ lidar files (through the
+optional ``laspy``). Each reader gives the file's points as stored, every column; ``point_files.read_point_cloud``
+keeps x, y, z. A lidar file, often millions of points, is checked and opened here and read later, a seeded subset
+at a time (:class:`LidarFile`).
 """
 
 from __future__ import annotations

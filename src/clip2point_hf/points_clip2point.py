@@ -221,27 +221,27 @@ def float32_shape_loss(points: torch.Tensor) -> torch.Tensor:
     A cloud far from the origin must be centred in float64 before it is cast to float32; one that arrives as
     float32 and is flagged here has already lost its shape. Clouds of a single position are never flagged.
     """
-    magnitude = points.abs().amax(dim=(-2, -1)).float()
-    size = (points.amax(dim=-2) - points.amin(dim=-2)).amax(dim=-1).float()
-    spacing = torch.nextafter(magnitude, torch.full_like(magnitude, math.inf)) - magnitude
+    spacing, size = _float32_spacing_and_size(points)
     return (spacing > FLOAT32_SHAPE_TOLERANCE * size) & (size > 0)
 
 
 def float32_shape_warning(points: torch.Tensor, name: str) -> str:
     """The one-line warning for (the first of) the clouds :func:`float32_shape_loss` flags; ``name`` says which
     input or file they came from."""
-    lost = float32_shape_loss(points).reshape(-1)
-    k = int(lost.nonzero()[0, 0]) if bool(lost.any()) else 0
-    cloud = points.reshape(-1, *points.shape[-2:])[k].double()
-    where = f"{name}[{k}]" if points.dim() == 3 else name
-    magnitude = cloud.abs().max().float()
-    spacing = float(torch.nextafter(magnitude, torch.tensor(math.inf)) - magnitude)
-    size = float((cloud.amax(dim=0) - cloud.amin(dim=0)).max())
+    k = int(float32_shape_loss(points).reshape(-1).long().argmax())
+    cloud = points.reshape(-1, *points.shape[-2:])[k]
+    spacing, size = (float(x) for x in _float32_spacing_and_size(cloud))
     return (
-        f"{where}: float32 numbers near {float(magnitude):.3g} are {spacing:.3g} apart, {spacing / size:.0%} of "
-        f"the cloud's size {size:.3g}: its shape was lost when it was stored as float32 "
-        "(keep map coordinates in float64, or centre the cloud on the origin first)"
+        f"{f'{name}[{k}]' if points.dim() == 3 else name}: float32 numbers near {float(cloud.abs().max()):.3g} "
+        f"are {spacing:.3g} apart, {spacing / size:.0%} of the cloud's size {size:.3g}: its shape was lost when it "
+        "was stored as float32 (keep map coordinates in float64, or centre the cloud on the origin first)"
     )
+
+
+def _float32_spacing_and_size(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    magnitude = points.abs().amax(dim=(-2, -1)).float()
+    spacing = torch.nextafter(magnitude, torch.full_like(magnitude, math.inf)) - magnitude
+    return spacing, (points.amax(dim=-2) - points.amin(dim=-2)).amax(dim=-1).float()
 
 
 #: Proper rotations taking each signed storage axis to the renderer's ``+y`` (up).

@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test test-oldest test-all test-web demo lint format clean
+.PHONY: install test test-slow test-oldest test-all test-web demo lint format clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ test: install
 	$(call fetch_transformers_tests,$(PY))
 	$(PY) -m pip list 2>/dev/null | $(VERSIONS)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow" tests
+
+# The tests marked slow: scripts and commands end to end in subprocesses (training runs, kills and resumes).
+test-slow: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m slow tests
 
 # The same suite on the oldest versions setup.cfg allows (.ci/oldest.txt), in its own venv; CI runs it after
 # `make test`, which resolves the newest releases.

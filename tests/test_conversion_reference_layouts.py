@@ -303,6 +303,7 @@ def run_convert(*args):
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
 
 
+@pytest.mark.slow  # the command in subprocesses, end to end
 def test_cli_converts_both_layouts_and_the_folders_match_the_reference(openai_state, tmp_path):
     torch.save(openai_state, tmp_path / "clip.pt")
     make_tiny_tokenizer().save_pretrained(tmp_path / "tokenizer")

@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # every step of the device check, each in its own process
 def test_gpu_check_dry_run_runs_every_step(tmp_path):
     proc = subprocess.run(
         [sys.executable, "benchmarks/gpu_check.py", "--dry-run", "--out", str(tmp_path)],

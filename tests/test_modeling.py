@@ -535,6 +535,7 @@ def _distributed_worker(rank, world, port, depth1, depth2, image, result_path):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two gloo processes
 def test_distributed_loss_equals_single_process_loss_on_the_global_batch(tmp_path):
     import socket
 

@@ -274,6 +274,7 @@ def test_cli_bug_keeps_its_traceback_and_only_user_errors_are_one_line(tmp_path,
     assert_user_error(run_cli_in_process(capsys, "render", tmp_path / "c.npy"), "c.npy: not a cloud")
 
 
+@pytest.mark.slow  # convert and push end to end
 def test_cli_convert_and_push_dry_run(tmp_path, capsys):
     from test_conversion import random_openai_clip, random_visual
 

@@ -281,6 +281,7 @@ def clip2point(*args, cwd=None):
     )
 
 
+@pytest.mark.slow  # embed and search end to end
 def test_cli_embed_and_search(model_dir, shapes_dir, tmp_path, capsys):
     out = clip2point("embed", shapes_dir, "--model", model_dir, "-o", tmp_path / "s.index", "--chunk-size", 4)
     assert out.returncode == 0, out.stderr

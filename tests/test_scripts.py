@@ -26,6 +26,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 SHREC = Path(os.path.dirname(__file__), "..", "..", "shared", "data", "shrec_16").resolve()
+#: The scripts run end to end in subprocesses (training, kills, resumes): `make test-slow`, and CI, run them.
+pytestmark = pytest.mark.slow
 
 
 # ---------------------------------------------------------------------------------------------------------

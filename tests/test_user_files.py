@@ -380,6 +380,7 @@ def test_view_titles_name_where_the_camera_stands():
     assert view_name(0, 0, 1.5) == "front x1.5"
 
 
+@pytest.mark.slow  # the README block in a shell
 def test_readme_try_it_block_runs(tmp_path):
     """The README's 'Try it without the Hub' commands, top to bottom, in an empty folder."""
     from pathlib import Path

@@ -93,8 +93,12 @@ def _locate(spec: str, cache_dir: str | os.PathLike | None) -> Path:
 
 def _describe(spec: str, folder: Path) -> Weights:
     """What the folder holds, labelled for the console and the pictures."""
-    model_type = json.loads((folder / "config.json").read_text()).get("model_type")
-    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+    from clip2point_hf.pipeline_clip2point import ZERO_SHOT_TASK, task_for_architecture
+
+    config = json.loads((folder / "config.json").read_text())
+    model_type = config.get("model_type")
+    zero_shot = task_for_architecture((config.get("architectures") or [None])[0]) == ZERO_SHOT_TASK
+    if zero_shot and not any((folder / name).is_file() for name in TOKENIZER_FILES):  # a classifier needs none
         raise ModelLoadError(
             spec, f"the folder has no tokenizer (convert with --tokenizer {DEFAULT_CLIP_ID})"
         )

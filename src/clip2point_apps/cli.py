@@ -213,8 +213,8 @@ def _views(text: str):
 
 
 def _load_pipeline(model: str | None, device: str | None):
-    """The pipeline on ``--model``, or without it on the best weights reachable (`clip2point_apps.weights`); one
-    line on stderr names the weights used."""
+    """The pipeline on ``--model``, or without it on the best weights reachable (`clip2point_apps.weights`); once it
+    is built, one line on stderr names the weights used (a folder that cannot be used is the error's one line)."""
     from clip2point_hf.errors import ModelLoadError, first_line
 
     from .weights import build_classifier, resolve_weights
@@ -224,13 +224,14 @@ def _load_pipeline(model: str | None, device: str | None):
         weights = resolve_weights(model)
     except ModelLoadError as error:
         raise CommandError(f"--model: {error}") from None
-    print(weights.describe(), file=sys.stderr, flush=True)
     try:
-        return build_classifier(weights, device)
+        classifier = build_classifier(weights, device)
     except ModelLoadError as error:  # names the folder and what it lacks
         raise CommandError(first_line(error)) from None
     except (OSError, ValueError) as error:
         raise CommandError(f"cannot load the model {weights.source!r}: {first_line(error)}") from None
+    print(weights.describe(), file=sys.stderr, flush=True)
+    return classifier
 
 
 def _check_device(device: str | None) -> None:
@@ -336,7 +337,7 @@ def cmd_convert(args: argparse.Namespace) -> None:
         print(f"{args.checkpoint}: {layout} layout (forced by --layout)")
     class_names = None
     if layout == "dpa":
-        class_names = _class_names(args.class_names or DPA_ASSUMED_CLASSES)
+        class_names = _class_names(DPA_ASSUMED_CLASSES if args.class_names is None else args.class_names)
         if args.class_names is None:
             print(
                 f"class names: {DPA_ASSUMED_CLASSES} ({len(class_names)}), assumed: a DPA checkpoint does not "
@@ -434,8 +435,6 @@ def cmd_serve(args: argparse.Namespace) -> None:
         import gradio  # noqa: F401  (an optional extra: only this command needs it)
     except ImportError:
         raise CommandError("the web page needs Gradio: pip install 'clip2point-hf[demo]'") from None
-    from clip2point_hf.errors import first_line
-
     from .web import build_demo
 
     demo = build_demo(model=args.model, index=args.index, device=args.device)
@@ -444,10 +443,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
     try:
         # quiet: Gradio's own banner would advise share=True (a public link), which this command never makes
         demo.launch(server_name=args.host, server_port=args.port, share=False, quiet=True)
-    except OSError as error:  # the port was taken between the check and the launch
-        if "port" not in str(error).lower():
+    except OSError as error:  # the port was taken between the check and the launch (Gradio's advice to set
+        if "port" not in str(error).lower():  # GRADIO_SERVER_PORT does not apply: --port overrides it)
             raise
-        raise CommandError(f"{port_in_use_message(args.host, args.port)} ({first_line(error)})") from None
+        raise CommandError(port_in_use_message(args.host, args.port)) from None
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
@@ -694,9 +693,14 @@ def build_parser() -> CommandParser:
     return parser
 
 
+def parse_command_line(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    """The command's arguments and what its parser does not know (the evaluation's options). A negated up axis
+    may follow its option as users type it: ``--up_axis -z``."""
+    return build_parser().parse_known_args(join_negated_axes(argv))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = join_negated_axes(sys.argv[1:] if argv is None else argv)
-    args, unrecognized = build_parser().parse_known_args(argv)
+    args, unrecognized = parse_command_line(sys.argv[1:] if argv is None else argv)
     if args.command == "evaluate":
         args.evaluation_options = unrecognized  # the evaluation's parser reads them
     elif unrecognized:

@@ -53,6 +53,11 @@ class PointCloudPipeline(Pipeline):
     _load_feature_extractor = None
     #: The call-time keywords of the task (besides `batch_size` and `num_workers`, which every pipeline takes).
     call_parameters: tuple[str, ...] = ("seed", "up_axis")
+    #: How to add the processor files the task needs (the end of `check_processor`'s message).
+    processor_files_fix = (
+        "save the front end into the folder, CLIP2PointFeatureExtractor(...).save_pretrained(folder) (this task "
+        "needs no tokenizer)"
+    )
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -64,7 +69,12 @@ class PointCloudPipeline(Pipeline):
         """What the task needs of the model folder (a front end; for zero-shot, a tokenizer too): a missing part
         is one :class:`~clip2point_hf.errors.ModelLoadError` line naming the folder, the files it lacks and how to
         add them."""
-        raise NotImplementedError
+        if self.feature_extractor is None:
+            raise ModelLoadError(
+                self._model_source(),
+                "no point-cloud processor files (preprocessor_config.json or processor_config.json); "
+                + self.processor_files_fix,
+            )
 
     def _model_source(self) -> str:
         """The folder or Hub id the model came from (``the model`` for one built in memory)."""
@@ -142,15 +152,13 @@ class ZeroShotPointCloudClassificationPipeline(PointCloudPipeline):
         super().__init__(*args, **kwargs)
         self._text_cache: dict[tuple, torch.Tensor] = {}
 
+    processor_files_fix = (
+        "zero-shot classification also needs CLIP's tokenizer files (tokenizer.json or vocab.json): save both into "
+        "the folder with CLIP2PointProcessor(CLIP2PointFeatureExtractor(...), tokenizer).save_pretrained(folder)"
+    )
+
     def check_processor(self) -> None:
-        if self.feature_extractor is None:
-            raise ModelLoadError(
-                self._model_source(),
-                "no point-cloud processor files (preprocessor_config.json or processor_config.json), and "
-                "zero-shot classification also needs CLIP's tokenizer files (tokenizer.json or vocab.json): save "
-                "both into the folder with CLIP2PointProcessor(CLIP2PointFeatureExtractor(...), "
-                "tokenizer).save_pretrained(folder)",
-            )
+        super().check_processor()
         if getattr(self.processor, "tokenizer", None) is None:
             raise ModelLoadError(
                 self._model_source(),
@@ -218,16 +226,10 @@ class PointCloudClassificationPipeline(PointCloudPipeline):
     """
 
     call_parameters = ("top_k", "function_to_apply", "seed", "up_axis")
-
-    def check_processor(self) -> None:
-        if self.feature_extractor is None:
-            raise ModelLoadError(
-                self._model_source(),
-                "no point-cloud processor files (preprocessor_config.json or processor_config.json): save the "
-                "front end the classifier was trained with into the folder, "
-                "CLIP2PointFeatureExtractor(...).save_pretrained(folder) (a fine-tuned classifier needs no "
-                "tokenizer)",
-            )
+    processor_files_fix = (
+        "save the front end the classifier was trained with into the folder, "
+        "CLIP2PointFeatureExtractor(...).save_pretrained(folder) (a fine-tuned classifier needs no tokenizer)"
+    )
 
     def _sanitize_parameters(self, top_k=None, function_to_apply=None, seed=None, up_axis=None, **unknown):
         self._check_call_parameters(unknown)

@@ -154,7 +154,7 @@ def main(argv=None) -> dict:
     args.validate()
     data_args.validate()
     shots = data_args.num_shots()
-    run = TrainingRun(args)  # output folder, accelerator, trackers, JSON log
+    run = TrainingRun(args)  # accelerator, trackers, JSON log; nothing is written before `record_config`
     accelerator, output_dir = run.accelerator, run.output_dir
 
     # ---- data: K-shot (or all) from the train split; validation held out from it; test scored once at the end
@@ -184,20 +184,6 @@ def main(argv=None) -> dict:
     test_idx = random_subset(
         list(range(len(test_ds))), data_args.max_eval_samples, args.seed, "limit", "test"
     )
-    if accelerator.is_main_process:
-        write_json(
-            output_dir / "data_splits.json",
-            {
-                "dataset": str(data_args.dataset),
-                "seed": args.seed,
-                "shots": data_args.shots,
-                "train_split": data_args.train_split,
-                "validation_source": data_args.validation_split or f"{data_args.train_split} (held out)",
-                "classes_with_fewer_shots": {class_names[c]: n for c, n in short.items()},
-                "train": _describe(train_full, train_idx),
-                "validation": _describe(val_source, val_idx),
-            },
-        )
 
     # ---- model: seeded adapters on frozen towers
     tokenizer = load_tokenizer(backbone)
@@ -297,7 +283,23 @@ def main(argv=None) -> dict:
         "num_train_examples": len(train_set),
         "num_validation_examples": len(val_set),
     }
+    # The run's first files, once the backbone, the data and every setting have been checked: a run that fails
+    # before this point leaves --output_dir as it found it, so the corrected command runs into the same folder.
     run.record_config("clip2point_gdpa", config)
+    if accelerator.is_main_process:
+        write_json(
+            output_dir / "data_splits.json",
+            {
+                "dataset": str(data_args.dataset),
+                "seed": args.seed,
+                "shots": data_args.shots,
+                "train_split": data_args.train_split,
+                "validation_source": data_args.validation_split or f"{data_args.train_split} (held out)",
+                "classes_with_fewer_shots": {class_names[c]: n for c, n in short.items()},
+                "train": _describe(train_full, train_idx),
+                "validation": _describe(val_source, val_idx),
+            },
+        )
 
     def logits_of(batch):
         pixels = render_point_clouds(renderer, batch["points"], data_args.views)

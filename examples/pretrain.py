@@ -167,7 +167,7 @@ def main(argv=None) -> dict:
     configure_console(verbose=args.verbose)
     args.validate()
     data_args.validate()
-    run = TrainingRun(args)  # output folder, accelerator, trackers, JSON log
+    run = TrainingRun(args)  # accelerator, trackers, JSON log; nothing is written before `record_config`
     accelerator, output_dir = run.accelerator, run.output_dir
     if args.per_device_train_batch_size * accelerator.num_processes < 2:
         raise ValueError(
@@ -212,18 +212,6 @@ def main(argv=None) -> dict:
         raise ValueError(
             f"{data_args.pairs_dir}: too few objects ({len(train_idx)} train, {len(val_idx)} validation)"
         )
-    if accelerator.is_main_process:
-        names = train_full["name"]
-        write_json(
-            output_dir / "data_splits.json",
-            {
-                "pairs_dir": str(data_args.pairs_dir),
-                "seed": args.seed,
-                "validation_split_percentage": data_args.validation_split_percentage,
-                "train": [names[i] for i in train_idx],
-                "validation": [names[i] for i in val_idx],
-            },
-        )
     view_angles = _view_angles(data_args)
     pair_transform = PretrainingPairTransform(
         view_angles, image_size, data_args.num_points, data_args.distance_jitter
@@ -266,7 +254,21 @@ def main(argv=None) -> dict:
     )
     model, progress = training.model, training.progress
     config = {**args_to_dict(backbone, data_args, args), "num_processes": accelerator.num_processes}
+    # The run's first files, once the backbone, the data and every setting have been checked: a run that fails
+    # before this point leaves --output_dir as it found it.
     run.record_config("clip2point_pretrain", config)
+    if accelerator.is_main_process:
+        names = train_full["name"]
+        write_json(
+            output_dir / "data_splits.json",
+            {
+                "pairs_dir": str(data_args.pairs_dir),
+                "seed": args.seed,
+                "validation_split_percentage": data_args.validation_split_percentage,
+                "train": [names[i] for i in train_idx],
+                "validation": [names[i] for i in val_idx],
+            },
+        )
 
     templates = resolve_templates(data_args.prompts)
     unwrapped = accelerator.unwrap_model(model)

@@ -38,7 +38,7 @@ from clip2point_hf.conversion_clip2point import load_state_dict_file
 from clip2point_hf.data.mesh_folder import load_mesh_folder
 from clip2point_hf.errors import ModelLoadError, first_line, run_script
 from clip2point_hf.loading import load_pretrained, resolve_model
-from clip2point_hf.pipeline_clip2point import parse_candidate_labels
+from clip2point_hf.pipeline_clip2point import CLASSIFICATION_TASK, ZERO_SHOT_TASK, parse_candidate_labels
 from clip2point_hf.points_clip2point import normalize_point_cloud
 from conftest import make_tiny_config, make_tiny_tokenizer
 
@@ -97,6 +97,24 @@ def folders(tmp_path_factory, models):
     out["plydir"] = root / "x.ply"
     np.save(root / "cloud.npy", np.random.default_rng(0).normal(size=(200, 3)).astype(np.float32))
     out["cloud"] = root / "cloud.npy"
+    # A fine-tuned classifier with its front end alone (it needs no tokenizer); a zero-shot model without a
+    # tokenizer; a model without any processor file.
+    three_views = CLIP2PointFeatureExtractor(views=[[0, 0], [90, 0], [0, 90]], image_size=SIZE, num_points=64)
+    models["gdpa"].save_pretrained(root / "classifier")
+    three_views.save_pretrained(root / "classifier")
+    models["base"].save_pretrained(root / "no_tokenizer")
+    CLIP2PointFeatureExtractor(views="reference6", image_size=SIZE).save_pretrained(root / "no_tokenizer")
+    models["base"].save_pretrained(root / "no_processor")
+    for name in ("classifier", "no_tokenizer", "no_processor"):
+        out[name] = root / name
+    # Checkpoints whose keys give their layout (what `convert` checks before loading CLIP)
+    torch.save({"adapter1.fusion_ratio": torch.ones(6)}, root / "dpa.pth")
+    torch.save(
+        {"visual.proj": torch.zeros(2, 2), "token_embedding.weight": torch.zeros(2, 2)}, root / "clip.pth"
+    )
+    (root / "no_classes.txt").write_text("\n")
+    for name in ("dpa.pth", "clip.pth", "no_classes.txt"):
+        out[name] = root / name
     return out
 
 
@@ -335,6 +353,99 @@ def test_nan_pixel_values_stay_in_their_own_cloud(models):
     torch.testing.assert_close(dirty[[0, 2]], clean[[0, 2]])
 
 
+# --------------------------------------------------------------------------------------------------------- pipelines
+
+PIPELINE_FOLDERS = [
+    (
+        "zero_shot_without_tokenizer",
+        ZERO_SHOT_TASK,
+        "no_tokenizer",
+        ["tokenizer.json", "CLIP2PointProcessor("],
+    ),
+    (
+        "zero_shot_without_processor",
+        ZERO_SHOT_TASK,
+        "no_processor",
+        ["preprocessor_config.json", "tokenizer.json"],
+    ),
+    (
+        "classifier_without_processor",
+        CLASSIFICATION_TASK,
+        "no_processor",
+        ["CLIP2PointFeatureExtractor(", "no tokenizer"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "task, folder, fragments", [c[1:] for c in PIPELINE_FOLDERS], ids=[c[0] for c in PIPELINE_FOLDERS]
+)
+def test_a_pipeline_names_the_files_its_model_folder_lacks(folders, task, folder, fragments):
+    """Every entry point (`pipeline()`, the CLI, the web page) builds a pipeline: it names the folder, the files
+    missing for its task and how to add them, where transformers said "Couldn't instantiate the backend tokenizer"."""
+    from transformers import pipeline
+
+    with pytest.raises(ModelLoadError) as error:
+        pipeline(task, model=str(folders[folder]))
+    assert_one_line(error.value, str(folders[folder]), "save_pretrained(folder)", *fragments)
+    assert "Couldn't instantiate" not in str(error.value)
+
+
+def test_a_fine_tuned_classifier_needs_no_tokenizer(folders, capsys):
+    """A classifier folder with its front end alone classifies, through the pipeline and through the CLI."""
+    from transformers import pipeline
+
+    classify = pipeline(CLASSIFICATION_TASK, model=str(folders["classifier"]))
+    assert sorted(r["label"] for r in classify(str(folders["cloud"]), top_k=3)) == ["a", "b", "c"]
+    code, err = run_cli(capsys, "classify", folders["cloud"], "--model", folders["classifier"])
+    assert code == 0, err
+
+
+def test_classifier_scores_with_labels_say_they_are_over_all_classes(folders, capsys):
+    from clip2point_apps.cli import main
+
+    capsys.readouterr()
+    assert (
+        main(["classify", str(folders["cloud"]), "--model", str(folders["classifier"]), "--labels", "b,a"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "scores: probabilities over all 3 classes of the model; only the --labels ones are shown" in out
+    (answer,) = [line for line in out.splitlines() if line.startswith(str(folders["cloud"]))]
+    shown = [part.rsplit(" ", 1)[0] for part in answer.split(": ", 1)[1].split(", ")]
+    assert sorted(shown) == ["a", "b"]
+
+
+@pytest.mark.parametrize("task", [ZERO_SHOT_TASK, CLASSIFICATION_TASK])
+def test_pipelines_refuse_a_keyword_they_do_not_take(folders, task):
+    """A call-time keyword the task does not take (`views`, a typo) is an error naming it, never ignored."""
+    from transformers import pipeline
+
+    folder = folders["good"] if task == ZERO_SHOT_TASK else folders["classifier"]
+    classify = pipeline(task, model=str(folder))
+    labels = {"candidate_labels": ["a", "b"]} if task == ZERO_SHOT_TASK else {}
+    for keyword in ({"views": "reference10"}, {"candidate_lables": ["a"]}):
+        with pytest.raises(ValueError) as error:
+            classify(str(folders["cloud"]), **labels, **keyword)
+        assert_one_line(error.value, f"`{next(iter(keyword))}`", "`seed`", "`up_axis`")
+
+
+def test_views_at_call_time_are_honoured(folders):
+    """`views=` at call time renders those views (the processor routes it to the feature extractor): 6, where the
+    saved processor renders 10."""
+    processor = CLIP2PointProcessor(
+        CLIP2PointFeatureExtractor(views="reference10", image_size=SIZE, num_points=64), make_tiny_tokenizer()
+    )
+    clouds = [_cloud(), _cloud(seed=1)]
+    six = processor(clouds, views="reference6")["pixel_values"]
+    assert six.shape == (2, 6, 3, SIZE, SIZE)
+    assert processor(clouds)["pixel_values"].shape == (2, 10, 3, SIZE, SIZE)
+    alone = CLIP2PointFeatureExtractor(views="reference6", image_size=SIZE, num_points=64)(clouds)[
+        "pixel_values"
+    ]
+    torch.testing.assert_close(six, alone, rtol=0, atol=0)
+
+
 # --------------------------------------------------------------------------------------------------------- labels
 
 LABELS = [
@@ -393,7 +504,10 @@ def run_cli(capsys, *args):
     from clip2point_apps.cli import main
 
     capsys.readouterr()
-    code = main([str(a) for a in args])
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exit_:  # argparse's own errors
+        code = exit_.code
     return code, capsys.readouterr().err
 
 
@@ -436,15 +550,69 @@ CLI_CASES = [
     (
         "blank_label",
         lambda f: ["classify", f["cloud"], "--labels", "chair, ", "--model", f["good"]],
-        ["candidate_labels"],
+        ["--labels", "non-blank"],
+    ),
+    (
+        "duplicate_label",
+        lambda f: ["classify", f["cloud"], "--labels", "chair,chair", "--model", f["good"]],
+        ["--labels", "duplicates"],
+    ),
+    (
+        "template_without_braces",
+        lambda f: ["classify", f["cloud"], "--labels", "a,b", "--template", "a photo", "--model", f["good"]],
+        ["--template", "{}"],
+    ),
+    (
+        "top_k_0",
+        lambda f: ["classify", f["cloud"], "--labels", "a,b", "--top_k", "0"],
+        ["--top_k", "int >= 1"],
+    ),
+    (
+        "zero_shot_model_without_tokenizer",
+        lambda f: ["classify", f["cloud"], "--labels", "a,b", "--model", f["no_tokenizer"]],
+        ["no_tokenizer:", "tokenizer.json", "CLIP2PointProcessor(", "save_pretrained(folder)"],
+    ),
+    (
+        "model_without_processor",
+        lambda f: ["classify", f["cloud"], "--labels", "a,b", "--model", f["no_processor"]],
+        ["no_processor:", "preprocessor_config.json", "save_pretrained(folder)"],
+    ),
+    ("render_unknown_views", lambda f: ["render", f["cloud"], "--views", "7"], ["--views 7"]),
+    ("render_no_points", lambda f: ["render", f["cloud"], "--num_points", "0"], ["--num_points", "int >= 1"]),
+    ("serve_port_out_of_range", lambda f: ["serve", "--port", "99999"], ["--port", "1 to 65535", "99999"]),
+    ("serve_port_word", lambda f: ["serve", "--port", "http"], ["--port", "1 to 65535"]),
+    (
+        "convert_blank_class_names",
+        lambda f: ["convert", f["dpa.pth"], "-o", f["root"] / "c", "--class_names", ""],
+        ["--class_names", "non-blank"],
+    ),
+    (
+        "convert_class_names_file_without_names",
+        lambda f: ["convert", f["dpa.pth"], "-o", f["root"] / "c", "--class_names", f["no_classes.txt"]],
+        ["--class_names", "no_classes.txt", "non-empty"],
+    ),
+    (
+        "convert_class_names_of_a_clip_checkpoint",
+        lambda f: ["convert", f["clip.pth"], "-o", f["root"] / "c", "--class_names", "a,b"],
+        ["--class_names", "DPA", "clip layout"],
     ),
     ("render_folder", lambda f: ["render", f["plydir"], "-o", f["root"] / "v.png"], ["x.ply", "is a folder"]),
     ("render_missing", lambda f: ["render", f["root"] / "gone.npy", "-o", f["root"] / "v.png"], ["gone.npy"]),
     ("convert_missing", lambda f: ["convert", f["root"] / "gone.pth", "-o", f["root"] / "c"], ["gone.pth"]),
     (
         "convert_random_bytes",
-        lambda f: ["convert", _write(f["root"] / "rand.pth", os.urandom(4096)), "-o", f["root"] / "c"],
-        ["rand.pth"],
+        lambda f: [
+            "convert",
+            _write(f["root"] / "rand.pth", b"\x01" + os.urandom(4095)),
+            "-o",
+            f["root"] / "c",
+        ],
+        ["rand.pth", "is not a checkpoint"],
+    ),
+    (
+        "convert_empty_file",
+        lambda f: ["convert", _write(f["root"] / "empty.pth", b""), "-o", f["root"] / "c"],
+        ["empty.pth", "is empty"],
     ),
     (
         "convert_pickled_code",
@@ -549,6 +717,12 @@ TRAINING_ARGS = [
     ("eval_steps_0", lambda t: {"output_dir": t / "o", "eval_steps": 0}, "--eval_steps"),
     ("lr_0", lambda t: {"output_dir": t / "o", "learning_rate": 0.0}, "--learning_rate"),
     ("lr_negative", lambda t: {"output_dir": t / "o", "learning_rate": -1e-3}, "--learning_rate"),
+    ("report_to_unknown", lambda t: {"output_dir": t / "o", "report_to": "foo"}, "--report_to"),
+    (
+        "report_to_unknown_in_a_list",
+        lambda t: {"output_dir": t / "o", "report_to": "none,foo"},
+        "--report_to",
+    ),
 ]
 
 
@@ -779,3 +953,356 @@ def test_resuming_a_damaged_checkpoint_names_it(tmp_path, resume):
     with pytest.raises(ValueError) as error:
         resume_from_checkpoint(accelerator, "latest" if resume == "latest" else str(folder), root, progress)
     assert_one_line(error.value, "--resume_from_checkpoint", str(folder), "cannot be loaded")
+
+
+def _legacy_pickle(path: Path, cut: int) -> Path:
+    torch.save({"w": torch.zeros(3)}, path, _use_new_zipfile_serialization=False)
+    return _write(path, path.read_bytes()[:cut])
+
+
+def _zip_archive(path: Path, cut: int) -> Path:
+    torch.save({"w": torch.zeros(300)}, path)
+    return _write(path, path.read_bytes()[:cut])
+
+
+CHECKPOINT_FILES = [
+    ("random_bytes", lambda d: _write(d / "rand.pth", b"\x01" + os.urandom(4095)), "is not a checkpoint"),
+    ("text", lambda d: _write(d / "notes.pth", b"these are my notes\n"), "is not a checkpoint"),
+    ("empty", lambda d: _write(d / "empty.bin", b""), "is empty"),
+    ("truncated_zip", lambda d: _zip_archive(d / "cut.pth", 900), "is a zip archive but not a readable"),
+    (
+        "truncated_pickle",
+        lambda d: _legacy_pickle(d / "old.pth", 200),
+        "is a pickle stream but not a readable",
+    ),
+    (
+        "pickle_of_noise",
+        lambda d: _write(d / "noise.pt", b"\x80\x02" + os.urandom(500)),
+        "is a pickle stream",
+    ),
+    ("pickled_code", lambda d: _evil(d / "evil.pth"), "holds pickled Python objects"),
+    (
+        "bad_safetensors",
+        lambda d: _write(d / "w.safetensors", b"\x10\x00" * 8),
+        "cannot be read as safetensors",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "make, what", [c[1:] for c in CHECKPOINT_FILES], ids=[c[0] for c in CHECKPOINT_FILES]
+)
+def test_an_unreadable_checkpoint_says_what_the_file_is(tmp_path, make, what):
+    """Told from the file's first bytes: a PyTorch zip archive, a pickle stream (0x80 and a protocol), safetensors,
+    or nothing this reader takes; only a pickle naming code is said to hold Python objects."""
+    path = make(tmp_path)
+    with pytest.raises(ValueError) as error:
+        load_state_dict_file(path)
+    assert_one_line(error.value, f"{path}: {what}")
+    assert "weights_only" not in str(error.value)
+    if what != "holds pickled Python objects":
+        assert "pickled Python objects" not in str(error.value)
+
+
+MISFITS = [
+    (
+        "projection",
+        lambda state: state.update({"visual.proj": torch.zeros(state["visual.proj"].shape[0], 3)}),
+        "the checkpoint's visual.proj (transposed) is (3, ",
+        "the model's visual_projection.weight is (",
+    ),
+    (
+        "fused_attention",
+        lambda state: state.update(
+            {
+                "visual.transformer.resblocks.1.attn.in_proj_weight": torch.zeros(
+                    6, state["visual.proj"].shape[0]
+                )
+            }
+        ),
+        "the checkpoint's visual.transformer.resblocks.1.attn.in_proj_weight (k third) is (2, ",
+        "the model's vision_model.encoder.layers.1.self_attn.k_proj.weight is (",
+    ),
+    (
+        "text_layer_norm",
+        lambda state: state.update({"ln_final.bias": torch.zeros(5)}),
+        "the checkpoint's ln_final.bias is (5,)",
+        "the model's text_model.final_layer_norm.bias is (",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "damage, checkpoint_side, model_side", [c[1:] for c in MISFITS], ids=[c[0] for c in MISFITS]
+)
+def test_a_misfit_tensor_names_its_key_in_the_checkpoint_and_in_the_model(
+    damage, checkpoint_side, model_side
+):
+    from clip2point_hf.conversion_clip2point import load_openai_clip
+    from test_conversion import random_openai_clip
+
+    state = random_openai_clip()
+    damage(state)
+    with pytest.raises(ValueError) as error:
+        load_openai_clip(state)
+    assert_one_line(error.value, "do not fit", checkpoint_side, model_side)
+
+
+def test_convert_says_which_classes_it_assumes_for_a_dpa_checkpoint(tmp_path, capsys):
+    """A DPA checkpoint does not record its classes: without --class_names, `convert` says which list it assumed
+    and why; with them, nothing is assumed."""
+    from clip2point_apps.cli import main
+    from test_conversion import random_openai_clip
+    from test_conversion_reference_layouts import REFERENCE_6, save_dpa
+
+    torch.save(random_openai_clip(), tmp_path / "clip.pt")
+    make_tiny_tokenizer().save_pretrained(tmp_path / "tokenizer")
+    save_dpa(tmp_path / "best_test.pth", views=REFERENCE_6)
+    common = ["--clip", str(tmp_path / "clip.pt"), "--tokenizer", str(tmp_path / "tokenizer")]
+    assert main(["convert", str(tmp_path / "best_test.pth"), "-o", str(tmp_path / "assumed"), *common]) == 0
+    out = capsys.readouterr().out
+    assert "class names: modelnet40 (40), assumed: a DPA checkpoint does not record its classes" in out
+    assert "--class_names to change" in out
+    assert (
+        len(CLIP2PointForPointCloudClassification.from_pretrained(tmp_path / "assumed").config.id2label) == 40
+    )
+    assert main(["convert", str(tmp_path / "best_test.pth"), "-o", str(tmp_path / "named"), *common,
+                 "--class_names", "chair,lamp"]) == 0  # fmt: skip
+    assert "assumed" not in capsys.readouterr().out
+    config = CLIP2PointForPointCloudClassification.from_pretrained(tmp_path / "named").config
+    assert config.id2label == {0: "chair", 1: "lamp"}
+
+
+def test_convert_help_says_what_is_assumed_without_class_names():
+    from clip2point_apps.cli import build_parser
+
+    (convert,) = [a for a in build_parser()._subparsers._group_actions if a.dest == "command"]
+    text = " ".join(convert.choices["convert"].format_help().split())
+    assert "Default: modelnet40, the authors' few-shot dataset (printed when assumed)" in text
+
+
+# --------------------------------------------------------------------------------------------------------- serve
+
+
+def test_serve_on_a_busy_port_names_the_option(capsys):
+    """Checked before the model (or Gradio) loads: one line naming --port, not Gradio's GRADIO_SERVER_PORT advice
+    (the command sets the port itself)."""
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, err = run_cli(capsys, "serve", "--port", port)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"--port {port}: 127.0.0.1:{port} is in use" in err and "GRADIO" not in err
+
+
+class _FakeDemo:
+    """What `cmd_serve` calls of a Gradio page: `launch`, recorded (or failing as Gradio does on a taken port)."""
+
+    def __init__(self, error: OSError | None = None):
+        self.error, self.launched = error, None
+
+    def launch(self, **kwargs):
+        self.launched = kwargs
+        if self.error is not None:
+            raise self.error
+
+
+@pytest.fixture
+def fake_gradio(monkeypatch):
+    import types
+
+    import clip2point_apps.web
+
+    monkeypatch.setitem(sys.modules, "gradio", types.ModuleType("gradio"))
+    demo = _FakeDemo()
+    monkeypatch.setattr(clip2point_apps.web, "build_demo", lambda **kwargs: demo)
+    return demo
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_serve_launches_quietly_on_its_port_and_says_where(fake_gradio, capsys):
+    """No public link is made, so Gradio's hint to make one (`share=True`) is not printed: the page is launched
+    quiet, with share off, and the command prints where the page is."""
+    port = _free_port()
+    code, err = run_cli(capsys, "serve", "--port", port)
+    assert code == 0, err
+    assert fake_gradio.launched == {
+        "server_name": "127.0.0.1",
+        "server_port": port,
+        "share": False,
+        "quiet": True,
+    }
+
+
+def test_serve_when_the_port_is_taken_at_launch_names_the_option(fake_gradio, capsys):
+    port = _free_port()
+    fake_gradio.error = OSError(
+        f"Cannot find empty port in range: {port}-{port}. You can specify a different port by setting the "
+        "GRADIO_SERVER_PORT environment variable or passing the `server_port` parameter to `launch()`."
+    )
+    code, err = run_cli(capsys, "serve", "--port", port)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"--port {port}:" in err and "GRADIO_SERVER_PORT" not in err
+
+
+# --------------------------------------------------------------------------------------------------------- up axis
+
+AXES = ["x", "-x", "y", "-y", "z", "-z"]
+
+
+@pytest.mark.parametrize("spelling", ["space", "equals"])
+@pytest.mark.parametrize("axis", AXES)
+def test_every_command_takes_every_up_axis_as_users_type_it(folders, tmp_path, axis, spelling):
+    """`--up_axis -z` (a value that starts with -, which argparse would take for an option) and `--up_axis=-z`, on
+    each subcommand and script that takes the option."""
+    from clip2point_apps.arguments import PointCloudDataArguments, parse_args
+    from clip2point_apps.cli import parse_command_line
+    from clip2point_apps.evaluation import parse_evaluation_arguments
+
+    option = ["--up_axis", axis] if spelling == "space" else [f"--up_axis={axis}"]
+    commands = {
+        "classify": ["classify", "x.ply", *option],
+        "render": ["render", "x.ply", *option],
+        "embed": ["embed", "shapes", "--model", "m", "-o", "i", *option],
+        "search": ["search", "chair", "--index", "i", *option],
+    }
+    for name, argv in commands.items():
+        args, unrecognized = parse_command_line(argv)
+        assert (args.up_axis, unrecognized) == (axis, []), name
+    args, unrecognized = parse_command_line(["evaluate", "--dataset", "d", *option])
+    assert parse_evaluation_arguments(unrecognized)[0].up_axis == axis  # `clip2point evaluate`, zero_shot.py
+    assert parse_args((PointCloudDataArguments,), ["--dataset", "d", *option])[0].up_axis == axis
+    finetune = _example_module("finetune_gdpa")
+    assert parse_args((finetune.FinetuneDataArguments,), ["--dataset", "d", *option])[0].up_axis == axis
+
+
+def _example_module(name: str):
+    """An example script as a module (its `main` is not run), to parse with its own dataclasses."""
+    import importlib.util
+
+    module_name = f"example_{name}"
+    if module_name not in sys.modules:
+        path = Path(__file__).parents[1] / "examples" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        sys.modules[module_name] = importlib.util.module_from_spec(spec)  # dataclasses look their module up
+        spec.loader.exec_module(sys.modules[module_name])
+    return sys.modules[module_name]
+
+
+@pytest.mark.parametrize("axis", AXES)
+def test_classify_uses_and_states_a_negated_axis_given_with_a_space(folders, capsys, axis):
+    from clip2point_apps.cli import main
+
+    capsys.readouterr()
+    assert main(["classify", str(folders["cloud"]), "--labels", "a,b", "--model", str(folders["good"]),
+                 "--up_axis", axis]) == 0  # fmt: skip
+    assert f"up axis: {axis} (--up_axis)" in capsys.readouterr().out
+
+
+def test_a_value_that_is_not_an_axis_is_still_an_option(capsys):
+    """Only the six axes are joined to --up_axis: `--up_axis -k 3` (a forgotten value) stays argparse's error."""
+    from clip2point_apps.console import join_negated_axes
+
+    assert join_negated_axes(["search", "q", "--up_axis", "-k", "3"]) == [
+        "search",
+        "q",
+        "--up_axis",
+        "-k",
+        "3",
+    ]
+    code, err = run_cli(capsys, "search", "q", "--index", "i", "--up_axis", "-k", "3")
+    assert code == 2 and "--up_axis" in err
+
+
+def test_the_console_knows_the_negated_axes_of_the_library():
+    from clip2point_apps.console import NEGATED_AXES
+    from clip2point_hf.points_clip2point import UP_AXES
+
+    assert set(NEGATED_AXES) == {axis for axis in UP_AXES if axis.startswith("-")}
+
+
+# --------------------------------------------------------------------------------------------------------- scripts
+
+
+def test_a_scripts_unknown_tracker_is_one_line_with_its_name_and_exit_2(tmp_path, capsys, monkeypatch):
+    """`--report_to foo`, checked with the other arguments before anything is written."""
+    from clip2point_apps.arguments import parse_args
+
+    monkeypatch.delenv("CLIP2POINT_DEBUG", raising=False)
+
+    def main(argv):
+        (args,) = parse_args((TrainingRunArguments,), argv)
+        args.validate()
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_script(main, ["--output_dir", str(tmp_path / "o"), "--report_to", "foo"], prog="finetune_gdpa.py")
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("finetune_gdpa.py: error: --report_to: unknown tracker 'foo'")
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_evaluation_checks_report_to_before_writing(tmp_path):
+    from clip2point_apps.arguments import BackboneArguments
+    from clip2point_apps.evaluation import ZeroShotArguments, run_evaluation
+
+    args = ZeroShotArguments(dataset=str(tmp_path / "d"), output_dir=str(tmp_path / "out"), report_to="foo")
+    with pytest.raises(ValueError) as error:
+        run_evaluation(args, BackboneArguments(clip_config="tiny"))
+    assert_one_line(error.value, "--report_to", "'foo'")
+    assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------------------------------------- help
+
+
+def _help_texts() -> dict[str, str]:
+    """The --help of every subcommand and script, with argparse's line breaks undone."""
+    from transformers import HfArgumentParser
+
+    from clip2point_apps.arguments import BackboneArguments
+    from clip2point_apps.cli import build_parser
+    from clip2point_apps.evaluation import ZeroShotArguments
+
+    (commands,) = [a for a in build_parser()._subparsers._group_actions if a.dest == "command"]
+    texts = {f"clip2point {name}": parser.format_help() for name, parser in commands.choices.items()}
+    texts["zero_shot.py"] = HfArgumentParser([ZeroShotArguments, BackboneArguments]).format_help()
+    finetune = _example_module("finetune_gdpa")
+    texts["finetune_gdpa.py"] = HfArgumentParser(
+        [
+            BackboneArguments,
+            finetune.FinetuneDataArguments,
+            finetune.GDPAArguments,
+            finetune.FinetuneRunArguments,
+        ]
+    ).format_help()
+    return {name: " ".join(text.split()) for name, text in texts.items()}
+
+
+def test_help_points_to_readme_sections_that_exist():
+    """A help text cites the README as `README, 'Section'` (a heading of README.md) or refers to it whole."""
+    import re
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    headings = {line.lstrip("#").strip() for line in readme.splitlines() if line.startswith("#")}
+    cited, loose = set(), []
+    for name, text in _help_texts().items():
+        for match in re.finditer(r"README", text):
+            section = re.match(r"README, '([^']+)'", text[match.start() :])
+            if section:
+                cited.add(section.group(1))
+            elif not text[match.start() :].startswith("README)"):
+                loose.append(f"{name}: ...{text[max(0, match.start() - 40) : match.start() + 40]}...")
+    assert {"Up axis", "File types", "Zero-shot protocol"} <= cited
+    assert cited <= headings, cited - headings
+    assert loose == []

@@ -277,8 +277,12 @@ def test_wrong_shapes_and_unreadable_files_name_the_file(openai_state, tmp_path)
     point["point_model.proj"] = torch.zeros(VISION_WIDTH, EMBED + 1)
     with pytest.raises(CheckpointConversionError, match="do not fit") as error:
         convert_pretraining_checkpoint({**point, "weights": torch.tensor(1.0)}, clip)
-    # each misfit key with both shapes, on one line (not torch's multi-line "Error(s) in loading state_dict")
-    assert f"checkpoint ({EMBED + 1}, {VISION_WIDTH}) vs model ({EMBED}, {VISION_WIDTH})" in str(error.value)
+    # each misfit named by its key on both sides, with both shapes, on one line (not torch's multi-line "Error(s)
+    # in loading state_dict")
+    assert (
+        f"the checkpoint's point_model.proj (transposed) is ({EMBED + 1}, {VISION_WIDTH}), "
+        f"the model's depth_projection.weight is ({EMBED}, {VISION_WIDTH})"
+    ) in str(error.value)
     assert "\n" not in str(error.value)
 
     truncated = tmp_path / "truncated.pth"

@@ -65,3 +65,38 @@ def test_default_protocol_keeps_the_package_defaults():
         "scanobjectnn_variant": "PB_T50_RS",
         "up_axis": None,  # the loader's metadata decides
     }
+
+
+def _write_box_off(path, size) -> None:
+    """A box as an OFF mesh (ModelNet's file type)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    corners = [(x, y, z) for x in (0, size[0]) for y in (0, size[1]) for z in (0, size[2])]
+    faces = [(0, 1, 3), (0, 3, 2), (4, 6, 7), (4, 7, 5), (0, 4, 5), (0, 5, 1), (2, 3, 7), (2, 7, 6), (0, 2, 6),
+             (0, 6, 4), (1, 5, 7), (1, 7, 3)]  # fmt: skip
+    path.write_text(
+        f"OFF\n8 {len(faces)} 0\n"
+        + "".join(f"{x} {y} {z}\n" for x, y, z in corners)
+        + "".join(f"3 {a} {b} {c}\n" for a, b, c in faces)
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        ([], "up axis: z (the ModelNet (2 classes) loader's default; --up_axis to change)"),
+        (
+            ["--protocol", "reference"],
+            "up axis: z (the reference protocol's for ModelNet (2 classes); --up_axis to change)",
+        ),
+        (["--protocol", "reference", "--up_axis", "-y"], "up axis: -y (--up_axis)"),
+    ],
+)
+def test_the_evaluation_says_where_its_up_axis_came_from(tiny_model_dir, tmp_path, capsys, argv, line):
+    """`--protocol reference` sets ModelNet's axis itself: the line says so, not `(--up_axis)`."""
+    from clip2point_apps.cli import main
+
+    for name, size in (("tall", (1, 1, 3)), ("flat", (3, 3, 1))):
+        _write_box_off(tmp_path / "ModelNet40" / name / "test" / f"{name}_0001.off", size)
+    args = ["evaluate", "--dataset", str(tmp_path / "ModelNet40"), "--model", str(tiny_model_dir)]
+    assert main([*args, "--output_dir", str(tmp_path / "out"), "--num_points", "128", *argv]) == 0
+    assert line in capsys.readouterr().out.splitlines()

@@ -158,3 +158,16 @@ def test_result_files_that_do_not_say_what_was_scored_are_refused(tmp_path):
     (tmp_path / "old.json").write_text(json.dumps(r))
     with pytest.raises(HubFolderError, match=r"old\.json: result has no 'num_examples'"):
         read_results([tmp_path / "old.json"])
+
+
+@pytest.mark.parametrize(
+    ("kind", "task_type"), [("zero-shot", "zero-shot-classification"), ("fine-tuned", "image-classification")]
+)
+def test_each_result_is_published_under_the_task_that_ran(tiny, tmp_path, kind, task_type):
+    """`eval_results.json` of a fine-tuned classifier is not a zero-shot result: the model index says which ran."""
+    model, processor = tiny
+    path = tmp_path / ("zero_shot_results.json" if kind == "zero-shot" else "eval_results.json")
+    path.write_text(json.dumps(result("ModelNet40", "test", spread(2468, 40), classifier=kind)))
+    text = str(build_model_card(model, processor, read_results([path])))
+    tasks = {entry["task"]["type"] for entry in model_index(text)}
+    assert tasks == {task_type}

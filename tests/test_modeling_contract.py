@@ -8,7 +8,6 @@ checkpointing, `torch.compile`, `torch.export`). Every check also runs on transf
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import re
 
@@ -16,7 +15,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from transformers import CLIPModel, PreTrainedModel, set_seed
+from torch.overrides import TorchFunctionMode
+from transformers import CLIPModel
 from transformers.dynamic_module_utils import get_class_from_dynamic_module
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
@@ -41,21 +41,22 @@ CLIP2POINT_CLASSES = {
 }
 
 
-@contextlib.contextmanager
-def seeded_weight_init(seed: int = 0):
-    """Re-seed before initialising each module, so a module's initial values depend only on how it is
-    initialised: a model loaded with missing weights can then be compared exactly with one built directly."""
-    original = PreTrainedModel._initialize_weights
+class seeded_weight_init(TorchFunctionMode):
+    """Re-seed before every random fill (`Tensor.normal_`, `uniform_`, ... through torch's public function
+    override mode), so that a tensor's initial values depend only on the rule that draws them (its shape and
+    distribution), not on how many draws came before: a model loaded with missing weights, which initialises
+    only those, can then be compared exactly with one built directly."""
 
-    def seeded(*args, **kwargs):
-        set_seed(seed)
-        original(*args, **kwargs)
+    RANDOM_FILLS = frozenset({"normal_", "uniform_", "bernoulli_", "exponential_", "random_", "cauchy_"})
 
-    PreTrainedModel._initialize_weights = seeded
-    try:
-        yield
-    finally:
-        PreTrainedModel._initialize_weights = original
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        self.seed = seed
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", None) in self.RANDOM_FILLS:
+            torch.manual_seed(self.seed)
+        return func(*args, **(kwargs or {}))
 
 
 def build(case: str, attn_implementation: str = "sdpa", **config_kwargs):

@@ -178,8 +178,8 @@ def test_cli_classify_and_render(tiny_model_dir, tmp_path, capsys):
     assert image.size[0] > 5 * 224 and np.asarray(image).min() < 100  # 5 columns of views, dark points
 
     assert_user_error(
-        run_cli("classify", files["c.npy"], "--labels", ",", "--model", tiny_model_dir), "candidate_labels"
-    )
+        run_cli("classify", files["c.npy"], "--labels", ",", "--model", tiny_model_dir), "--labels"
+    )  # the option typed, not the pipeline's keyword
     assert_user_error(
         run_cli("classify", files["c.npy"], "--labels", "a,a", "--model", tiny_model_dir), "duplicates"
     )

@@ -147,7 +147,8 @@ def run_cli(args: list, env: dict, check: bool = True, timeout: float = 300) -> 
 
 def assert_cli_scores_the_fine_tuned_run(run: Path, dataset: Path, test_file: Path, env: dict) -> None:
     """`clip2point classify` answers with the run's classes (no --labels needed); `clip2point evaluate` gives the
-    run's own test accuracy and confusion matrix, in the zero-shot result format the model card reads."""
+    run's own test accuracy and confusion matrix, in `eval_results.json` (the result format the model card reads),
+    named for what ran: no "zero-shot" file, bar or card task."""
     from clip2point_apps.hub import read_results
     from clip2point_hf.prompts import prompt_names
 
@@ -168,8 +169,13 @@ def assert_cli_scores_the_fine_tuned_run(run: Path, dataset: Path, test_file: Pa
     assert bad.returncode == 2 and "no-such-class" in bad.stderr and "Traceback" not in bad.stderr
 
     out = run / "evaluate"
-    run_cli(["evaluate", "--dataset", dataset, "--model", run, "--output_dir", out], env)
-    summary = json.loads((out / "zero_shot_results.json").read_text())
+    evaluated = run_cli(["evaluate", "--dataset", dataset, "--model", run, "--output_dir", out], env)
+    assert f"results: {out / 'eval_results.json'}" in evaluated.stdout
+    assert (
+        "zero-shot" not in evaluated.stdout + evaluated.stderr
+        and not (out / "zero_shot_results.json").exists()
+    )
+    summary = json.loads((out / "eval_results.json").read_text())
     results = json.loads((run / "all_results.json").read_text())
     test = json.loads((run / "test_results.json").read_text())
     assert summary["classifier"] == "fine-tuned" and summary["class_names"] == classes
@@ -177,7 +183,7 @@ def assert_cli_scores_the_fine_tuned_run(run: Path, dataset: Path, test_file: Pa
     assert summary["overall_accuracy"] == pytest.approx(results["test_accuracy"], abs=1e-12)
     assert summary["confusion_matrix"] == test["confusion_matrix"]
     assert (out / "confusion_matrix.png").stat().st_size > 0
-    (card,) = read_results([out / "zero_shot_results.json"])
+    (card,) = read_results([out / "eval_results.json"])
     assert card["overall_accuracy"] == summary["overall_accuracy"]
 
 
@@ -614,6 +620,20 @@ def test_push_to_hub_offline_fails_clearly_after_saving(meshes, workdir, env):
     assert (out / "model.safetensors").is_file() and (out / "processor_config.json").is_file()
 
 
+def test_a_run_refused_before_training_leaves_the_output_folder_for_the_corrected_rerun(meshes, workdir, env):
+    """A backbone that cannot be loaded (offline, not cached) is found before anything is written: the corrected
+    command then runs into the same --output_dir without --overwrite_output_dir."""
+    out = workdir / "rerun"
+    common = ["--dataset", meshes, "--output_dir", out, *FINETUNE[2:], "--per_device_train_batch_size", "4"]
+    refused = run_script("finetune_gdpa.py", ["--clip", "someone/uncached", *common], env, check=False)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-2000:]
+    (line,) = refused.stderr.strip().splitlines()
+    assert line.startswith("finetune_gdpa.py: error: ") and "someone/uncached" in line and "offline" in line
+    assert not out.exists()
+    run_script("finetune_gdpa.py", [*FINETUNE[:2], *common, "--max_train_steps", "1"], env)
+    assert (out / "data_splits.json").is_file() and (out / "model.safetensors").is_file()
+
+
 def test_resume_latest_without_checkpoint_starts_fresh(meshes, workdir, env):
     out = workdir / "fresh"
     result = run_script(
@@ -771,7 +791,7 @@ def test_trackers_are_optional():
 
     assert resolve_trackers("none") is None
     if importlib.util.find_spec("tensorboard") is None:
-        with pytest.raises(ImportError, match="pip install tensorboard"):
+        with pytest.raises(ValueError, match="pip install tensorboard"):
             resolve_trackers("tensorboard")
     else:
         assert resolve_trackers("tensorboard") == ["tensorboard"]

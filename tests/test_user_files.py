@@ -105,7 +105,9 @@ def test_render_up_axis_z_stands_a_modelnet_style_box_upright(tmp_path, capsys):
         assert result.returncode == 0, result.stderr
         assert f"up axis {axis}" in result.stdout
         sheet = np.asarray(Image.open(out))
-        front = sheet[4 + 14 : 4 + 14 + 224, 4 : 4 + 224]  # the first cell: the front view (pad 4, title 14)
+        front = sheet[
+            16 + 4 + 14 : 16 + 4 + 14 + 224, 4 : 4 + 224
+        ]  # the front view (title 16, pad 4, label 14)
         extents[axis] = dark_extent(front)
     rows, cols = extents["z"]
     assert rows > 4 * cols  # upright: tall along the picture's vertical axis

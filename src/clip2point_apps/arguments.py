@@ -13,7 +13,7 @@ from typing import get_args, get_type_hints
 from clip2point_hf.data.formats import DATASET_FORMATS
 from clip2point_hf.points_clip2point import UP_AXES
 
-from .console import unrecognized_options_message
+from .console import join_negated_axes, unrecognized_options_message
 
 __all__ = [
     "RUN_ARGS_FILE",
@@ -84,8 +84,8 @@ class PointCloudDataArguments:
     up_axis: OptionalStr = field(
         default=None,
         metadata={
-            "help": "Up axis of the files (default: the loader's: z for ModelNet OFF, y for the rest; see the "
-            "README's table of conventions).",
+            "help": "Up axis of the files (default: the loader's: z for ModelNet OFF, y for the rest; README, "
+            "'Up axis').",
             "choices": list(UP_AXES),
         },
     )
@@ -175,7 +175,7 @@ def parse_args(types: Sequence[type], argv: Sequence[str] | None = None, *, prog
         parser.set_defaults(**values)
         argv = argv[1:]
     *parsed, unused = parser.parse_args_into_dataclasses(
-        args=argv, look_for_args_file=False, return_remaining_strings=True
+        args=join_negated_axes(argv), look_for_args_file=False, return_remaining_strings=True
     )
     if unused:
         # HfArgumentParser's options: --<field>, and --no_<field> for a flag that defaults to True

@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import os
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from .console import configure_console, unrecognized_options_message
+from .console import configure_console, join_negated_axes, unrecognized_options_message
 
 
 class CommandError(Exception):
@@ -104,6 +106,32 @@ def check_serve(args: argparse.Namespace) -> None:
     check_model_spec(args.model)
     if args.index is not None and not Path(args.index).exists():
         raise CommandError(f"--index: {args.index}: not found")
+    check_port_free(args.host, args.port)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """``--host``/``--port`` can be listened on (bound, then closed at once): a port in use, a privileged port
+    or a host that is not this machine's is one line naming the option, before the model loads."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.create_server((host, port), family=family):
+            pass
+    except socket.gaierror:
+        raise CommandError(f"--host {host}: not a host name or address this machine can resolve") from None
+    except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            raise CommandError(port_in_use_message(host, port)) from None
+        if error.errno == errno.EACCES:
+            raise CommandError(
+                f"--port {port}: this user may not listen on ports below 1024; choose --port 1024 or above"
+            ) from None
+        if error.errno == errno.EADDRNOTAVAIL:
+            raise CommandError(f"--host {host}: not an address of this machine") from None
+        raise CommandError(f"--port {port}: cannot listen on {host}:{port} ({error.strerror})") from None
+
+
+def port_in_use_message(host: str, port: int) -> str:
+    return f"--port {port}: {host}:{port} is in use by another program; choose another --port"
 
 
 def check_embed(args: argparse.Namespace) -> None:
@@ -133,26 +161,64 @@ def no_check(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------------------------------------- helpers
 
 
-def _labels(text: str) -> list[str]:
+def _labels(labels: str | Sequence[str], option: str) -> list[str]:
+    """Labels, comma-separated or listed; a blank or repeated one is an error naming ``option``."""
     from clip2point_hf.pipeline_clip2point import parse_candidate_labels
 
-    return list(parse_candidate_labels(text))
+    try:
+        return list(parse_candidate_labels(labels, name=option))
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an int >= 1 (the error names the option)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an int >= 1, got {text!r}")
+    return value
+
+
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 1 to 65535 (the error names the option)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535, got {text!r}")
+    return value
 
 
 def _views(text: str):
-    """`10`, `6`, a preset name, or `elev,azim[,dist];...`."""
+    """`10`, `6`, a preset name, or `elev,azim[,dist];...`, checked by the renderer's rules (errors name
+    ``--views``)."""
+    from clip2point_hf.errors import first_line
+    from clip2point_hf.rendering_clip2point import resolve_views
+
     aliases = {"10": "reference10", "6": "reference6"}
     if text in aliases or not any(c in text for c in ",;"):
-        return aliases.get(text, text)
+        views = aliases.get(text, text)
+    else:
+        try:
+            views = [[float(x) for x in view.split(",")] for view in text.split(";") if view.strip()]
+        except ValueError as error:
+            raise CommandError(
+                f"--views: cannot parse {text!r} as 'elev,azim[,dist];...' ({error})"
+            ) from None
     try:
-        return [[float(x) for x in view.split(",")] for view in text.split(";") if view.strip()]
+        resolve_views(views)
     except ValueError as error:
-        raise CommandError(f"--views: cannot parse {text!r} as 'elev,azim[,dist];...' ({error})") from None
+        raise CommandError(f"--views {text}: {first_line(error)}") from None
+    return views
 
 
 def _load_pipeline(model: str | None, device: str | None):
-    """The pipeline on ``--model``, or without it on the best weights reachable (`clip2point_apps.weights`); one
-    line on stderr names the weights used."""
+    """The pipeline on ``--model``, or without it on the best weights reachable (`clip2point_apps.weights`); once it
+    is built, one line on stderr names the weights used (a folder that cannot be used is the error's one line)."""
     from clip2point_hf.errors import ModelLoadError, first_line
 
     from .weights import build_classifier, resolve_weights
@@ -162,11 +228,14 @@ def _load_pipeline(model: str | None, device: str | None):
         weights = resolve_weights(model)
     except ModelLoadError as error:
         raise CommandError(f"--model: {error}") from None
-    print(weights.describe(), file=sys.stderr, flush=True)
     try:
-        return build_classifier(weights, device)
+        classifier = build_classifier(weights, device)
+    except ModelLoadError as error:  # names the folder and what it lacks
+        raise CommandError(first_line(error)) from None
     except (OSError, ValueError) as error:
         raise CommandError(f"cannot load the model {weights.source!r}: {first_line(error)}") from None
+    print(weights.describe(), file=sys.stderr, flush=True)
+    return classifier
 
 
 def _check_device(device: str | None) -> None:
@@ -187,13 +256,20 @@ def _up_axis_note(up_axis: str | None, default: str, source: str) -> str:
     )
 
 
+def _note(text: str, args: argparse.Namespace) -> None:
+    """A line about how the answer was made: on stdout, or on stderr where stdout is JSON."""
+    print(text, file=sys.stderr if args.json else sys.stdout)
+
+
 # --------------------------------------------------------------------------------------------------------- commands
 
 
 def cmd_classify(args: argparse.Namespace) -> None:
     from clip2point_hf.pipeline_clip2point import CLASSIFICATION_TASK
 
-    labels = _labels(args.labels) if args.labels is not None else None
+    labels = _labels(args.labels, "--labels") if args.labels is not None else None
+    if args.template is not None and "{}" not in args.template:
+        raise CommandError(f"--template must contain '{{}}' where the label goes, got {args.template!r}")
     classifier = _load_pipeline(args.model, args.device)
     if classifier.task == CLASSIFICATION_TASK:
         # A fine-tuned model answers with its own classes; --labels keeps some of them.
@@ -204,6 +280,12 @@ def cmd_classify(args: argparse.Namespace) -> None:
         if args.template:
             raise CommandError("--template applies to zero-shot models; this one is a fine-tuned classifier")
         kwargs = {"top_k": len(known), "batch_size": args.batch_size}
+        if labels is not None:
+            _note(
+                f"scores: probabilities over all {len(known)} classes of the model; only the --labels ones are "
+                "shown",
+                args,
+            )
     else:
         if labels is None:
             raise CommandError(
@@ -214,8 +296,7 @@ def cmd_classify(args: argparse.Namespace) -> None:
             kwargs["hypothesis_template"] = args.template
     if args.up_axis:
         kwargs["up_axis"] = args.up_axis
-    note = _up_axis_note(args.up_axis, classifier.front_end.up_axis, "the model's processor")
-    print(note, file=sys.stderr if args.json else sys.stdout)
+    _note(_up_axis_note(args.up_axis, classifier.front_end.up_axis, "the model's processor"), args)
     results = classifier(list(args.files), **kwargs)
     if labels is not None:
         results = [[r for r in ranked if r["label"] in labels] for ranked in results]
@@ -233,11 +314,13 @@ def cmd_render(args: argparse.Namespace) -> None:
 
     from .visualization import save_views_image
 
+    views = _views(args.views)
     points = read_point_cloud(args.file, seed=args.seed)
     front_end = CLIP2PointFeatureExtractor(
-        num_points=args.num_points, up_axis=args.up_axis, views=_views(args.views), depth_mode=args.depth_mode
+        num_points=args.num_points, up_axis=args.up_axis, views=views, depth_mode=args.depth_mode
     )
-    save_views_image(front_end, points, args.output)
+    title = f"{Path(args.file).name}: {front_end.num_views} views ({args.views}), up axis {args.up_axis}"
+    save_views_image(front_end, points, args.output, title=title)
     print(f"wrote {args.output} ({front_end.num_views} views of {args.file}; up axis {args.up_axis})")
 
 
@@ -256,6 +339,19 @@ def cmd_convert(args: argparse.Namespace) -> None:
         print(f"{args.checkpoint}: {layout} layout (detected from its keys)")
     else:
         print(f"{args.checkpoint}: {layout} layout (forced by --layout)")
+    class_names = None
+    if layout == "dpa":
+        class_names = _class_names(DPA_ASSUMED_CLASSES if args.class_names is None else args.class_names)
+        if args.class_names is None:
+            print(
+                f"class names: {DPA_ASSUMED_CLASSES} ({len(class_names)}), assumed: a DPA checkpoint does not "
+                "record its classes, and the authors' few-shot script trains on ModelNet40; --class_names to change"
+            )
+    elif args.class_names is not None:
+        raise CommandError(
+            f"--class_names applies to a DPA checkpoint; this one has the {layout} layout (a zero-shot model "
+            "takes its labels when it classifies)"
+        )
     tokenizer = _tokenizer(args.tokenizer)
     if layout != "clip" and not args.clip:
         raise CommandError(f"--clip is required to convert a {layout} checkpoint (its text tower is CLIP's)")
@@ -265,7 +361,7 @@ def cmd_convert(args: argparse.Namespace) -> None:
         state,
         layout=layout,
         clip=None if layout == "clip" else load_clip(args.clip),
-        class_names=_class_names(args.class_names) if layout == "dpa" else None,
+        class_names=class_names,
         tokenizer=tokenizer,
         source_file=args.checkpoint,
     )
@@ -290,6 +386,10 @@ def _tokenizer(spec: str | None):
         raise CommandError(f"--tokenizer: cannot load {spec!r}: {first_line(error)}") from None
 
 
+#: The class list `convert` assumes for a DPA checkpoint without --class_names (the authors' few-shot dataset).
+DPA_ASSUMED_CLASSES = "modelnet40"
+
+
 def _class_names(spec: str) -> list[str]:
     from clip2point_hf.data.names import MODELNET10_CLASSES, MODELNET40_CLASSES, SCANOBJECTNN_CLASSES
     from clip2point_hf.prompts import prompt_names
@@ -302,8 +402,9 @@ def _class_names(spec: str) -> list[str]:
     if spec.lower() in known:
         return prompt_names(known[spec.lower()])
     if Path(spec).is_file():
-        return [line.strip() for line in Path(spec).read_text().splitlines() if line.strip()]
-    return _labels(spec)
+        names = [line.strip() for line in Path(spec).read_text().splitlines() if line.strip()]
+        return _labels(names, f"--class_names {spec}")
+    return _labels(spec, "--class_names")
 
 
 def cmd_push(args: argparse.Namespace) -> None:
@@ -324,13 +425,13 @@ def cmd_push(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     """The evaluation script itself: its options are parsed by its own parser (one declaration of each)."""
-    from .evaluation import parse_evaluation_arguments, run_evaluation
+    from .evaluation import parse_evaluation_arguments, results_file_name, run_evaluation
 
     options, backbone = parse_evaluation_arguments(args.evaluation_options, prog="clip2point evaluate")
     configure_console(verbose=options.verbose)
-    run_evaluation(options, backbone)
+    summary = run_evaluation(options, backbone)
     output_dir = Path(options.output_dir)
-    print(f"results: {output_dir / 'zero_shot_results.json'}, {output_dir / 'confusion_matrix.png'}")
+    print(f"results: {output_dir / results_file_name(summary)}, {output_dir / 'confusion_matrix.png'}")
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -341,7 +442,15 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from .web import build_demo
 
     demo = build_demo(model=args.model, index=args.index, device=args.device)
-    demo.launch(server_name=args.host, server_port=args.port)
+    shown_host = "localhost" if args.host in ("0.0.0.0", "::") else args.host
+    print(f"serving the page at http://{shown_host}:{args.port} (Ctrl+C to stop)", flush=True)
+    try:
+        # quiet: Gradio's own banner would advise share=True (a public link), which this command never makes
+        demo.launch(server_name=args.host, server_port=args.port, share=False, quiet=True)
+    except OSError as error:  # the port was taken between the check and the launch (Gradio's advice to set
+        if "port" not in str(error).lower():  # GRADIO_SERVER_PORT does not apply: --port overrides it)
+            raise
+        raise CommandError(port_in_use_message(args.host, args.port)) from None
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
@@ -480,8 +589,8 @@ def build_parser() -> CommandParser:
     p.add_argument("--up_axis", metavar="AXIS", help=UP_AXIS_HELP + "; default: the model's processor's")
     p.add_argument("--template", help="prompt template with {} (default: the model's)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--batch_size", type=int, default=16)
-    p.add_argument("--top_k", type=int, default=3)
+    p.add_argument("--batch_size", type=positive_int, default=16)
+    p.add_argument("--top_k", type=positive_int, default=3, help="how many labels to show per file")
     p.add_argument("--json", action="store_true", help="print all scores as JSON")
 
     p = add_command(
@@ -491,7 +600,7 @@ def build_parser() -> CommandParser:
     p.add_argument("-o", "--output", default="views.png")
     p.add_argument("--views", default="10", help="10, 6, upper10 or 'elev,azim[,dist];...'")
     p.add_argument("--up_axis", metavar="AXIS", default="y", help=UP_AXIS_HELP + "; default: y")
-    p.add_argument("--num_points", type=int, default=1024)
+    p.add_argument("--num_points", type=positive_int, default=1024)
     p.add_argument("--depth_mode", choices=("parity", "minmax"), default="parity")
     p.add_argument("--seed", type=int, default=0)
 
@@ -522,14 +631,25 @@ def build_parser() -> CommandParser:
     )
     p.add_argument("--clip", help="CLIP for the text tower: Hub id, folder or OpenAI .pt")
     p.add_argument("--tokenizer", help="CLIP tokenizer folder or Hub id (saved with the model)")
-    p.add_argument("--class_names", default="modelnet40", help="DPA classes: modelnet40, a file, or a,b,c")
+    p.add_argument(
+        "--class_names",
+        default=None,
+        help="a DPA checkpoint's classes, which it does not record: modelnet40, modelnet10, scanobjectnn, a file "
+        f"(one name a line) or a,b,c. Default: {DPA_ASSUMED_CLASSES}, the authors' few-shot dataset (printed when "
+        "assumed)",
+    )
 
     p = add_command(
         commands, "push", cmd_push, no_check, help="export, verify and upload a model folder to the Hub"
     )
     p.add_argument("model_dir")
     p.add_argument("--repo", required=True, help="Hub repo id, org/name")
-    p.add_argument("--results", nargs="*", default=[], help="zero-shot result JSON files for the card")
+    p.add_argument(
+        "--results",
+        nargs="*",
+        default=[],
+        help="result files of `clip2point evaluate` for the card (zero_shot_results.json, eval_results.json)",
+    )
     p.add_argument("--output", help="where to write the upload folder (default: MODEL_DIR/hub_export)")
     p.add_argument("--base_model", help="the CLIP it was initialised from, for the card")
     p.add_argument("--private", action="store_true")
@@ -547,7 +667,7 @@ def build_parser() -> CommandParser:
     )
     p.add_argument("--index", help="a shape index from `clip2point embed` (adds a search tab)")
     p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
-    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--port", type=port_number, default=7860)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ...")
 
     p = add_command(
@@ -621,8 +741,14 @@ def build_parser() -> CommandParser:
     return parser
 
 
+def parse_command_line(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    """The command's arguments and what its parser does not know (the evaluation's options). A negated up axis
+    may follow its option as users type it: ``--up_axis -z``."""
+    return build_parser().parse_known_args(join_negated_axes(argv))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args, unrecognized = build_parser().parse_known_args(argv)
+    args, unrecognized = parse_command_line(sys.argv[1:] if argv is None else argv)
     if args.command == "evaluate":
         args.evaluation_options = unrecognized  # the evaluation's parser reads them
     elif unrecognized:

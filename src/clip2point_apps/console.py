@@ -12,7 +12,13 @@ import difflib
 import warnings
 from collections.abc import Iterable, Sequence
 
-__all__ = ["configure_console", "unrecognized_options_message"]
+__all__ = ["NEGATED_AXES", "configure_console", "join_negated_axes", "unrecognized_options_message"]
+
+#: The up axes that start with ``-`` (``clip2point_hf.points_clip2point.UP_AXES`` holds all six; this module may not
+#: import the library, which loads torch).
+NEGATED_AXES = ("-x", "-y", "-z")
+#: The options that take an up axis, in both spellings.
+UP_AXIS_OPTIONS = ("--up_axis", "--up-axis")
 
 
 def configure_console(*, verbose: bool) -> None:
@@ -51,3 +57,19 @@ def unrecognized_options_message(arguments: Sequence[str], known_options: Iterab
         close = difflib.get_close_matches(spelled, known, n=1)
         described.append(f"{option} (did you mean {close[0]}?)" if close else option)
     return f"unrecognized option{'s' if len(unknown) > 1 else ''} {', '.join(described)}"
+
+
+def join_negated_axes(arguments: Sequence[str]) -> list[str]:
+    """``--up_axis -z`` as ``--up_axis=-z``: argparse takes a value that starts with ``-`` for an option (and then
+    says ``--up_axis`` expects one argument), so without this only the ``=`` spelling of a negated axis works."""
+    joined: list[str] = []
+    arguments = list(arguments)
+    i = 0
+    while i < len(arguments):
+        if arguments[i] in UP_AXIS_OPTIONS and i + 1 < len(arguments) and arguments[i + 1] in NEGATED_AXES:
+            joined.append(f"{arguments[i]}={arguments[i + 1]}")
+            i += 2
+        else:
+            joined.append(arguments[i])
+            i += 1
+    return joined

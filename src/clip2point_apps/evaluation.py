@@ -8,8 +8,8 @@ reference's rule. The model's CLIP-scaled ``logits_per_point_cloud`` (that sum o
 CLIP's logit scale) rank the classes identically; they are what is computed here.
 Prompts: the reference's ``"image of a {}"`` or an ensemble (``--prompts ensemble``), or your own templates.
 
-Outputs in ``--output_dir``: ``zero_shot_results.json`` (overall, mean-class and per-class accuracy, the confusion
-matrix), ``confusion_matrix.png`` and ``predictions.csv``. Metrics come from the package's ``evaluate`` module,
+Outputs in ``--output_dir``: ``zero_shot_results.json`` (``eval_results.json`` for a fine-tuned classifier: overall,
+mean-class and per-class accuracy, the confusion matrix), ``confusion_matrix.png`` and ``predictions.csv``. Metrics come from the package's ``evaluate`` module,
 loaded by path (offline). ``--save_model`` also saves the model and processor there (``--push_to_hub`` uploads
 the folder, after saving it).
 
@@ -73,6 +73,14 @@ DEFAULT_PROTOCOL: dict[str, Any] = {
     "scanobjectnn_variant": "PB_T50_RS",
 }
 PROTOCOLS = {"default": DEFAULT_PROTOCOL, "reference": REFERENCE_PROTOCOL}
+#: The results file of each kind of evaluation (`RESULTS_FILES[summary["classifier"]]`), which the model card reads.
+RESULTS_FILES = {"zero-shot": "zero_shot_results.json", "fine-tuned": "eval_results.json"}
+
+
+def results_file_name(summary: dict) -> str:
+    """Where `run_evaluation` wrote ``summary``: ``zero_shot_results.json``, or ``eval_results.json`` for a
+    fine-tuned classifier."""
+    return RESULTS_FILES[summary["classifier"]]
 
 
 @dataclass
@@ -88,8 +96,8 @@ class ZeroShotArguments(PointCloudDataArguments):
         default="default",
         metadata={
             "help": "default, or reference: the authors' zero-shot protocol (6 views, 'image of a {}', their "
-            "class spellings, parity depth, 1024 points, ModelNet rotated z-up, ScanObjectNN OBJ_BG). "
-            "Flags given explicitly override it.",
+            "class spellings, parity depth, 1024 points, ModelNet rotated z-up, ScanObjectNN OBJ_BG; README, "
+            "'Zero-shot protocol'). Flags given explicitly override it.",
             "choices": list(PROTOCOLS),
         },
     )
@@ -167,7 +175,7 @@ def apply_protocol(args: ZeroShotArguments) -> dict[str, Any]:
     """Fill every setting not given explicitly from ``args.protocol`` (in place); returns the settings used.
 
     The reference protocol also sets the up axis from the dataset's format (:data:`REFERENCE_UP_AXIS`) unless
-    ``--up_axis`` is given.
+    ``--up_axis`` is given (:func:`up_axis_source` says which set it).
     """
     preset = PROTOCOLS[args.protocol]
     for name, value in preset.items():
@@ -179,6 +187,16 @@ def apply_protocol(args: ZeroShotArguments) -> dict[str, Any]:
         fmt = args.dataset_format if args.dataset_format != "auto" else detect_dataset_format(args.dataset)
         args.up_axis = REFERENCE_UP_AXIS.get(fmt)
     return {name: getattr(args, name) for name in [*preset, "up_axis"]}
+
+
+def up_axis_source(given: str | None, args: ZeroShotArguments, loader: str) -> str:
+    """Where the up axis of an evaluation comes from, for the line that states it: ``given`` is ``--up_axis`` as
+    typed (None when absent), ``args`` the arguments after :func:`apply_protocol`, ``loader`` the dataset's name."""
+    if given is not None:
+        return "--up_axis"
+    if args.up_axis is not None:
+        return f"the {args.protocol} protocol's for {loader}; --up_axis to change"
+    return f"the {loader} loader's default; --up_axis to change"
 
 
 def parse_views(spec: str | int):
@@ -288,7 +306,8 @@ def parse_evaluation_arguments(
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    """Parse ``argv`` and :func:`run_evaluation`; returns the summary written to ``zero_shot_results.json``.
+    """Parse ``argv`` and :func:`run_evaluation`; returns the summary written to its results file
+    (:func:`results_file_name`).
     It leaves the console as it finds it: the command-line entry points set it up
     (:func:`clip2point_apps.console.configure_console`)."""
     return run_evaluation(*parse_evaluation_arguments(argv))
@@ -300,32 +319,34 @@ def run_evaluation(args: ZeroShotArguments, backbone: BackboneArguments) -> dict
 
     if not args.dataset:
         raise ValueError("--dataset is required")
+    trackers = resolve_trackers(args.report_to)
     views_given = args.views is not None  # a fine-tuned classifier keeps its own views unless told
+    up_axis_given = args.up_axis
     apply_protocol(args)
     templates = resolve_templates(args.prompts)
     output_dir = Path(args.output_dir)
-    if (output_dir / "zero_shot_results.json").exists() and not args.overwrite_output_dir:
+    classifier = saved_classifier(args.model)
+    kind = "fine-tuned" if classifier else "zero-shot"
+    results_file = output_dir / RESULTS_FILES[kind]
+    if results_file.exists() and not args.overwrite_output_dir:
         raise ValueError(
-            f"--output_dir {output_dir} already holds zero_shot_results.json: choose another folder, "
+            f"--output_dir {output_dir} already holds {results_file.name}: choose another folder, "
             "or pass --overwrite_output_dir to replace it"
         )
     output_dir.mkdir(parents=True, exist_ok=True)
     kwargs = {} if args.mixed_precision is None else {"mixed_precision": args.mixed_precision}
-    accelerator = Accelerator(
-        log_with=resolve_trackers(args.report_to), project_dir=str(output_dir), **kwargs
-    )
+    accelerator = Accelerator(log_with=trackers, project_dir=str(output_dir), **kwargs)
 
     if args.seed is None:
         args.seed = run_seed(args.model)
-    classifier = saved_classifier(args.model)
     if classifier:
-        # Scored as it was trained: the processor saved with it gives the number of points, the render settings
-        # and (unless --views is given) the views.
-        from transformers import AutoProcessor
+        # Scored as it was trained: the front end saved with it gives the number of points, the render settings
+        # and (unless --views is given) the views. A classifier needs no tokenizer, so the front end is read alone.
+        from transformers import AutoFeatureExtractor
 
-        processor = AutoProcessor.from_pretrained(args.model)
-        args.num_points = point_cloud_front_end(processor).num_points
-        views = parse_views(args.views) if views_given else point_cloud_front_end(processor).views
+        processor = AutoFeatureExtractor.from_pretrained(args.model)
+        args.num_points = processor.num_points
+        views = parse_views(args.views) if views_given else processor.views
         templates = None
 
     dataset, meta, up_axis = args.load(args.seed, accelerator, [args.split])  # checked before the model loads
@@ -334,13 +355,7 @@ def run_evaluation(args: ZeroShotArguments, backbone: BackboneArguments) -> dict
     data = dataset[args.split]
     class_names = data.features["label"].names
     accelerator.print(
-        f"up axis: {up_axis} ("
-        + (
-            "--up_axis"
-            if args.up_axis
-            else f"the {meta.get('dataset', 'dataset')} loader's default; --up_axis to change"
-        )
-        + ")"
+        f"up axis: {up_axis} ({up_axis_source(up_axis_given, args, meta.get('dataset', 'dataset'))})"
     )
     prompts = prompt_names(class_names, distinct=True, naming=args.prompt_naming)
     indices = list(range(len(data)))
@@ -390,7 +405,7 @@ def run_evaluation(args: ZeroShotArguments, backbone: BackboneArguments) -> dict
         return outputs.logits_per_point_cloud.float()
 
     with torch.no_grad():
-        result = predict(accelerator, loader, logits_of, desc="zero-shot")
+        result = predict(accelerator, loader, logits_of, desc=kind)
     metrics = classification_metrics(result["predictions"], result["references"], class_names)
     summary = {
         "overall_accuracy": metrics["overall_accuracy"],
@@ -409,21 +424,22 @@ def run_evaluation(args: ZeroShotArguments, backbone: BackboneArguments) -> dict
         "protocol": args.protocol,
         "prompt_naming": args.prompt_naming,
         "depth_mode": args.depth_mode,
-        "classifier": "fine-tuned" if classifier else "zero-shot",
+        "classifier": kind,
         "model": args.model or f"random CLIP ({backbone.clip_config})",
         "up_axis": up_axis,
         "num_points": args.num_points,
         "seed": args.seed,
     }
+    prefix = "eval" if classifier else "zero_shot"
     accelerator.log(
         {
-            "zero_shot/accuracy": summary["overall_accuracy"],
-            "zero_shot/mean_class_accuracy": summary["mean_class_accuracy"],
+            f"{prefix}/accuracy": summary["overall_accuracy"],
+            f"{prefix}/mean_class_accuracy": summary["mean_class_accuracy"],
         },
         step=0,
     )
     if accelerator.is_main_process:
-        write_json(output_dir / "zero_shot_results.json", summary)
+        write_json(results_file, summary)
         names, paths = data["name"], data["path"]
         with open(output_dir / "predictions.csv", "w", newline="") as f:
             writer = csv.writer(f)
@@ -436,14 +452,14 @@ def run_evaluation(args: ZeroShotArguments, backbone: BackboneArguments) -> dict
             metrics["confusion_matrix"],
             class_names,
             output_dir / "confusion_matrix.png",
-            title=f"{'fine-tuned' if classifier else 'zero-shot'} {args.split}: OA {100 * summary['overall_accuracy']:.1f}%, "
+            title=f"{kind} {args.split}: OA {100 * summary['overall_accuracy']:.1f}%, "
             f"mAcc {100 * summary['mean_class_accuracy']:.1f}%",
         )
         if args.save_model or args.push_to_hub:
             model.save_pretrained(output_dir)
             processor.save_pretrained(output_dir)
         print(
-            f"{'fine-tuned' if classifier else 'zero-shot'} {args.split} accuracy: {100 * summary['overall_accuracy']:.2f}% "
+            f"{kind} {args.split} accuracy: {100 * summary['overall_accuracy']:.2f}% "
             f"(mean class {100 * summary['mean_class_accuracy']:.2f}%) on {summary['num_examples']} clouds"
         )
     accelerator.end_training()

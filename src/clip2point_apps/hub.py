@@ -132,7 +132,8 @@ def evaluated_dataset(result: dict, where: str = "result") -> dict:
 
 
 def read_results(paths: Sequence[str | os.PathLike]) -> list[dict]:
-    """Read zero-shot result JSON files (`zero_shot_results.json` of `clip2point_apps.evaluation`); `dataset`
+    """Read the result files of `clip2point_apps.evaluation` (`zero_shot_results.json`, or `eval_results.json` for
+    a fine-tuned classifier); `dataset`
     becomes the dataset's name, `num_views` the number of views, and `evaluated` what `evaluated_dataset`
     finds in it."""
     results = []
@@ -255,6 +256,10 @@ def build_model_card(
     eval_results, dataset_ids, rows = [], set(), []
     for result in results:
         found = evaluated_dataset(result)
+        if result.get("classifier") == "fine-tuned":  # scored over the classes it was trained on
+            task_type, task_name = "image-classification", "Point cloud classification (fine-tuned)"
+        else:
+            task_type, task_name = "zero-shot-classification", "Zero-shot point cloud classification"
         # A dataset id only for the whole split; anything less is named by what was scored.
         dataset_type = result.get("dataset_id", found["name"]) if found["complete"] else found["label"]
         if found["complete"]:
@@ -262,8 +267,8 @@ def build_model_card(
         for metric, key in (("accuracy", "overall_accuracy"), ("mean_class_accuracy", "mean_class_accuracy")):
             eval_results.append(
                 EvalResult(
-                    task_type="zero-shot-classification",
-                    task_name="Zero-shot point cloud classification",
+                    task_type=task_type,
+                    task_name=task_name,
                     dataset_type=dataset_type,
                     dataset_name=found["label"],
                     dataset_split=found["split"],

@@ -15,7 +15,8 @@ __all__ = ["JsonLogger", "resolve_trackers", "start_trackers", "write_json"]
 
 
 def resolve_trackers(report_to: str | None) -> list[str] | None:
-    """The ``log_with`` list for ``Accelerator``; a clear error when a requested tracker is not installed.
+    """The ``log_with`` list for ``Accelerator``; a ``ValueError`` naming ``--report_to`` when a tracker is unknown
+    or not installed (a user's option, so the scripts print it as one line).
 
     ``none`` -> no tracker; ``all`` -> the installed ones among tensorboard and wandb.
     """
@@ -33,7 +34,7 @@ def resolve_trackers(report_to: str | None) -> list[str] | None:
         if importlib.util.find_spec(name) is None:
             if report_to == "all":
                 continue
-            raise ImportError(
+            raise ValueError(
                 f"--report_to {name} needs the {name} package (pip install {name}); or pass --report_to none"
             )
         usable.append(name)

@@ -12,12 +12,22 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from clip2point_hf.feature_extraction_clip2point import CLIP2PointFeatureExtractor
 from clip2point_hf.rendering_clip2point import resolve_views, view_name
 
-__all__ = ["save_confusion_matrix_image", "save_views_image"]
+__all__ = ["CONFUSION_MATRIX_LEGEND", "save_confusion_matrix_image", "save_views_image"]
+
+#: The second title line of a confusion matrix picture.
+CONFUSION_MATRIX_LEGEND = "rows: true class, columns: predicted class"
+#: Height of one line of Pillow's default font, with its spacing.
+_LINE_HEIGHT = 14
+
+
+def _text_width(lines: Sequence[str], font) -> int:
+    """Pixels the widest of ``lines`` takes in ``font`` (a picture is made at least this wide, plus margins)."""
+    return int(np.ceil(max((font.getlength(line) for line in lines), default=0)))
 
 
 def _is_batch(x: Any) -> bool:
@@ -52,10 +62,12 @@ def save_views_image(
     label_h = 14 if labels else 0
     pad = 4
     top = 16 if title else 0
-    sheet = Image.new("L", (cols * (s + pad) + pad, top + rows * (s + pad + label_h) + pad), color=160)
+    font = ImageFont.load_default()
+    width = max(cols * (s + pad) + pad, _text_width([title or ""], font) + 2 * (pad + 2))  # the whole title
+    sheet = Image.new("L", (width, top + rows * (s + pad + label_h) + pad), color=160)
     draw = ImageDraw.Draw(sheet)
     if title:
-        draw.text((pad + 2, 3), title, fill=0)
+        draw.text((pad + 2, 3), title, fill=0, font=font)
     cells = (grey.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
     for idx in range(v):
         r, c = divmod(idx, cols)
@@ -72,20 +84,21 @@ def save_confusion_matrix_image(
     confusion: Sequence[Sequence[int]], class_names: Sequence[str], path: str | os.PathLike, title: str = ""
 ) -> None:
     """A PNG of the confusion matrix (rows: true class, columns: predicted), row-normalised shading, counts
-    written in the cells. Drawn with Pillow (no matplotlib needed)."""
-    from PIL import Image, ImageDraw, ImageFont
-
+    written in the cells; ``title`` and the legend above it, on two lines, the picture wide enough for both.
+    Drawn with Pillow (no matplotlib needed)."""
     cm = np.asarray(confusion, dtype=np.int64)
     k = cm.shape[0]
     font = ImageFont.load_default()
     cell = 22 if k <= 40 else 12
     label_w = 8 + 7 * max((len(n) for n in class_names), default=1)
-    top = label_w + (24 if title else 8)
-    width, height = label_w + k * cell + 10, top + k * cell + 10
+    heading = [title, CONFUSION_MATRIX_LEGEND] if title else []
+    top = label_w + (8 + _LINE_HEIGHT * len(heading) + 4 if heading else 8)
+    width = max(label_w + k * cell + 10, _text_width(heading, font) + 16)
+    height = top + k * cell + 10
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
-    if title:
-        draw.text((8, 6), f"{title}   (rows: true class, columns: predicted class)", fill="black", font=font)
+    for i, line in enumerate(heading):
+        draw.text((8, 6 + i * _LINE_HEIGHT), line, fill="black", font=font)
     rows = cm.sum(axis=1, keepdims=True)
     share = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=float), where=rows > 0)
     for i in range(k):

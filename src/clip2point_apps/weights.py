@@ -91,17 +91,28 @@ def _locate(spec: str, cache_dir: str | os.PathLike | None) -> Path:
         return Path(resolve_model(spec, cache_dir=cache_dir))
 
 
-def _describe(spec: str, folder: Path) -> Weights:
-    """What the folder holds, labelled for the console and the pictures."""
-    model_type = json.loads((folder / "config.json").read_text()).get("model_type")
-    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
-        raise ModelLoadError(
-            spec, f"the folder has no tokenizer (convert with --tokenizer {DEFAULT_CLIP_ID})"
-        )
+def _describe(spec: str, folder: Path, *, candidate: bool) -> Weights:
+    """What the folder holds, labelled for the console and the pictures. A ``candidate`` of the chain without a
+    tokenizer is refused here, so that the chain goes on to the next; a named CLIP2Point folder is checked by the
+    pipeline it builds, which says which files it lacks (a fine-tuned classifier needs no tokenizer)."""
+    from clip2point_hf.pipeline_clip2point import ZERO_SHOT_TASK, task_for_architecture
+
+    config = json.loads((folder / "config.json").read_text())
+    model_type = config.get("model_type")
+    has_tokenizer = any((folder / name).is_file() for name in TOKENIZER_FILES)
     if model_type == "clip":
+        if not has_tokenizer:  # `build_classifier` pairs CLIP's own tokenizer with a front end
+            raise ModelLoadError(
+                spec, f"a CLIP folder without tokenizer files ({' or '.join(TOKENIZER_FILES)})"
+            )
         return Weights("clip", spec, folder, f"CLIP without depth pre-training ({spec})")
     if model_type != "clip2point":
         raise ModelLoadError(spec, f"a {model_type!r} model, neither CLIP2Point nor CLIP")
+    zero_shot = task_for_architecture((config.get("architectures") or [None])[0]) == ZERO_SHOT_TASK
+    if candidate and zero_shot and not has_tokenizer:
+        raise ModelLoadError(
+            spec, f"the folder has no tokenizer (convert with --tokenizer {DEFAULT_CLIP_ID})"
+        )
     provenance = folder / "provenance.json"
     if provenance.is_file():
         record = json.loads(provenance.read_text())
@@ -127,11 +138,12 @@ def resolve_weights(
     default :func:`converted_model_dir`), ``clip`` without depth pre-training, and the untrained model.
     """
     if model is not None:
-        return _describe(model, _locate(model, cache_dir))
+        return _describe(model, _locate(model, cache_dir), candidate=False)
     skipped: list[str] = []
     for spec in (DEFAULT_MODEL_ID, str(converted or converted_model_dir()), clip):
         try:
-            return replace(_describe(spec, _locate(spec, cache_dir)), skipped=tuple(skipped))
+            described = _describe(spec, _locate(spec, cache_dir), candidate=True)
+            return replace(described, skipped=tuple(skipped))
         except ModelLoadError as error:
             skipped.append(str(error))
     return Weights("untrained", "", None, UNTRAINED_LABEL, tuple(skipped))

@@ -61,7 +61,7 @@ def load_state_dict_file(path: str | os.PathLike) -> StateDict:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for corrupt, truncated or foreign files
-        raise CheckpointConversionError(f"{path}: {_unreadable_reason(error)}") from None
+        raise CheckpointConversionError(f"{path}: {_unreadable_reason(error, path)}") from None
     for wrapper in ("state_dict", "model"):
         if isinstance(state, Mapping) and wrapper in state and isinstance(state[wrapper], Mapping):
             state = state[wrapper]
@@ -103,6 +103,28 @@ class _KeyReader:
             problems.append(f"unexpected keys ({len(self.state)}): {sorted(self.state)}")
         if problems:
             raise CheckpointConversionError(f"{self.source}: " + "; ".join(problems))
+
+
+class _Converted(dict[str, torch.Tensor]):
+    """Tensors under the model's keys, each with the checkpoint key it came from (and how it was changed), so that
+    a tensor that does not fit names both keys."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sources: dict[str, str] = {}
+
+    def put(self, key: str, tensor: torch.Tensor, source: str) -> None:
+        self[key] = tensor
+        self.sources[key] = source
+
+    def take(self, reader: _KeyReader, key: str, source: str, *, transpose: bool = False) -> None:
+        """Pop ``source`` from ``reader`` and store it under ``key`` (transposed: a Linear weight from a matrix that
+        OpenAI's code multiplies from the right)."""
+        tensor = reader.pop(source)
+        if transpose:
+            self.put(key, tensor.T.contiguous(), f"{source} (transposed)")
+        else:
+            self.put(key, tensor, source)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -150,20 +172,14 @@ def openai_clip_config(state: StateDict, head_width: int = 64) -> CLIPConfig:
     return CLIPConfig(vision_config=vision, text_config=text, projection_dim=projection_dim)
 
 
-def _convert_blocks(reader: _KeyReader, source: str, target: str, count: int) -> StateDict:
-    out: StateDict = {}
+def _convert_blocks(reader: _KeyReader, out: _Converted, source: str, target: str, count: int) -> None:
+    """OpenAI's residual blocks under ``source`` -> transformers' encoder layers under ``target``, into ``out``."""
     for i in range(count):
         s, t = f"{source}{i}.", f"{target}{i}."
-        q, k, v = reader.pop(s + "attn.in_proj_weight").chunk(3)
-        qb, kb, vb = reader.pop(s + "attn.in_proj_bias").chunk(3)
-        out |= {
-            t + "self_attn.q_proj.weight": q,
-            t + "self_attn.k_proj.weight": k,
-            t + "self_attn.v_proj.weight": v,
-            t + "self_attn.q_proj.bias": qb,
-            t + "self_attn.k_proj.bias": kb,
-            t + "self_attn.v_proj.bias": vb,
-        }
+        for kind in ("weight", "bias"):
+            fused = f"{s}attn.in_proj_{kind}"
+            for name, part in zip(("q", "k", "v"), reader.pop(fused).chunk(3), strict=True):
+                out.put(f"{t}self_attn.{name}_proj.{kind}", part, f"{fused} ({name} third)")
         for old, new in (
             ("attn.out_proj", "self_attn.out_proj"),
             ("ln_1", "layer_norm1"),
@@ -171,42 +187,86 @@ def _convert_blocks(reader: _KeyReader, source: str, target: str, count: int) ->
             ("mlp.c_fc", "mlp.fc1"),
             ("mlp.c_proj", "mlp.fc2"),
         ):
-            out[f"{t}{new}.weight"] = reader.pop(f"{s}{old}.weight")
-            out[f"{t}{new}.bias"] = reader.pop(f"{s}{old}.bias")
-    return out
+            for kind in ("weight", "bias"):
+                out.take(reader, f"{t}{new}.{kind}", f"{s}{old}.{kind}")
 
 
-def _convert_visual(reader: _KeyReader, prefix: str, num_layers: int) -> tuple[StateDict, StateDict]:
+def _convert_visual(reader: _KeyReader, prefix: str, num_layers: int) -> tuple[_Converted, _Converted]:
     """OpenAI `visual.*` keys under `prefix` -> (CLIPVisionModel state, projection Linear state)."""
-    tower = {
-        "embeddings.patch_embedding.weight": reader.pop(prefix + "conv1.weight"),
-        "embeddings.class_embedding": reader.pop(prefix + "class_embedding"),
-        "embeddings.position_embedding.weight": reader.pop(prefix + "positional_embedding"),
-        "pre_layrnorm.weight": reader.pop(prefix + "ln_pre.weight"),
-        "pre_layrnorm.bias": reader.pop(prefix + "ln_pre.bias"),
-        "post_layernorm.weight": reader.pop(prefix + "ln_post.weight"),
-        "post_layernorm.bias": reader.pop(prefix + "ln_post.bias"),
-    }
-    tower |= _convert_blocks(reader, prefix + "transformer.resblocks.", "encoder.layers.", num_layers)
-    return tower, {"weight": reader.pop(prefix + "proj").T.contiguous()}
+    tower = _Converted()
+    for key, source in (
+        ("embeddings.patch_embedding.weight", "conv1.weight"),
+        ("embeddings.class_embedding", "class_embedding"),
+        ("embeddings.position_embedding.weight", "positional_embedding"),
+        ("pre_layrnorm.weight", "ln_pre.weight"),
+        ("pre_layrnorm.bias", "ln_pre.bias"),
+        ("post_layernorm.weight", "ln_post.weight"),
+        ("post_layernorm.bias", "ln_post.bias"),
+    ):
+        tower.take(reader, key, prefix + source)
+    _convert_blocks(reader, tower, prefix + "transformer.resblocks.", "encoder.layers.", num_layers)
+    projection = _Converted()
+    projection.take(reader, "weight", prefix + "proj", transpose=True)
+    return tower, projection
 
 
-def _convert_text(reader: _KeyReader, num_layers: int) -> tuple[StateDict, StateDict]:
-    tower = {
-        "embeddings.token_embedding.weight": reader.pop("token_embedding.weight"),
-        "embeddings.position_embedding.weight": reader.pop("positional_embedding"),
-        "final_layer_norm.weight": reader.pop("ln_final.weight"),
-        "final_layer_norm.bias": reader.pop("ln_final.bias"),
-    }
-    tower |= _convert_blocks(reader, "transformer.resblocks.", "encoder.layers.", num_layers)
-    return tower, {"weight": reader.pop("text_projection").T.contiguous()}
+def _convert_text(reader: _KeyReader, num_layers: int) -> tuple[_Converted, _Converted]:
+    tower = _Converted()
+    for key, source in (
+        ("embeddings.token_embedding.weight", "token_embedding.weight"),
+        ("embeddings.position_embedding.weight", "positional_embedding"),
+        ("final_layer_norm.weight", "ln_final.weight"),
+        ("final_layer_norm.bias", "ln_final.bias"),
+    ):
+        tower.take(reader, key, source)
+    _convert_blocks(reader, tower, "transformer.resblocks.", "encoder.layers.", num_layers)
+    projection = _Converted()
+    projection.take(reader, "weight", "text_projection", transpose=True)
+    return tower, projection
 
 
-def _unreadable_reason(error: BaseException) -> str:
-    """Why a file could not be read, without torch's advice to retry with ``weights_only=False``: unpickling an
-    untrusted file runs its code, so this package never does it and never suggests it."""
+#: How the PyTorch files this reader takes begin: a zip archive (``torch.save`` since torch 1.6, TorchScript), or a
+#: pickle stream (older ``torch.save``), whose protocol 2 to 5 opens with the PROTO opcode 0x80 and the protocol.
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_PROTO = 0x80
+_PICKLE_PROTOCOLS = range(2, 6)
+
+
+def _file_kind(path: str) -> str:
+    """``"zip"``, ``"pickle"``, ``"empty"`` or ``"other"``, from the file's first bytes."""
+    with open(path, "rb") as f:
+        head = f.read(len(_ZIP_MAGIC))
+    if not head:
+        return "empty"
+    if head.startswith(_ZIP_MAGIC):
+        return "zip"
+    is_pickle = len(head) > 1 and head[0] == _PICKLE_PROTO and head[1] in _PICKLE_PROTOCOLS
+    return "pickle" if is_pickle else "other"
+
+
+def _unreadable_reason(error: BaseException, path: str) -> str:
+    """Why a file could not be read, from what it is (a PyTorch zip archive, a pickle stream, safetensors, or
+    none of these), without torch's advice to retry with ``weights_only=False``: unpickling an untrusted file
+    runs its code, so this package never does it and never suggests it."""
     text = str(error)
-    if "Weights only load failed" in text:
+    lines = [
+        line.strip()
+        for line in text.splitlines()
+        if line.strip()
+        and not any(word in line for word in ("weights_only", "Weights only", "WeightsUnpickler"))
+    ]
+    detail = lines[0] if lines else type(error).__name__
+    kind = _file_kind(path)
+    if kind == "empty":
+        return "is empty (0 bytes): not a checkpoint"
+    if path.endswith(".safetensors"):
+        return f"cannot be read as safetensors (corrupt or truncated: {detail})"
+    if kind == "other":
+        return (
+            "is not a checkpoint: neither a PyTorch file (a zip archive, or a pickle stream starting with byte "
+            "0x80) nor a .safetensors file"
+        )
+    if "Unsupported global" in text:  # a class or function in the pickle: what weights_only refuses to run
         culprit = next((line.strip() for line in text.splitlines() if "Unsupported" in line), "")
         return (
             "holds pickled Python objects besides tensors"
@@ -214,14 +274,18 @@ def _unreadable_reason(error: BaseException) -> str:
             + "; such files are never unpickled here (they could run code): only state dicts of tensors are "
             "read. Re-save the tensors (e.g. as .safetensors) where the file was made, if you trust it"
         )
-    lines = [line.strip() for line in text.splitlines() if line.strip() and "weights_only" not in line]
-    return f"cannot be read as a checkpoint (corrupt, truncated or not a PyTorch file: {lines[0] if lines else type(error).__name__})"
+    what = "a zip archive" if kind == "zip" else "a pickle stream"
+    return f"is {what} but not a readable PyTorch checkpoint (corrupt or truncated: {detail})"
 
 
-def _load_module(module: torch.nn.Module, state: StateDict, source: str) -> None:
+def _load_module(model: torch.nn.Module, name: str, state: _Converted, source: str) -> None:
+    """Load ``state`` into the submodule ``name`` of ``model``; a tensor that does not fit is named by its key in
+    the checkpoint and in the model, with both shapes."""
+    module = model.get_submodule(name)
     expected = module.state_dict()
     wrong = [
-        f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(expected[key].shape)}"
+        f"the checkpoint's {state.sources.get(key, key)} is {tuple(value.shape)}, the model's {name}.{key} is "
+        f"{tuple(expected[key].shape)}"
         for key, value in state.items()
         if key in expected and tuple(value.shape) != tuple(expected[key].shape)
     ]
@@ -233,7 +297,7 @@ def _load_module(module: torch.nn.Module, state: StateDict, source: str) -> None
         module.load_state_dict(state, strict=True)
     except RuntimeError as error:
         raise CheckpointConversionError(
-            f"{source}: tensors do not fit the model ({' '.join(str(error).split())})"
+            f"{source}: tensors do not fit the model's {name} ({' '.join(str(error).split())})"
         ) from None
 
 
@@ -252,10 +316,10 @@ def load_openai_clip(checkpoint: str | os.PathLike | StateDict) -> CLIPModel:
     for key in ("input_resolution", "context_length", "vocab_size"):  # scalars in OpenAI's JIT files
         reader.state.pop(key, None)
     reader.finish()
-    _load_module(model.vision_model, vision, str(source))
-    _load_module(model.visual_projection, visual_projection, str(source))
-    _load_module(model.text_model, text, str(source))
-    _load_module(model.text_projection, text_projection, str(source))
+    _load_module(model, "vision_model", vision, str(source))
+    _load_module(model, "visual_projection", visual_projection, str(source))
+    _load_module(model, "text_model", text, str(source))
+    _load_module(model, "text_projection", text_projection, str(source))
     with torch.no_grad():
         model.logit_scale.copy_(logit_scale)
     return model
@@ -465,7 +529,7 @@ def convert_pretraining_checkpoint(
     config = CLIP2PointConfig.from_clip_config(clip_model.config, **config_kwargs)
     model = (CLIP2PointForPreTraining if for_pretraining else CLIP2PointModel)(config).eval()
     model.load_clip_weights(clip_model)
-    base = model.clip2point if for_pretraining else model
+    base = "clip2point." if for_pretraining else ""  # where the zero-shot model's towers are
     layers = config.vision_config.num_hidden_layers
     reader = _KeyReader(state, source)
     set_aside: list[str] = []
@@ -481,11 +545,11 @@ def convert_pretraining_checkpoint(
         if "weights" not in reader.missing:
             set_aside.append(f"weights = {float(balance):.4g}: the pre-training loss's balance weight")
     _finish(reader, set_aside)
-    _load_module(base.depth_model, depth, source)
-    _load_module(base.depth_projection, depth_projection, source)
+    _load_module(model, f"{base}depth_model", depth, source)
+    _load_module(model, f"{base}depth_projection", depth_projection, source)
     if for_pretraining:
-        _load_module(model.image_model, image, source)
-        _load_module(model.image_projection, image_projection, source)
+        _load_module(model, "image_model", image, source)
+        _load_module(model, "image_projection", image_projection, source)
         with torch.no_grad():
             model.balance_weight.copy_(balance)
     provenance = _provenance("pretraining", checkpoint, views, set_aside)
@@ -554,17 +618,18 @@ def convert_dpa_checkpoint(
     layers = config.vision_config.num_hidden_layers
     pre, pre_projection = _convert_visual(reader, "pre_model.", layers)
     ori, ori_projection = _convert_visual(reader, "ori_model.", layers)
-    adapters = {
-        name: {new: reader.pop(f"{old_prefix}.{old}") for old, new in _REFERENCE_ADAPTER_KEYS.items()}
-        for name, old_prefix in (("pretrained_adapter", "adapter1"), ("clip_adapter", "adapter2"))
-    }
+    adapters = {}
+    for name, old_prefix in (("pretrained_adapter", "adapter1"), ("clip_adapter", "adapter2")):
+        adapters[name] = _Converted()
+        for old, new in _REFERENCE_ADAPTER_KEYS.items():
+            adapters[name].take(reader, new, f"{old_prefix}.{old}")
     _finish(reader, set_aside)
-    _load_module(model.clip2point.depth_model, pre, source)
-    _load_module(model.clip2point.depth_projection, pre_projection, source)
-    _load_module(model.clip_model, ori, source)
-    _load_module(model.clip_projection, ori_projection, source)
+    _load_module(model, "clip2point.depth_model", pre, source)
+    _load_module(model, "clip2point.depth_projection", pre_projection, source)
+    _load_module(model, "clip_model", ori, source)
+    _load_module(model, "clip_projection", ori_projection, source)
     for name, adapter_state in adapters.items():
-        _load_module(getattr(model, name), adapter_state, source)
+        _load_module(model, name, adapter_state, source)
     model.set_class_names(class_names, tokenizer, prompt_template)
     return Conversion(model, "dpa", views, set_aside, _provenance("dpa", checkpoint, views, set_aside))
 

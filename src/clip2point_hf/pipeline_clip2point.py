@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from transformers import Pipeline
 
+from .errors import ModelLoadError
 from .feature_extraction_clip2point import CLIP2PointFeatureExtractor
 from .point_files import read_point_cloud
 from .points_clip2point import UP_AXES
@@ -39,18 +40,60 @@ def task_for_architecture(architecture: str | None) -> str:
 
 class PointCloudPipeline(Pipeline):
     """What the point-cloud pipelines share: reading inputs, sampling them on the CPU, rendering their depth
-    views on the pipeline's device, and saving the processor with the model."""
+    views on the pipeline's device, and saving the processor with the model.
 
-    _load_processor = True
+    The model folder's processor (front end and tokenizer) and its front end alone are both loaded where the
+    folder has them (``None``: transformers' optional loading), so that the pipeline itself can say which files a
+    folder lacks: the zero-shot pipeline needs a tokenizer to embed its labels, the classifier only the front end.
+    """
+
+    _load_processor = None
     _load_tokenizer = False
     _load_image_processor = False
-    _load_feature_extractor = False
+    _load_feature_extractor = None
+    #: The call-time keywords of the task (besides `batch_size` and `num_workers`, which every pipeline takes).
+    call_parameters: tuple[str, ...] = ("seed", "up_axis")
+    #: How to add the processor files the task needs (the end of `check_processor`'s message).
+    processor_files_fix = (
+        "save the front end into the folder, CLIP2PointFeatureExtractor(...).save_pretrained(folder) (this task "
+        "needs no tokenizer)"
+    )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.processor is not None:  # one front end, whichever way it is reached or saved
+            self.feature_extractor = point_cloud_front_end(self.processor)
+        self.check_processor()
+
+    def check_processor(self) -> None:
+        """What the task needs of the model folder (a front end; for zero-shot, a tokenizer too): a missing part
+        is one :class:`~clip2point_hf.errors.ModelLoadError` line naming the folder, the files it lacks and how to
+        add them."""
+        if self.feature_extractor is None:
+            raise ModelLoadError(
+                self._model_source(),
+                "no point-cloud processor files (preprocessor_config.json or processor_config.json); "
+                + self.processor_files_fix,
+            )
+
+    def _model_source(self) -> str:
+        """The folder or Hub id the model came from (``the model`` for one built in memory)."""
+        return getattr(self.model, "name_or_path", "") or "the model"
 
     @property
     def front_end(self) -> CLIP2PointFeatureExtractor:
-        """The point-cloud front end of the loaded processor (which is the feature extractor itself for a model
-        folder without tokenizer files)."""
-        return point_cloud_front_end(self.processor)
+        """The point-cloud front end: the processor's, or the feature extractor loaded alone (a model folder
+        without tokenizer files)."""
+        return self.feature_extractor
+
+    def _check_call_parameters(self, unknown: dict) -> None:
+        """A keyword the task does not take is refused, never ignored."""
+        if unknown:
+            raise ValueError(
+                f"{self.task or type(self).__name__} takes no {', '.join(f'`{k}`' for k in sorted(unknown))}: "
+                f"its keywords are {', '.join(f'`{k}`' for k in (*self.call_parameters, 'batch_size'))} (set "
+                "render settings such as `views` on the processor, `pipeline.front_end`)"
+            )
 
     def __call__(self, inputs, **kwargs):
         if isinstance(inputs, np.ndarray | torch.Tensor) and inputs.ndim == 3:
@@ -83,7 +126,8 @@ class PointCloudPipeline(Pipeline):
         """Save the model, this pipeline's code (`custom_pipelines`) and the processor (which transformers'
         `Pipeline.save_pretrained` leaves out), so the folder loads with `trust_remote_code=True`."""
         super().save_pretrained(save_directory, **kwargs)
-        self.processor.save_pretrained(save_directory)
+        if self.processor is not None:
+            self.processor.save_pretrained(save_directory)
 
 
 class ZeroShotPointCloudClassificationPipeline(PointCloudPipeline):
@@ -102,13 +146,32 @@ class ZeroShotPointCloudClassificationPipeline(PointCloudPipeline):
     `up_axis` (one of x, -x, y, -y, z, -z) is the input's up axis; the default is the saved processor's.
     """
 
+    call_parameters = ("candidate_labels", "hypothesis_template", "seed", "up_axis")
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._text_cache: dict[tuple, torch.Tensor] = {}
 
+    processor_files_fix = (
+        "zero-shot classification also needs CLIP's tokenizer files (tokenizer.json or vocab.json): save both into "
+        "the folder with CLIP2PointProcessor(CLIP2PointFeatureExtractor(...), tokenizer).save_pretrained(folder)"
+    )
+
+    def check_processor(self) -> None:
+        super().check_processor()
+        if getattr(self.processor, "tokenizer", None) is None:
+            raise ModelLoadError(
+                self._model_source(),
+                "no usable tokenizer files (tokenizer.json or vocab.json), which zero-shot classification needs to "
+                "embed the labels: save CLIP's tokenizer with the front end into the folder, "
+                "CLIP2PointProcessor(CLIP2PointFeatureExtractor.from_pretrained(folder), "
+                "tokenizer).save_pretrained(folder)",
+            )
+
     def _sanitize_parameters(
-        self, candidate_labels=None, hypothesis_template=None, seed=None, up_axis=None, **kwargs
+        self, candidate_labels=None, hypothesis_template=None, seed=None, up_axis=None, **unknown
     ):
+        self._check_call_parameters(unknown)
         forward, postprocess = {}, {}
         if candidate_labels is not None:
             forward["candidate_labels"] = postprocess["candidate_labels"] = parse_candidate_labels(
@@ -162,7 +225,14 @@ class PointCloudClassificationPipeline(PointCloudPipeline):
         >>> clf("chair.ply", top_k=3)
     """
 
-    def _sanitize_parameters(self, top_k=None, function_to_apply=None, seed=None, up_axis=None, **kwargs):
+    call_parameters = ("top_k", "function_to_apply", "seed", "up_axis")
+    processor_files_fix = (
+        "save the front end the classifier was trained with into the folder, "
+        "CLIP2PointFeatureExtractor(...).save_pretrained(folder) (a fine-tuned classifier needs no tokenizer)"
+    )
+
+    def _sanitize_parameters(self, top_k=None, function_to_apply=None, seed=None, up_axis=None, **unknown):
+        self._check_call_parameters(unknown)
         postprocess = {}
         if top_k is not None:
             if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
@@ -207,15 +277,17 @@ class PointCloudClassificationPipeline(PointCloudPipeline):
         return ranked[: min(top_k, len(ranked))]
 
 
-def parse_candidate_labels(labels: str | Sequence[str]) -> tuple[str, ...]:
+def parse_candidate_labels(
+    labels: str | Sequence[str], *, name: str = "`candidate_labels`"
+) -> tuple[str, ...]:
     """Candidate labels as a tuple, from a list or comma-separated text; a `ValueError` names a blank or
-    repeated label."""
+    repeated label, and the argument as the caller's user spells it (``name``: ``--labels`` on a command line)."""
     labels = [label.strip() for label in labels.split(",")] if isinstance(labels, str) else list(labels)
     if not labels or any(not isinstance(label, str) or not label.strip() for label in labels):
-        raise ValueError(f"`candidate_labels` must be a non-empty list of non-blank strings, got {labels!r}")
+        raise ValueError(f"{name} must be a non-empty list of non-blank labels, got {labels!r}")
     duplicates = sorted({label for label in labels if labels.count(label) > 1})
     if duplicates:
-        raise ValueError(f"`candidate_labels` has duplicates: {duplicates}")
+        raise ValueError(f"{name} has duplicates: {duplicates}")
     return tuple(labels)
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..tracking import resolve_trackers
 from .checkpointing import check_checkpoint_folder
 
 __all__ = ["TrainingRunArguments"]
@@ -143,3 +145,8 @@ class TrainingRunArguments:
             raise ValueError(f"--eval_steps must be >= 1, got {self.eval_steps}")
         if self.learning_rate <= 0:
             raise ValueError(f"--learning_rate must be > 0, got {self.learning_rate}")
+        if self.optimizer == "lamb" and importlib.util.find_spec("timm") is None:
+            raise ValueError(
+                "--optimizer lamb needs the timm package (pip install timm); or pass --optimizer adamw"
+            )
+        resolve_trackers(self.report_to)

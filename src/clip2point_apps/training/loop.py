@@ -189,13 +189,9 @@ def setup_accelerator(args: TrainingRunArguments):
         logging_dir=str(Path(args.output_dir) / "runs"),
     )
     kwargs = {} if args.mixed_precision is None else {"mixed_precision": args.mixed_precision}
-    try:
-        trackers = resolve_trackers(args.report_to)
-    except (ImportError, ValueError) as error:
-        raise SystemExit(f"error: {error}") from None
     return Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
-        log_with=trackers,
+        log_with=resolve_trackers(args.report_to),
         project_config=project,
         step_scheduler_with_optimizer=False,
         **kwargs,

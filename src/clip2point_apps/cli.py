@@ -711,7 +711,7 @@ def build_parser() -> CommandParser:
         "text",
         nargs="?",
         help='the query, e.g. "a chair with armrests" (a query starting with a/an/the/two... keeps its own '
-        'article: "a horse" -> "image of a horse"; README, Search)',
+        'article: "a horse" -> "image of a horse"; README, \'Search\')',
     )
     p.add_argument("--like", help="a query shape file instead of a text")
     p.add_argument(

@@ -1084,7 +1084,7 @@ def test_convert_help_says_what_is_assumed_without_class_names():
 # --------------------------------------------------------------------------------------------------------- serve
 
 
-def test_serve_on_a_busy_port_names_the_option(capsys):
+def test_serve_on_a_busy_port_names_the_option(fake_gradio, capsys):
     """Checked before the model (or Gradio) loads: one line naming --port, not Gradio's GRADIO_SERVER_PORT advice
     (the command sets the port itself)."""
     import socket
@@ -1112,11 +1112,14 @@ class _FakeDemo:
 
 @pytest.fixture
 def fake_gradio(monkeypatch):
+    import importlib.machinery
     import types
 
     import clip2point_apps.web
 
-    monkeypatch.setitem(sys.modules, "gradio", types.ModuleType("gradio"))
+    gradio = types.ModuleType("gradio")
+    gradio.__spec__ = importlib.machinery.ModuleSpec("gradio", None)  # found, as an installed Gradio is
+    monkeypatch.setitem(sys.modules, "gradio", gradio)
     demo = _FakeDemo()
     monkeypatch.setattr(clip2point_apps.web, "build_demo", lambda **kwargs: demo)
     return demo

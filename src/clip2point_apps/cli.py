@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
+import importlib.util
 import json
 import os
 import socket
@@ -103,6 +104,8 @@ def check_push(args: argparse.Namespace) -> None:
 
 
 def check_serve(args: argparse.Namespace) -> None:
+    if importlib.util.find_spec("gradio") is None:  # an optional extra: only this command needs it
+        raise CommandError("the web page needs Gradio: pip install 'clip2point-hf[demo]'")
     check_model_spec(args.model)
     if args.index is not None and not Path(args.index).exists():
         raise CommandError(f"--index: {args.index}: not found")
@@ -435,10 +438,6 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    try:
-        import gradio  # noqa: F401  (an optional extra: only this command needs it)
-    except ImportError:
-        raise CommandError("the web page needs Gradio: pip install 'clip2point-hf[demo]'") from None
     from .web import build_demo
 
     demo = build_demo(model=args.model, index=args.index, device=args.device)

@@ -191,38 +191,44 @@ def _convert_blocks(reader: _KeyReader, out: _Converted, source: str, target: st
                 out.take(reader, f"{t}{new}.{kind}", f"{s}{old}.{kind}")
 
 
-def _convert_visual(reader: _KeyReader, prefix: str, num_layers: int) -> tuple[_Converted, _Converted]:
-    """OpenAI `visual.*` keys under `prefix` -> (CLIPVisionModel state, projection Linear state)."""
+#: transformers' keys of a tower's embeddings and outer layer norms -> OpenAI's, for each tower.
+_VISION_KEYS = {
+    "embeddings.patch_embedding.weight": "conv1.weight",
+    "embeddings.class_embedding": "class_embedding",
+    "embeddings.position_embedding.weight": "positional_embedding",
+    "pre_layrnorm.weight": "ln_pre.weight",
+    "pre_layrnorm.bias": "ln_pre.bias",
+    "post_layernorm.weight": "ln_post.weight",
+    "post_layernorm.bias": "ln_post.bias",
+}
+_TEXT_KEYS = {
+    "embeddings.token_embedding.weight": "token_embedding.weight",
+    "embeddings.position_embedding.weight": "positional_embedding",
+    "final_layer_norm.weight": "ln_final.weight",
+    "final_layer_norm.bias": "ln_final.bias",
+}
+
+
+def _convert_tower(
+    reader: _KeyReader, prefix: str, keys: Mapping[str, str], projection: str, num_layers: int
+) -> tuple[_Converted, _Converted]:
+    """An OpenAI tower under ``prefix`` -> (the transformers tower's state, its projection Linear's state)."""
     tower = _Converted()
-    for key, source in (
-        ("embeddings.patch_embedding.weight", "conv1.weight"),
-        ("embeddings.class_embedding", "class_embedding"),
-        ("embeddings.position_embedding.weight", "positional_embedding"),
-        ("pre_layrnorm.weight", "ln_pre.weight"),
-        ("pre_layrnorm.bias", "ln_pre.bias"),
-        ("post_layernorm.weight", "ln_post.weight"),
-        ("post_layernorm.bias", "ln_post.bias"),
-    ):
+    for key, source in keys.items():
         tower.take(reader, key, prefix + source)
     _convert_blocks(reader, tower, prefix + "transformer.resblocks.", "encoder.layers.", num_layers)
-    projection = _Converted()
-    projection.take(reader, "weight", prefix + "proj", transpose=True)
-    return tower, projection
+    linear = _Converted()
+    linear.take(reader, "weight", prefix + projection, transpose=True)
+    return tower, linear
+
+
+def _convert_visual(reader: _KeyReader, prefix: str, num_layers: int) -> tuple[_Converted, _Converted]:
+    """OpenAI `visual.*` keys under `prefix` -> (CLIPVisionModel state, projection Linear state)."""
+    return _convert_tower(reader, prefix, _VISION_KEYS, "proj", num_layers)
 
 
 def _convert_text(reader: _KeyReader, num_layers: int) -> tuple[_Converted, _Converted]:
-    tower = _Converted()
-    for key, source in (
-        ("embeddings.token_embedding.weight", "token_embedding.weight"),
-        ("embeddings.position_embedding.weight", "positional_embedding"),
-        ("final_layer_norm.weight", "ln_final.weight"),
-        ("final_layer_norm.bias", "ln_final.bias"),
-    ):
-        tower.take(reader, key, source)
-    _convert_blocks(reader, tower, "transformer.resblocks.", "encoder.layers.", num_layers)
-    projection = _Converted()
-    projection.take(reader, "weight", "text_projection", transpose=True)
-    return tower, projection
+    return _convert_tower(reader, "", _TEXT_KEYS, "text_projection", num_layers)
 
 
 #: How the PyTorch files this reader takes begin: a zip archive (``torch.save`` since torch 1.6, TorchScript), or a

@@ -150,11 +150,9 @@ PROCESSOR_ARGS = [
 
 @pytest.mark.parametrize("kwargs, culprit", PROCESSOR_ARGS, ids=[f"{k}" for k, _ in PROCESSOR_ARGS])
 def test_processor_construction_is_checked(kwargs, culprit):
-    start = time.perf_counter()
-    with pytest.raises(ValueError) as error:
+    with pytest.raises(ValueError) as error:  # refused when built, never at the first call
         CLIP2PointFeatureExtractor(**kwargs)
     assert_one_line(error.value, culprit)
-    assert time.perf_counter() - start < 1  # refused when built, never at the first call
 
 
 def _cloud(n=100, seed=0):
@@ -644,7 +642,6 @@ def _evil(path: Path) -> Path:
 
 @pytest.mark.parametrize("make, fragments", [c[1:] for c in CLI_CASES], ids=[c[0] for c in CLI_CASES])
 def test_cli_user_errors_are_one_line_exit_2(folders, capsys, make, fragments):
-    start = time.perf_counter()
     code, err = run_cli(capsys, *make(folders))
     assert code == 2, err
     lines = err.strip().splitlines()
@@ -652,7 +649,6 @@ def test_cli_user_errors_are_one_line_exit_2(folders, capsys, make, fragments):
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
     assert "weights_only=False" not in err
-    assert time.perf_counter() - start < 10
 
 
 # --------------------------------------------------------------------------------------------------------- training

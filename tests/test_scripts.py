@@ -269,8 +269,9 @@ def test_pretrain_end_to_end(pretrained, pairs):
     results = json.loads((out / "all_results.json").read_text())
     assert results["best_eval_zero_shot_accuracy"] == max(e["eval/zero_shot_accuracy"] for e in evals)
     # image_encoder/: the frozen image tower the depth encoder was aligned with (photo queries go through it)
+    from clip2point_apps.arguments import BackboneArguments
+    from clip2point_apps.backbone import build_clip, load_tokenizer
     from clip2point_apps.retrieval import PhotoEncoder
-    from clip2point_apps.training import BackboneArguments, build_clip, load_tokenizer
 
     backbone = BackboneArguments(clip_config="tiny")
     clip = build_clip(backbone, load_tokenizer(backbone), seed=3)

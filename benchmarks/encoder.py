@@ -40,7 +40,7 @@ from clip2point_hf import CLIP2PointConfig, CLIP2PointFeatureExtractor, CLIP2Poi
 from clip2point_hf.pipeline_clip2point import ZeroShotPointCloudClassificationPipeline
 from clip2point_hf.rendering_clip2point import VIEW_PRESETS
 from clip2point_hf.testing_utils import make_tiny_tokenizer
-from render import _cpu_sample, machine
+from render import cpu_sample, machine
 
 VIEWS = {
     "views10": "reference10",
@@ -100,7 +100,7 @@ def _sync(device) -> None:
 def time_pipeline(pipe, clouds: list[np.ndarray], labels: list[str], batch_size: int) -> dict:
     """Run ``pipe`` over ``clouds`` in batches; per-batch times (first excluded) and predicted label indices."""
     times, predictions, log_scores = [], [], []
-    cpu0 = _cpu_sample()
+    cpu0 = cpu_sample()
     for i in range(0, len(clouds), batch_size):
         chunk = clouds[i : i + batch_size]
         _sync(pipe.device)
@@ -112,7 +112,7 @@ def time_pipeline(pipe, clouds: list[np.ndarray], labels: list[str], batch_size:
         for ranked in out:
             scores = {r["label"]: r["score"] for r in ranked}
             log_scores.append(np.log(np.maximum([scores[label] for label in labels], 1e-30)))
-    cpu1 = _cpu_sample()
+    cpu1 = cpu_sample()
     total = cpu1[1] - cpu0[1]
     others = max(0.0, (cpu1[0] - cpu0[0]) - (cpu1[2] - cpu0[2])) / total if total > 0 else 0.0
     timed = times[1:] or times

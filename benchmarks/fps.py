@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 import clip2point_hf.points_clip2point as points
-from render import _cpu_sample, machine
+from render import cpu_sample, machine
 
 
 def methods(start: int, kdline_height: int) -> dict:
@@ -52,13 +52,13 @@ def run(args) -> list[dict]:
         reference = table["torch loop (ours, fallback)"](points, args.samples)
         times = {name: [] for name in table}
         outputs = {name: fn(points, args.samples) for name, fn in table.items()}  # warm-up
-        cpu0 = _cpu_sample()
+        cpu0 = cpu_sample()
         for _ in range(args.repeats):
             for name, fn in table.items():
                 t0 = time.perf_counter()
                 fn(points, args.samples)
                 times[name].append(time.perf_counter() - t0)
-        cpu1 = _cpu_sample()
+        cpu1 = cpu_sample()
         total = cpu1[1] - cpu0[1]
         others = max(0.0, (cpu1[0] - cpu0[0]) - (cpu1[2] - cpu0[2])) / total if total > 0 else 0.0
         loop = statistics.median(times["torch loop (ours, fallback)"])

@@ -89,7 +89,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _cpu_sample() -> tuple[float, float, float]:
+def cpu_sample() -> tuple[float, float, float]:
     """(machine busy seconds, machine total seconds, this process's CPU seconds), for measuring how much
     of the machine other processes used during a timing loop (Linux /proc/stat; zeros elsewhere)."""
     own = resource.getrusage(resource.RUSAGE_SELF)
@@ -201,7 +201,7 @@ def run_one(mode: str, batch: int, args) -> dict:
         del out
         times = []
         repeats = args.naive_repeats if mode == "naive" else args.repeats
-        cpu0 = _cpu_sample()
+        cpu0 = cpu_sample()
         for _ in range(repeats):
             _sync(device)
             t0 = time.perf_counter()
@@ -209,7 +209,7 @@ def run_one(mode: str, batch: int, args) -> dict:
             _sync(device)
             times.append(time.perf_counter() - t0)
             del out
-        cpu1 = _cpu_sample()
+        cpu1 = cpu_sample()
         total = cpu1[1] - cpu0[1]
         others = max(0.0, (cpu1[0] - cpu0[0]) - (cpu1[2] - cpu0[2])) / total if total > 0 else 0.0
         if device.type == "cuda":

@@ -6,6 +6,7 @@ test's temporary folder). Skipped where chromium, chromedriver, selenium or grad
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import io
 import os
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import clip2point_hf  # noqa: F401  (registers the task)
@@ -62,12 +64,10 @@ def write_binary_ply(path: Path, points: np.ndarray) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """(url, classifier): the page of a bare `clip2point serve` while nothing can be reached, so it runs
-    the labelled untrained fallback; the classifier is the same (seeded) model, for the expected scores."""
-    work = tmp_path_factory.mktemp("web-browser")
-    model = build_classifier(Weights("untrained", "", None, UNTRAINED_LABEL))
+@contextlib.contextmanager
+def serving(work: Path, *options: str):
+    """The URL of `clip2point serve [options]` on a free local port while nothing can be reached (the labelled
+    untrained fallback model), stopped on exit."""
     port = free_port()
     log = open(work / "serve.log", "w")  # noqa: SIM115  (closed below)
     env = {
@@ -77,7 +77,7 @@ def served(tmp_path_factory):
         "CLIP2POINT_MODEL": str(work / "no-converted-model"),
         "GRADIO_ANALYTICS_ENABLED": "False",
     }
-    command = [sys.executable, "-m", "clip2point_apps.cli", "serve", "--port", str(port)]
+    command = [sys.executable, "-m", "clip2point_apps.cli", "serve", "--port", str(port), *options]
     server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -90,7 +90,7 @@ def served(tmp_path_factory):
                 if server.poll() is not None or time.monotonic() > deadline:
                     pytest.fail(f"the server did not start: {(work / 'serve.log').read_text()[-2000:]}")
                 time.sleep(1)
-        yield url, model
+        yield url
     finally:
         server.terminate()
         try:
@@ -98,6 +98,15 @@ def served(tmp_path_factory):
         except subprocess.TimeoutExpired:
             server.kill()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """(url, classifier): the page of a bare `clip2point serve`; the classifier is the same (seeded) untrained
+    model, for the expected scores."""
+    model = build_classifier(Weights("untrained", "", None, UNTRAINED_LABEL))
+    with serving(tmp_path_factory.mktemp("web-browser")) as url:
+        yield url, model
 
 
 @pytest.fixture(scope="module")
@@ -163,3 +172,67 @@ def test_upload_classify_and_read_back_the_page(served, browser, tmp_path):
     folder = Path(os.environ.get("CLIP2POINT_SCREENSHOT_DIR") or tmp_path)
     folder.mkdir(parents=True, exist_ok=True)
     assert browser.save_screenshot(str(folder / "web_page.png"))
+
+
+@pytest.fixture(scope="module")
+def served_index(tmp_path_factory):
+    """(url, index): `clip2point serve --index` over six sample shapes, embedded by a tiny model as
+    examples/pretrain.py saves one (with the frozen image tower in image_encoder/), so photos can be searched."""
+    from clip2point_apps.retrieval import IMAGE_ENCODER_DIR, PhotoEncoder, ShapeIndex
+    from clip2point_hf import CLIP2PointFeatureExtractor, CLIP2PointForPreTraining, CLIP2PointProcessor
+    from clip2point_hf.testing_utils import make_tiny_config, make_tiny_tokenizer
+
+    work = tmp_path_factory.mktemp("web-search")
+    torch.manual_seed(3)
+    pretraining = CLIP2PointForPreTraining(make_tiny_config(num_views=6)).eval()
+    model = work / "model"
+    pretraining.clip2point.save_pretrained(model)
+    CLIP2PointProcessor(
+        CLIP2PointFeatureExtractor(views="reference6", image_size=32, num_points=128), make_tiny_tokenizer()
+    ).save_pretrained(model)
+    PhotoEncoder.from_model(pretraining).save_pretrained(model / IMAGE_ENCODER_DIR)
+    shapes = work / "shapes"
+    shapes.mkdir()
+    for name in ("chair", "table", "cup", "lamp", "bowl", "cone"):
+        np.save(shapes / f"{name}.npy", make_sample_point_cloud(name, 2048, seed=0))
+    index = ShapeIndex.build(shapes, model, work / "shapes.index", progress=False)
+    with serving(work, "--index", str(work / "shapes.index")) as url:
+        yield url, index
+
+
+def test_search_by_photo_in_the_page(served_index, browser, tmp_path):
+    """The search tab takes a photo, and its hits are the index's own photo search, in order."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, index = served_index
+    yy, xx = np.mgrid[:48, :48]
+    pixels = np.full((48, 48, 3), 255, np.uint8)
+    pixels[(xx - 24) ** 2 + (yy - 24) ** 2 < 256] = (200, 30, 30)  # a red disk on white
+    photo = tmp_path / "photo.png"
+    Image.fromarray(pixels).save(photo)
+    expected = [hit.name for hit in index.search_image(str(photo), k=8)]  # the tab's default k; 6 shapes
+
+    browser.get(url)
+    wait = WebDriverWait(browser, 120)
+    tab = wait.until(
+        lambda d: [b for b in d.find_elements(By.CSS_SELECTOR, "button[role=tab]") if b.text == "Search"]
+    )
+    tab[0].click()
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#photo input[type=file]")))
+    browser.find_element(By.CSS_SELECTOR, "#photo input[type=file]").send_keys(str(photo))
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#photo img"))
+    browser.find_element(By.ID, "search").click()
+
+    def hit_rows(driver):
+        rows = driver.find_elements(By.CSS_SELECTOR, "#hit-table table tbody tr")
+        return rows or False
+
+    rows = [[cell.text for cell in row.find_elements(By.TAG_NAME, "td")] for row in wait.until(hit_rows)]
+    shown = [row[1] for row in rows]
+    assert shown == expected and len(shown) == 6, (shown, expected)
+    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#hits img").get_attribute("src"))
+    folder = Path(os.environ.get("CLIP2POINT_SCREENSHOT_DIR") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(folder / "web_search_photo.png"))
